@@ -1,0 +1,108 @@
+//! The bootstrap's chunk table: one 80-byte record per chunk the image uses (digest, blob,
+//! stored and uncompressed location and size, flags), and the index from an inode's chunk
+//! address (blob, chunk number in that blob) to its record.
+
+use dfagent_core::{ChunkDigest, DigestAlgo};
+
+use crate::bytes::{slice, Le};
+use crate::error::{RafsError, Result};
+use crate::superblock::{SuperBlock, CHUNK_RECORD_SIZE};
+
+/// Chunk flag bits of a chunk record.
+pub mod chunk_flags {
+    /// Stored compressed with the blob's compressor (else stored raw).
+    pub const COMPRESSED: u32 = 0x0000_0001;
+    /// Legacy hole chunk.
+    pub const HOLE: u32 = 0x0000_0002;
+    /// Encrypted.
+    pub const ENCRYPTED: u32 = 0x0000_0004;
+    /// Packed into a batch with other small chunks.
+    pub const BATCH: u32 = 0x0000_0008;
+    /// The record carries a CRC32C of the uncompressed chunk.
+    pub const HAS_CRC32: u32 = 0x0000_0010;
+}
+
+/// One record of the chunk table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkRecord {
+    /// Position in the chunk table.
+    pub table_index: u32,
+    /// Digest of the uncompressed chunk.
+    pub digest: ChunkDigest,
+    /// Index of the blob in the blob table.
+    pub blob_index: u32,
+    /// Flag bits, see [`chunk_flags`].
+    pub flags: u32,
+    /// Stored size in the blob.
+    pub compressed_size: u32,
+    /// Uncompressed size.
+    pub uncompressed_size: u32,
+    /// Offset of the stored chunk in the blob.
+    pub compressed_offset: u64,
+    /// Offset in the blob's uncompressed address space.
+    pub uncompressed_offset: u64,
+    /// Offset in the first file the builder cut it from.
+    pub file_offset: u64,
+    /// Chunk number within its blob (index into the blob's chunk-info array).
+    pub blob_chunk_index: u32,
+    /// crc32 of the chunk when [`chunk_flags::HAS_CRC32`] is set.
+    pub crc32: u32,
+}
+
+/// Number of records in the chunk table.
+pub(crate) fn record_count(sb: &SuperBlock) -> u64 {
+    sb.chunk_table_size / CHUNK_RECORD_SIZE
+}
+
+/// Parse record `i` of the chunk table.
+pub(crate) fn parse_record(data: &[u8], sb: &SuperBlock, algo: DigestAlgo, i: u64) -> Result<ChunkRecord> {
+    if i >= record_count(sb) {
+        return Err(RafsError::corrupt(format!(
+            "chunk record {i} is beyond the {}-entry chunk table",
+            record_count(sb)
+        )));
+    }
+    let r = Le(slice(
+        data,
+        sb.chunk_table_offset + i * CHUNK_RECORD_SIZE,
+        CHUNK_RECORD_SIZE,
+        "chunk record",
+    )?);
+    Ok(ChunkRecord {
+        table_index: i as u32,
+        digest: ChunkDigest::new(algo, r.bytes::<32>(0)),
+        blob_index: r.u32(32),
+        flags: r.u32(36),
+        compressed_size: r.u32(40),
+        uncompressed_size: r.u32(44),
+        compressed_offset: r.u64(48),
+        uncompressed_offset: r.u64(56),
+        file_offset: r.u64(64),
+        blob_chunk_index: r.u32(72),
+        crc32: r.u32(76),
+    })
+}
+
+/// Key of a chunk address: blob index and chunk number within the blob.
+pub(crate) fn key(blob_index: u32, blob_chunk_index: u32) -> u64 {
+    (u64::from(blob_index) << 32) | u64::from(blob_chunk_index)
+}
+
+/// Sorted (key, record index) pairs for binary search, built on first use.
+pub(crate) fn build_index(data: &[u8], sb: &SuperBlock) -> Result<Vec<(u64, u32)>> {
+    let n = record_count(sb);
+    let mut index = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let r = Le(slice(
+            data,
+            sb.chunk_table_offset + i * CHUNK_RECORD_SIZE,
+            CHUNK_RECORD_SIZE,
+            "chunk record",
+        )?);
+        index.push((key(r.u32(32), r.u32(72)), i as u32));
+    }
+    index.sort_unstable();
+    // The same chunk address twice keeps the first record: both describe the same bytes.
+    index.dedup_by_key(|e| e.0);
+    Ok(index)
+}

@@ -1,0 +1,31 @@
+//! RAFS v6, the metadata format of Nydus images, read with every offset and length from the
+//! image checked. [`Image`] is the handle a filesystem needs: `lookup`, `inode` (getattr),
+//! `readdir`, `readlink`, `xattrs`, and `chunks` (which bytes of which blob hold a file range).
+//! [`blob_meta`] reads what a data blob carries at its tail (chunk-info array, TOC).
+//!
+//! The layout follows upstream Nydus' `nydus-image` output (EROFS-compatible): superblock at
+//! byte 1024, RAFS extended superblock after it, device table, inodes in 32-byte slots, 12-byte
+//! dirents, chunk-based regular files whose 8-byte chunk addresses resolve through the chunk
+//! table.
+
+pub mod blob_meta;
+mod blob_table;
+mod bytes;
+mod chunk_table;
+mod dir;
+mod error;
+mod image;
+mod inode;
+mod superblock;
+mod walk;
+mod xattr;
+
+pub use blob_table::{features as blob_features, BlobInfo};
+pub use chunk_table::{chunk_flags, ChunkRecord};
+pub use dir::{DirEntry, MAX_NAME_LEN};
+pub use error::{RafsError, Result};
+pub use image::{FileChunk, Image};
+pub use inode::{FileType, Inode};
+pub use superblock::{flags as super_flags, SuperBlock};
+pub use walk::{WalkEntry, MAX_DEPTH};
+pub use xattr::Xattr;

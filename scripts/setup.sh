@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One command that makes a fresh Debian 12 machine ready for dfagent: system packages, the cached
+# Debian root filesystem used by end-to-end tests and benchmarks, cargo-fuzz, and a build.
+# Idempotent: every step is skipped when its result is already there. Run as root.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache=${DFAGENT_CACHE:-/var/cache/dfagent}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+pkgs=(build-essential pkg-config clang libclang-dev protobuf-compiler fuse3 docker-registry
+      umoci skopeo debootstrap jq curl ca-certificates python3 e2fsprogs)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+mkdir -p "$cache"
+rootfs=$cache/rootfs/bookworm-minbase-python3
+if [ ! -x "$rootfs/usr/bin/python3" ]; then
+  log "debootstrap of the test root filesystem into $rootfs (about a minute)"
+  tmp=$rootfs.tmp.$$
+  rm -rf "$tmp"; mkdir -p "$(dirname "$rootfs")"
+  debootstrap --variant=minbase --include=python3 bookworm "$tmp" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 \
+    || { tail -20 "$cache/debootstrap.log" >&2; exit 1; }
+  rm -rf "$rootfs"; mv "$tmp" "$rootfs"
+fi
+
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  log "installing cargo-fuzz"
+  cargo install --locked cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz
+fi
+
+log "building dfagent (target dir $CARGO_TARGET_DIR)"
+cd "$here"
+cargo build --release --locked -p dfagent
+cargo build --tests --locked --workspace
+log "ready: $CARGO_TARGET_DIR/release/dfagent"
