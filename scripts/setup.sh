@@ -38,8 +38,10 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz
 fi
 
+if [ "${DFAGENT_SKIP_BUILD:-}" = 1 ]; then exit 0; fi
 log "building dfagent (target dir $CARGO_TARGET_DIR)"
 cd "$here"
 cargo build --release --locked -p dfagent
 cargo build --tests --locked --workspace
-log "ready: $CARGO_TARGET_DIR/release/dfagent"
+ln -sf "$CARGO_TARGET_DIR/release/dfagent" /usr/local/bin/dfagent
+log "ready: dfagent is $CARGO_TARGET_DIR/release/dfagent (linked as /usr/local/bin/dfagent)"

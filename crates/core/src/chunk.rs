@@ -144,13 +144,17 @@ pub fn decompress(compression: Compression, stored: &[u8], size: usize) -> Resul
     match compression {
         Compression::None => {
             if stored.len() != size {
-                return Err(format!("raw data is {} bytes, expected {size}", stored.len()));
+                return Err(format!(
+                    "raw data is {} bytes, expected {size}",
+                    stored.len()
+                ));
             }
             Ok(stored.to_vec())
         }
         Compression::Lz4Block => {
             let mut out = vec![0u8; size];
-            let n = lz4_flex::block::decompress_into(stored, &mut out).map_err(|e| e.to_string())?;
+            let n =
+                lz4_flex::block::decompress_into(stored, &mut out).map_err(|e| e.to_string())?;
             if n != size {
                 return Err(format!("produced {n} bytes, expected {size}"));
             }
@@ -201,7 +205,10 @@ mod tests {
             let mut bad = stored.clone();
             let i = bad.len() / 2;
             bad[i] ^= 1;
-            assert!(decode_chunk(&r, &bad).is_err(), "{c} accepted a flipped byte");
+            assert!(
+                decode_chunk(&r, &bad).is_err(),
+                "{c} accepted a flipped byte"
+            );
         }
     }
 

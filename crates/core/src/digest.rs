@@ -7,7 +7,9 @@ use std::str::FromStr;
 use sha2::Digest as _;
 
 /// Hash algorithm of a chunk digest, as recorded in a Nydus image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DigestAlgo {
     /// BLAKE3 with 32-byte output: Nydus' default.

@@ -77,7 +77,10 @@ async fn file_sha256(
 }
 
 fn human_line(obj: &serde_json::Map<String, serde_json::Value>) -> String {
-    let s = |k: &str| obj.get(k).map(|v| v.to_string().trim_matches('"').to_string());
+    let s = |k: &str| {
+        obj.get(k)
+            .map(|v| v.to_string().trim_matches('"').to_string())
+    };
     let mut line = format!(
         "{:<8} {:>7} {:>5}:{:<5} {:>10} {}",
         s("type").unwrap_or_default(),

@@ -81,7 +81,10 @@ pub fn entry(img: &Image, path: &str, inode: &Inode) -> anyhow::Result<Map<Strin
     let mut xattrs = Map::new();
     for x in img.xattrs(inode.nid)? {
         if x.name.starts_with(b"user.") {
-            xattrs.insert(String::from_utf8_lossy(&x.name).into(), hex::encode(&x.value).into());
+            xattrs.insert(
+                String::from_utf8_lossy(&x.name).into(),
+                hex::encode(&x.value).into(),
+            );
         }
     }
     if !xattrs.is_empty() {

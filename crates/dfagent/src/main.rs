@@ -4,6 +4,7 @@
 mod check;
 mod inspect;
 mod listing;
+mod mount;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,12 +53,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Mount an image read-only with FUSE and serve it in the foreground.
+    ///
+    /// File data is read lazily: only the chunks a reader touches are read from the blobs, each
+    /// verified against its digest before any byte is returned (a chunk that fails gives EIO).
+    /// Serves until `dfagent umount MOUNTPOINT`, SIGINT or SIGTERM, then unmounts and exits.
+    Mount(mount::MountArgs),
+    /// Unmount a dfagent mount (also recovers a stale mount left by a killed process).
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// Detach even if busy (MNT_DETACH); stale mounts are always detached.
+        #[arg(long)]
+        lazy: bool,
+    },
 }
 
 fn init_logging(verbose: u8) {
+    // fuser logs an expected failure when the kernel already dropped the mount: keep it quiet.
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,fuser=error",
+        1 => "info,fuser=error",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -82,6 +98,8 @@ fn main() -> ExitCode {
             blob_dir,
             json,
         } => check::run(&bootstrap, &blob_dir, json),
+        Command::Mount(args) => mount::run(args, cli.verbose > 0),
+        Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
     };
     match result {
         Ok(code) => code,

@@ -179,11 +179,18 @@ pub fn parse_tar_header(h: &[u8]) -> Result<(String, u64)> {
     if h.len() as u64 != TAR_HEADER_SIZE {
         return Err(RafsError::corrupt("tar header is not 512 bytes"));
     }
-    let want = octal(&h[148..156]).ok_or_else(|| RafsError::corrupt("tar header checksum is not octal"))?;
+    let want = octal(&h[148..156])
+        .ok_or_else(|| RafsError::corrupt("tar header checksum is not octal"))?;
     let sum: u64 = h
         .iter()
         .enumerate()
-        .map(|(i, &b)| if (148..156).contains(&i) { u64::from(b' ') } else { u64::from(b) })
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                u64::from(b' ')
+            } else {
+                u64::from(b)
+            }
+        })
         .sum();
     if sum != want {
         return Err(RafsError::corrupt(format!(
@@ -192,7 +199,8 @@ pub fn parse_tar_header(h: &[u8]) -> Result<(String, u64)> {
     }
     let name_end = h[..100].iter().position(|&b| b == 0).unwrap_or(100);
     let name = String::from_utf8_lossy(&h[..name_end]).into_owned();
-    let size = octal(&h[124..136]).ok_or_else(|| RafsError::corrupt("tar header size is not octal"))?;
+    let size =
+        octal(&h[124..136]).ok_or_else(|| RafsError::corrupt("tar header size is not octal"))?;
     Ok((name, size))
 }
 
@@ -203,7 +211,7 @@ pub fn toc_location(last_tar_header: &[u8], blob_size: u64) -> Result<Option<(u6
     if name != "rafs.blob.toc" {
         return Ok(None);
     }
-    if size % TOC_ENTRY_SIZE != 0 || size == 0 || size > MAX_TOC_SIZE {
+    if !size.is_multiple_of(TOC_ENTRY_SIZE) || size == 0 || size > MAX_TOC_SIZE {
         return Err(RafsError::corrupt(format!("TOC size {size} is invalid")));
     }
     let start = blob_size
@@ -214,7 +222,7 @@ pub fn toc_location(last_tar_header: &[u8], blob_size: u64) -> Result<Option<(u6
 
 /// Parse TOC entries, checking each section lies inside a blob of `blob_size` bytes.
 pub fn parse_toc(bytes: &[u8], blob_size: u64) -> Result<Vec<TocEntry>> {
-    if bytes.len() as u64 % TOC_ENTRY_SIZE != 0 || bytes.len() as u64 > MAX_TOC_SIZE {
+    if !(bytes.len() as u64).is_multiple_of(TOC_ENTRY_SIZE) || bytes.len() as u64 > MAX_TOC_SIZE {
         return Err(RafsError::corrupt(format!("TOC of {} bytes", bytes.len())));
     }
     bytes

@@ -80,7 +80,9 @@ pub(crate) fn compression_from_id(id: u32, what: &str) -> Result<Compression> {
         0 => Ok(Compression::None),
         1 => Ok(Compression::Lz4Block),
         3 => Ok(Compression::Zstd),
-        2 => Err(RafsError::Unsupported(format!("gzip compression of {what}"))),
+        2 => Err(RafsError::Unsupported(format!(
+            "gzip compression of {what}"
+        ))),
         other => Err(RafsError::corrupt(format!(
             "unknown compression id {other} for {what}"
         ))),

@@ -55,7 +55,12 @@ pub(crate) fn record_count(sb: &SuperBlock) -> u64 {
 }
 
 /// Parse record `i` of the chunk table.
-pub(crate) fn parse_record(data: &[u8], sb: &SuperBlock, algo: DigestAlgo, i: u64) -> Result<ChunkRecord> {
+pub(crate) fn parse_record(
+    data: &[u8],
+    sb: &SuperBlock,
+    algo: DigestAlgo,
+    i: u64,
+) -> Result<ChunkRecord> {
     if i >= record_count(sb) {
         return Err(RafsError::corrupt(format!(
             "chunk record {i} is beyond the {}-entry chunk table",

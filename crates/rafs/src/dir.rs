@@ -36,7 +36,8 @@ impl<'a> DirBlock<'a> {
     /// Validate the dirent array of `block` (the block's real length: the tail block of an
     /// inline directory is shorter than a full block).
     pub fn parse(block: &'a [u8], nid: u64, index: u64) -> Result<Self> {
-        let bad = |msg: String| RafsError::corrupt(format!("directory nid {nid} block {index}: {msg}"));
+        let bad =
+            |msg: String| RafsError::corrupt(format!("directory nid {nid} block {index}: {msg}"));
         if block.len() < DIRENT_SIZE {
             return Err(bad(format!("{} bytes cannot hold a dirent", block.len())));
         }

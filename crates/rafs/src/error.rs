@@ -16,7 +16,9 @@ pub enum RafsError {
         source: std::io::Error,
     },
     /// A structure extends beyond the end of the data.
-    #[error("truncated image: {what} at offset {offset} needs {len} bytes, but the data ends at {end}")]
+    #[error(
+        "truncated image: {what} at offset {offset} needs {len} bytes, but the data ends at {end}"
+    )]
     Truncated {
         /// The structure being read.
         what: String,

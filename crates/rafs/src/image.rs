@@ -344,7 +344,11 @@ impl Image {
                 rec.digest, rec.compressed_size, rec.uncompressed_size
             )));
         }
-        if rec.compressed_offset.checked_add(u64::from(rec.compressed_size)).is_none() {
+        if rec
+            .compressed_offset
+            .checked_add(u64::from(rec.compressed_size))
+            .is_none()
+        {
             return Err(RafsError::corrupt(format!(
                 "chunk {} offset {} overflows",
                 rec.digest, rec.compressed_offset

@@ -221,8 +221,7 @@ pub(crate) fn parse_inode(data: &[u8], sb: &SuperBlock, nid: u64) -> Result<Inod
         inode.inode_size + inode.xattr_size,
         "inode with xattrs",
     )?;
-    if inode.file_type == FileType::File && inode.size > 0 && layout_bits != layout::CHUNK_BASED
-    {
+    if inode.file_type == FileType::File && inode.size > 0 && layout_bits != layout::CHUNK_BASED {
         return Err(RafsError::Unsupported(format!(
             "nid {nid}: regular file with data layout {layout_bits}; RAFS files are chunk-based"
         )));

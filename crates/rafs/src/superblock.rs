@@ -121,11 +121,13 @@ impl SuperBlock {
                     .into(),
             ));
         }
-        let sb = Le(slice(data, SUPER_OFFSET, SUPER_SIZE, "EROFS superblock").map_err(|_| {
-            RafsError::NotRafs(format!(
-                "{len} bytes is too short to hold a superblock at offset {SUPER_OFFSET}"
-            ))
-        })?);
+        let sb = Le(
+            slice(data, SUPER_OFFSET, SUPER_SIZE, "EROFS superblock").map_err(|_| {
+                RafsError::NotRafs(format!(
+                    "{len} bytes is too short to hold a superblock at offset {SUPER_OFFSET}"
+                ))
+            })?,
+        );
         let magic = sb.u32(0);
         if magic != EROFS_MAGIC {
             return Err(RafsError::NotRafs(format!(
@@ -205,7 +207,9 @@ impl SuperBlock {
             }
         };
         if flags & flags::ENCRYPTION_AES_128_XTS != 0 {
-            return Err(RafsError::Unsupported("encrypted image (AES-128-XTS)".into()));
+            return Err(RafsError::Unsupported(
+                "encrypted image (AES-128-XTS)".into(),
+            ));
         }
         if flags & flags::TARFS_MODE != 0 {
             return Err(RafsError::Unsupported(
@@ -246,7 +250,7 @@ impl SuperBlock {
 
     fn check_tables(&self, len: u64) -> Result<()> {
         let table = |name: &str, off: u64, size: u64, unit: u64| -> Result<()> {
-            if size % unit != 0 {
+            if !size.is_multiple_of(unit) {
                 return Err(RafsError::corrupt(format!(
                     "{name} size {size} is not a multiple of its {unit}-byte entries"
                 )));

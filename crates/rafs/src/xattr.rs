@@ -54,10 +54,15 @@ fn parse_entry(area: &[u8], at: usize, nid: u64) -> Result<(Xattr, usize)> {
     let mut name = prefix(index, nid)?.to_vec();
     name.extend_from_slice(&area[at + 4..at + 4 + name_len]);
     if name.is_empty() {
-        return Err(RafsError::corrupt(format!("nid {nid}: xattr with an empty name")));
+        return Err(RafsError::corrupt(format!(
+            "nid {nid}: xattr with an empty name"
+        )));
     }
     let value = area[at + 4 + name_len..end].to_vec();
-    Ok((Xattr { name, value }, (4 + name_len + value_len).div_ceil(4) * 4))
+    Ok((
+        Xattr { name, value },
+        (4 + name_len + value_len).div_ceil(4) * 4,
+    ))
 }
 
 /// All xattrs of `inode`, in stored order (shared ones first).

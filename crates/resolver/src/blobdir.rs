@@ -128,7 +128,9 @@ impl ChunkSource for BlobDirSource {
                             data: Bytes::from(data),
                         }),
                         Ok(None) => {}
-                        Err(e) => tracing::warn!(chunk = %c.digest, error = %e, "blobdir read failed"),
+                        Err(e) => {
+                            tracing::warn!(chunk = %c.digest, error = %e, "blobdir read failed")
+                        }
                     }
                 }
                 out

@@ -105,7 +105,9 @@ fn check_blob_files(img: &Image, dir: &BlobDirSource, r: &mut CheckReport) -> Ha
     for blob in img.blobs() {
         let path = dir.blob_path(&blob.id);
         match dir.hash_blob(&blob.id) {
-            Ok(None) => r.problems.push(format!("blob {}: missing ({})", blob.id, path.display())),
+            Ok(None) => r
+                .problems
+                .push(format!("blob {}: missing ({})", blob.id, path.display())),
             Ok(Some((actual, size))) => {
                 r.compressed_bytes += size;
                 if actual != blob.id {
@@ -117,7 +119,9 @@ fn check_blob_files(img: &Image, dir: &BlobDirSource, r: &mut CheckReport) -> Ha
                 }
                 ok.insert(blob.index);
             }
-            Err(e) => r.problems.push(format!("blob {}: {}: {e}", blob.id, path.display())),
+            Err(e) => r
+                .problems
+                .push(format!("blob {}: {}: {e}", blob.id, path.display())),
         }
     }
     ok
@@ -186,7 +190,10 @@ fn check_toc(f: &File, size: u64) -> Result<(), String> {
     let toc = blob_meta::parse_toc(&read_at(f, off, len)?, size).map_err(|e| e.to_string())?;
     for e in toc.iter().filter(|e| e.name != "image.blob") {
         if e.uncompressed_size > MAX_TOC_SECTION {
-            return Err(format!("TOC section {} claims {} bytes", e.name, e.uncompressed_size));
+            return Err(format!(
+                "TOC section {} claims {} bytes",
+                e.name, e.uncompressed_size
+            ));
         }
         let stored = read_at(f, e.compressed_offset, e.compressed_size)?;
         let data = decompress(e.compression, &stored, e.uncompressed_size as usize)
@@ -201,7 +208,8 @@ fn check_toc(f: &File, size: u64) -> Result<(), String> {
         if e.name == "image.boot" {
             // A layer's own bootstrap names its blob with a placeholder id (the blob's digest is
             // not known while it is written), so only its superblocks are checked.
-            dfagent_rafs::SuperBlock::parse(&data).map_err(|err| format!("inline bootstrap: {err}"))?;
+            dfagent_rafs::SuperBlock::parse(&data)
+                .map_err(|err| format!("inline bootstrap: {err}"))?;
         }
     }
     Ok(())
@@ -226,7 +234,10 @@ fn check_chunks(
         if !present.contains(&rec.blob_index) {
             continue;
         }
-        let file = users.get(&rec.digest).map(String::as_str).unwrap_or("(no file)");
+        let file = users
+            .get(&rec.digest)
+            .map(String::as_str)
+            .unwrap_or("(no file)");
         let chunk = match img.chunk_ref(&rec) {
             Ok(c) => c,
             Err(e) => {

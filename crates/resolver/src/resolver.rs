@@ -87,7 +87,10 @@ impl Resolver {
         // Whoever sees the flight finish retires it (the leader may have been cancelled), so a
         // failure is never remembered: the next read tries again.
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(&chunk.digest).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+        if map
+            .get(&chunk.digest)
+            .is_some_and(|f| Arc::ptr_eq(f, &flight))
+        {
             map.remove(&chunk.digest);
         }
         result
