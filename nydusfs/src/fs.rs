@@ -20,6 +20,9 @@ use fuser::{
 use crate::attr::{file_attr, ino_of, kind, nid_of};
 use crate::metrics::FsMetrics;
 
+/// How long the kernel may cache the root's attributes (see `getattr`).
+const ROOT_ATTR_TTL: Duration = Duration::from_secs(1);
+
 /// Tunables of a mount; the defaults suit an immutable image.
 #[derive(Clone, Debug)]
 pub struct FsConfig {
@@ -170,7 +173,17 @@ impl Filesystem for NydusFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.metrics.request();
         match self.nid(ino).and_then(|n| self.attr(n)) {
-            Ok(attr) => reply.attr(&self.config.ttl, &attr),
+            Ok(attr) => {
+                // `stat MOUNTPOINT` is answered from the root's cached attributes: keep them
+                // briefly, so a mount whose server died shows ENOTCONN (and `mount_state` sees
+                // it as stale) within a second rather than after the full TTL.
+                let ttl = if ino == INodeNo::ROOT {
+                    self.config.ttl.min(ROOT_ATTR_TTL)
+                } else {
+                    self.config.ttl
+                };
+                reply.attr(&ttl, &attr)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -235,26 +248,11 @@ impl Filesystem for NydusFs {
         let names = self.names.clone();
         let root = self.image.root();
         self.rt.spawn(async move {
-            let tasks: Vec<_> = chunks
-                .into_iter()
-                .map(|fc| {
-                    let reader = reader.clone();
-                    tokio::spawn(async move {
-                        let r = reader.read_chunk(&fc.chunk).await;
-                        (fc, r)
-                    })
-                })
-                .collect();
+            let refs: Vec<_> = chunks.iter().map(|fc| fc.chunk).collect();
+            let results = reader.read_chunks(&refs).await;
             let mut buf = Vec::with_capacity(end.saturating_sub(offset) as usize);
             let mut failed = false;
-            for t in tasks {
-                let (fc, r) = match t.await {
-                    Ok(v) => v,
-                    Err(_) => {
-                        failed = true;
-                        continue;
-                    }
-                };
+            for (fc, r) in chunks.iter().zip(results) {
                 match r {
                     Ok(data) if !failed => {
                         let from = offset.saturating_sub(fc.file_offset) as usize;

@@ -117,12 +117,13 @@ pub fn mount(fs: NydusFs, mountpoint: &Path, fsname: &str) -> io::Result<Mounted
     config.clone_fd = true;
     let mut session = fuser::Session::new(fs, mountpoint, &config)?;
     let unmounter = session.unmount_callable();
-    let bg = session.spawn()?;
+    // Run the session on our own thread rather than with `Session::spawn`: `spawn` moves the
+    // mount out of the session, which turns the `SessionUnmounter` above into a no-op.
     let (tx, ended) = mpsc::channel();
     std::thread::Builder::new()
-        .name("nydusfs-join".into())
+        .name("nydusfs-session".into())
         .spawn(move || {
-            let _ = tx.send(bg.join());
+            let _ = tx.send(session.run());
         })?;
     Ok(Mounted {
         path: mountpoint.to_path_buf(),

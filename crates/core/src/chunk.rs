@@ -56,6 +56,15 @@ pub struct ChunkRef {
 }
 
 impl ChunkRef {
+    /// The same chunk as encoded differently (how another tier or the store holds it).
+    pub fn with_encoding(&self, compression: Compression, compressed_size: u32) -> ChunkRef {
+        ChunkRef {
+            compression,
+            compressed_size,
+            ..*self
+        }
+    }
+
     /// The byte range of the stored chunk in its blob.
     pub fn blob_range(&self) -> std::ops::Range<u64> {
         self.compressed_offset..self.compressed_offset + u64::from(self.compressed_size)

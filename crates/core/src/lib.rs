@@ -11,4 +11,6 @@ mod source;
 pub use blob::{BlobId, BlobIdError};
 pub use chunk::{decode_chunk, decompress, ChunkRef, Compression, DecodeError, MAX_CHUNK_SIZE};
 pub use digest::{ChunkDigest, DigestAlgo, DigestParseError};
-pub use source::{BoxFuture, ChunkReader, ChunkSource, ReadError, SourceError, StoredChunk};
+pub use source::{
+    BoxFuture, ChunkReader, ChunkSink, ChunkSource, ReadError, SourceError, StoredChunk,
+};

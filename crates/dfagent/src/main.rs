@@ -1,10 +1,12 @@
 //! `dfagent`: the command line. Parses arguments, sets up logging, and hands each command to the
 //! module named after it; the work itself lives in the library crates.
 
+mod cache;
 mod check;
 mod inspect;
 mod listing;
 mod mount;
+mod store_args;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +61,13 @@ enum Command {
     /// verified against its digest before any byte is returned (a chunk that fails gives EIO).
     /// Serves until `dfagent umount MOUNTPOINT`, SIGINT or SIGTERM, then unmounts and exits.
     Mount(mount::MountArgs),
+    /// Look after the node's chunk store.
+    Cache {
+        #[command(subcommand)]
+        command: cache::CacheCommand,
+        #[command(flatten)]
+        store: store_args::StoreArgs,
+    },
     /// Unmount a dfagent mount (also recovers a stale mount left by a killed process).
     Umount {
         /// The mount point.
@@ -100,6 +109,7 @@ fn main() -> ExitCode {
         } => check::run(&bootstrap, &blob_dir, json),
         Command::Mount(args) => mount::run(args, cli.verbose > 0),
         Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
+        Command::Cache { command, store } => cache::run(command, &store),
     };
     match result {
         Ok(code) => code,

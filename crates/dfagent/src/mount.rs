@@ -76,6 +76,7 @@ pub fn run(args: MountArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         vec![Arc::new(BlobDirSource::new(&args.blob_dir))],
         ResolverConfig {
             cache_bytes: args.cache_mib << 20,
+            ..ResolverConfig::default()
         },
     ));
     let fs = NydusFs::new(

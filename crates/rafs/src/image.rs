@@ -305,6 +305,17 @@ impl Image {
         chunk_table::parse_record(self.bytes(), &self.sb, self.sb.digest_algo, i)
     }
 
+    /// Every chunk of the image (one per chunk table record), in blob and offset order: what a
+    /// full prefetch or pull fetches, and what a store pins for the image.
+    pub fn all_chunks(&self) -> Result<Vec<ChunkRef>> {
+        let mut out = Vec::with_capacity(self.chunk_record_count() as usize);
+        for i in 0..self.chunk_record_count() {
+            out.push(self.chunk_ref(&self.chunk_record(i)?)?);
+        }
+        out.sort_by_key(|c| (c.blob, c.compressed_offset));
+        Ok(out)
+    }
+
     /// The chunk reference a chunk record describes: which blob, where, how it is encoded.
     pub fn chunk_ref(&self, rec: &ChunkRecord) -> Result<ChunkRef> {
         let blob = self.blobs.get(rec.blob_index as usize).ok_or_else(|| {

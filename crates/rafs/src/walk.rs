@@ -23,8 +23,13 @@ impl Image {
     /// Visit every entry, parents before children, each directory's entries in name order.
     /// Fails on a directory reached twice (a loop or a hard-linked directory), nesting deeper
     /// than [`MAX_DEPTH`], or any entry that does not parse.
-    pub fn walk(&self, mut f: impl FnMut(&WalkEntry) -> Result<()>) -> Result<()> {
-        let root = self.inode(self.root())?;
+    pub fn walk(&self, f: impl FnMut(&WalkEntry) -> Result<()>) -> Result<()> {
+        self.walk_from(self.root(), f)
+    }
+
+    /// Like [`Image::walk`], from node `nid` (paths are relative to it).
+    pub fn walk_from(&self, nid: u64, mut f: impl FnMut(&WalkEntry) -> Result<()>) -> Result<()> {
+        let root = self.inode(nid)?;
         let mut seen_dirs = HashSet::new();
         seen_dirs.insert(root.nid);
         let mut stack = vec![(

@@ -126,6 +126,7 @@ impl ChunkSource for BlobDirSource {
                         Ok(Some(data)) => out.push(StoredChunk {
                             index,
                             data: Bytes::from(data),
+                            compression: c.compression,
                         }),
                         Ok(None) => {}
                         Err(e) => {

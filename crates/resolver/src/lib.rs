@@ -9,8 +9,9 @@
 mod blobdir;
 pub mod check;
 mod metrics;
+pub mod prefetch;
 mod resolver;
 
 pub use blobdir::BlobDirSource;
-pub use metrics::{ResolverMetrics, ResolverStats};
-pub use resolver::{Resolver, ResolverConfig};
+pub use metrics::{ResolverMetrics, ResolverStats, TierStats};
+pub use resolver::{Resolver, ResolverConfig, StoreTier};

@@ -1,0 +1,734 @@
+//! [`Registry`]: one OCI distribution client per registry host, credentials from the docker
+//! config, retries of transient failures, and the pull side of Nydus images (resolve a
+//! reference, fetch the bootstrap, read blob ranges).
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::io::Read;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use dfagent_core::BlobId;
+use futures::StreamExt;
+use oci_client::client::{
+    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream,
+};
+use oci_client::errors::{DigestError, OciDistributionError};
+use oci_client::manifest::{
+    OciManifest, IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE,
+    OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE,
+};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Reference, RegistryOperation};
+use sha2::Digest as _;
+use tracing::{debug, info, warn};
+
+use crate::config::{Credentials, RegistryConfig};
+use crate::error::{classify, Error, Failure, Result};
+use crate::image::{
+    has_bootstrap_layer, index_candidates, nydus_parts, Descriptor, NydusImage,
+    BOOTSTRAP_PATH_IN_LAYER, OS_FEATURE_NYDUS,
+};
+
+/// Largest bootstrap layer (compressed) and bootstrap (uncompressed) we accept: 1 GiB.
+pub const MAX_BOOTSTRAP_SIZE: u64 = 1 << 30;
+/// Largest manifest or index we accept: 4 MiB (the distribution spec's recommended limit).
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+/// Largest single range read: 1 GiB.
+pub const MAX_RANGE_LEN: u64 = 1 << 30;
+/// Longest backoff between two retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Manifest media types we ask for.
+const ACCEPTED_MANIFESTS: &[&str] = &[
+    OCI_IMAGE_MEDIA_TYPE,
+    OCI_IMAGE_INDEX_MEDIA_TYPE,
+    IMAGE_MANIFEST_MEDIA_TYPE,
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+];
+
+/// A manifest (or index) as the registry served it.
+#[derive(Clone, Debug)]
+pub struct RawManifest {
+    /// The bytes; their sha256 is `digest`.
+    pub bytes: Vec<u8>,
+    /// Content digest, checked against the bytes (and against the reference's digest if it
+    /// named one).
+    pub digest: String,
+    /// The `mediaType` the document declares (empty if it declares none).
+    pub media_type: String,
+}
+
+/// The OCI client of one registry host and what we know about authenticating there.
+pub(crate) struct HostClient {
+    /// host[:port].
+    registry: String,
+    /// Client that is given the credentials (it probes `/v2/` and fetches tokens itself).
+    client: oci_client::Client,
+    /// Client that never holds credentials: used for a registry that asks for none, so each
+    /// request is not preceded by an authentication probe.
+    bare: oci_client::Client,
+    /// Credentials from the docker config, or anonymous.
+    auth: RegistryAuth,
+    /// `(repository, operation)` pairs authenticated so far; `bool` = the registry wants no
+    /// authentication at all (use `bare`).
+    authed: Mutex<HashMap<(String, Op), bool>>,
+}
+
+/// [`RegistryOperation`] with the traits a map key needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Op {
+    Pull,
+    Push,
+}
+
+impl Op {
+    fn oci(self) -> RegistryOperation {
+        match self {
+            Op::Pull => RegistryOperation::Pull,
+            Op::Push => RegistryOperation::Push,
+        }
+    }
+}
+
+/// A client for OCI registries holding Nydus images: resolves references, downloads
+/// bootstraps, reads byte ranges of data blobs and publishes images. Cheap to share behind an
+/// [`Arc`]; one instance serves any number of registries.
+pub struct Registry {
+    config: RegistryConfig,
+    credentials: Credentials,
+    extra_roots: Vec<Certificate>,
+    hosts: Mutex<HashMap<String, Arc<HostClient>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("config", &self.config)
+            .field("credentials", &self.credentials)
+            .finish()
+    }
+}
+
+/// Parse an image reference (`host[:port]/repo[:tag][@digest]`).
+pub(crate) fn parse_reference(reference: &str) -> Result<Reference> {
+    reference
+        .parse::<Reference>()
+        .map_err(|e| Error::Reference {
+            reference: reference.to_string(),
+            detail: e.to_string(),
+        })
+}
+
+/// `sha256:<hex>` of `data`.
+pub(crate) fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// Backoff before retry number `retry` (1-based): `base * 2^(retry-1)`, capped, with the upper
+/// half jittered so that many clients do not retry in lockstep.
+fn backoff(base: Duration, retry: u32) -> Duration {
+    let exp = base
+        .saturating_mul(1u32 << (retry.saturating_sub(1)).min(16))
+        .min(MAX_BACKOFF);
+    exp / 2 + exp.mul_f64(fastrand::f64() / 2.0)
+}
+
+impl Registry {
+    /// A client with `config`. Reads the docker config for credentials and the extra CA file
+    /// now, so mistakes there show up at start rather than at the first pull. Installs rustls'
+    /// ring crypto provider as the process default if none is installed.
+    pub fn new(config: RegistryConfig) -> Result<Self> {
+        // reqwest is built without a bundled provider; ours is ring. An error means another
+        // provider is already installed, which reqwest then uses.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let credentials = match config
+            .docker_config
+            .clone()
+            .or_else(Credentials::default_path)
+        {
+            Some(path) => Credentials::load(&path)?,
+            None => Credentials::default(),
+        };
+        let extra_roots = match &config.extra_ca {
+            Some(path) => {
+                let data = std::fs::read(path).map_err(|source| Error::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                if !data
+                    .windows(27)
+                    .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+                {
+                    return Err(Error::Config(format!(
+                        "{}: no PEM certificate in the extra CA file",
+                        path.display()
+                    )));
+                }
+                vec![Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data,
+                }]
+            }
+            None => Vec::new(),
+        };
+        debug!(?credentials, "registry client ready");
+        Ok(Self {
+            config,
+            credentials,
+            extra_roots,
+            hosts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The configuration this client was made with.
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    fn oci_client(&self, registry: &str) -> Result<oci_client::Client> {
+        let protocol = if self.config.is_plain_http(registry) {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        };
+        let config = ClientConfig {
+            protocol,
+            extra_root_certificates: self.extra_roots.clone(),
+            // We pick index entries ourselves (see `resolve`).
+            platform_resolver: None,
+            connect_timeout: Some(self.config.connect_timeout),
+            read_timeout: Some(self.config.read_timeout),
+            user_agent: concat!("dfagent-registry/", env!("CARGO_PKG_VERSION")),
+            ..ClientConfig::default()
+        };
+        oci_client::Client::try_from(config)
+            .map_err(|e| Error::Config(format!("cannot build an HTTP client for {registry}: {e}")))
+    }
+
+    /// The client of `reference`'s registry, made on first use.
+    fn host(&self, reference: &Reference) -> Result<Arc<HostClient>> {
+        let registry = reference.resolve_registry().to_string();
+        let mut hosts = self
+            .hosts
+            .lock()
+            .map_err(|_| Error::Config("registry client state poisoned".into()))?;
+        if let Some(h) = hosts.get(&registry) {
+            return Ok(h.clone());
+        }
+        let auth = match self.credentials.get(&registry) {
+            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+            None => RegistryAuth::Anonymous,
+        };
+        debug!(
+            %registry,
+            plain_http = self.config.is_plain_http(&registry),
+            credentials = !matches!(auth, RegistryAuth::Anonymous),
+            "new registry host"
+        );
+        let h = Arc::new(HostClient {
+            client: self.oci_client(&registry)?,
+            bare: self.oci_client(&registry)?,
+            registry: registry.clone(),
+            auth,
+            authed: Mutex::new(HashMap::new()),
+        });
+        hosts.insert(registry, h.clone());
+        Ok(h)
+    }
+
+    /// The host client for `reference`, authenticated for `op` on its repository. The first
+    /// time, this runs the authentication explicitly (oci-client's own, which answers a Basic
+    /// challenge with the credentials and a Bearer challenge by fetching a token from the
+    /// realm), so that refused credentials give an [`Error::Auth`] instead of a bare 401 later.
+    pub(crate) async fn prepare(
+        &self,
+        reference: &Reference,
+        op: Op,
+    ) -> Result<(Arc<HostClient>, oci_client::Client), Failure> {
+        let host = self.host(reference)?;
+        let key = (reference.repository().to_string(), op);
+        let known = host.authed.lock().ok().and_then(|m| m.get(&key).copied());
+        let open = match known {
+            Some(open) => open,
+            None => {
+                let token = host
+                    .client
+                    .auth(reference, &host.auth, op.oci())
+                    .await
+                    .map_err(|e| classify(e, &host.registry, "authenticate"))?;
+                // No token and no credentials: the registry asked for nothing.
+                let open = token.is_none() && matches!(host.auth, RegistryAuth::Anonymous);
+                debug!(registry = %host.registry, repository = %key.0, ?op, open, "authenticated");
+                if let Ok(mut m) = host.authed.lock() {
+                    m.insert(key, open);
+                }
+                open
+            }
+        };
+        let client = if open {
+            host.bare.clone()
+        } else {
+            host.client.clone()
+        };
+        Ok((host, client))
+    }
+
+    /// Classify an OCI client error; an authentication failure also forgets that the
+    /// repository was authenticated, so the next attempt authenticates again.
+    pub(crate) fn failure(
+        &self,
+        host: &HostClient,
+        reference: &Reference,
+        err: OciDistributionError,
+        what: &str,
+    ) -> Failure {
+        let f = classify(err, &host.registry, what);
+        if matches!(f.error, Error::Auth { .. }) {
+            if let Ok(mut m) = host.authed.lock() {
+                m.retain(|(repo, _), _| repo != reference.repository());
+            }
+        }
+        f
+    }
+
+    /// Run `attempt` until it succeeds, fails for good, or `retries` transient failures have
+    /// been retried, sleeping with exponential backoff and jitter in between.
+    pub(crate) async fn with_retries<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, Failure>>,
+    {
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(f) if f.transient && tries <= self.config.retries => {
+                    let delay = backoff(self.config.retry_base_delay, tries);
+                    warn!(what, attempt = tries, error = %f.error, ?delay, "transient registry failure, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(f) if f.transient => {
+                    return Err(Error::RetriesExhausted {
+                        what: what.to_string(),
+                        attempts: tries,
+                        last: Box::new(f.error),
+                    })
+                }
+                Err(f) => return Err(f.error),
+            }
+        }
+    }
+
+    /// Fetch the manifest or index `reference` names, as served, with its digest verified.
+    pub async fn fetch_manifest_raw(&self, reference: &str) -> Result<RawManifest> {
+        let r = parse_reference(reference)?;
+        self.fetch_manifest(&r).await
+    }
+
+    async fn fetch_manifest(&self, r: &Reference) -> Result<RawManifest> {
+        let what = format!("fetch manifest {}", r.whole());
+        self.with_retries(&what, || self.attempt_manifest(r, &what))
+            .await
+    }
+
+    async fn attempt_manifest(
+        &self,
+        r: &Reference,
+        what: &str,
+    ) -> std::result::Result<RawManifest, Failure> {
+        let (host, _) = self.prepare(r, Op::Pull).await?;
+        let (bytes, digest) = host
+            .client
+            .pull_manifest_raw(r, &host.auth, ACCEPTED_MANIFESTS)
+            .await
+            .map_err(|e| self.failure(&host, r, e, what))?;
+        if bytes.len() as u64 > MAX_MANIFEST_SIZE {
+            return Err(Failure::fatal(Error::TooLarge {
+                what: what.to_string(),
+                size: bytes.len() as u64,
+                limit: MAX_MANIFEST_SIZE,
+            }));
+        }
+        #[derive(serde::Deserialize)]
+        struct Versioned {
+            #[serde(rename = "mediaType", default)]
+            media_type: String,
+        }
+        let media_type = serde_json::from_slice::<Versioned>(&bytes)
+            .map(|v| v.media_type)
+            .map_err(|e| Error::Protocol(format!("{what}: not a JSON manifest: {e}")))?;
+        Ok(RawManifest {
+            bytes: bytes.to_vec(),
+            digest,
+            media_type,
+        })
+    }
+
+    /// Resolve `reference` (by tag or digest) to a Nydus image. An image index is searched for
+    /// the Nydus manifest of the configured platform the way nydusify publishes it: the entry
+    /// whose `platform.os.features` holds `nydus.remoteimage.v1`, else any entry of the platform
+    /// whose manifest has a Nydus bootstrap layer. A plain manifest must have a layer annotated
+    /// `containerd.io/snapshot/nydus-bootstrap: "true"`.
+    pub async fn resolve(&self, reference: &str) -> Result<NydusImage> {
+        let r = parse_reference(reference)?;
+        let raw = self.fetch_manifest(&r).await?;
+        let (os, arch) = (&self.config.platform.0, &self.config.platform.1);
+        let (digest, bytes, manifest) = match parse_manifest(&raw.bytes, reference)? {
+            OciManifest::Image(m) => (raw.digest, raw.bytes, m),
+            OciManifest::ImageIndex(index) => {
+                let candidates = index_candidates(&index.manifests, os, arch);
+                if candidates.is_empty() {
+                    return Err(Error::NotNydus {
+                        reference: reference.to_string(),
+                        detail: format!("the image index has no manifest for {os}/{arch}"),
+                    });
+                }
+                let mut found = None;
+                for d in candidates {
+                    let child = r.clone_with_digest(d.clone());
+                    let raw = self.fetch_manifest(&child).await?;
+                    match parse_manifest(&raw.bytes, reference)? {
+                        OciManifest::Image(m) if has_bootstrap_layer(&m) => {
+                            found = Some((raw.digest, raw.bytes, m));
+                            break;
+                        }
+                        _ => debug!(%d, "index entry is not a Nydus manifest"),
+                    }
+                }
+                found.ok_or_else(|| Error::NotNydus {
+                    reference: reference.to_string(),
+                    detail: format!(
+                        "the image index has no Nydus manifest for {os}/{arch} (no entry with \
+                         os.features {OS_FEATURE_NYDUS}, and no {os}/{arch} manifest with a \
+                         bootstrap layer)"
+                    ),
+                })?
+            }
+        };
+        let (bootstrap, blobs) = nydus_parts(reference, &manifest)?;
+        info!(reference, manifest = %digest, blobs = blobs.len(), "resolved Nydus image");
+        Ok(NydusImage {
+            reference: reference.to_string(),
+            registry: r.resolve_registry().to_string(),
+            repository: r.repository().to_string(),
+            manifest_digest: digest,
+            manifest_bytes: bytes,
+            bootstrap,
+            blobs,
+        })
+    }
+
+    /// Download the bootstrap layer of `img`, verify its sha256 against the manifest's
+    /// descriptor before touching its content, and return the bootstrap (`image/image.boot`
+    /// from the layer's tar, gzip'd or not). Both the layer and the bootstrap are bounded by
+    /// [`MAX_BOOTSTRAP_SIZE`].
+    pub async fn fetch_bootstrap(&self, img: &NydusImage) -> Result<Vec<u8>> {
+        let desc = img.bootstrap.clone();
+        if desc.size > MAX_BOOTSTRAP_SIZE {
+            return Err(Error::TooLarge {
+                what: format!("bootstrap layer {}", desc.digest),
+                size: desc.size,
+                limit: MAX_BOOTSTRAP_SIZE,
+            });
+        }
+        if !desc.digest.starts_with("sha256:") {
+            return Err(Error::Protocol(format!(
+                "bootstrap layer digest {} is not sha256",
+                desc.digest
+            )));
+        }
+        let r = img.oci_reference();
+        let what = format!("fetch bootstrap layer {}", desc.digest);
+        let layer = self
+            .with_retries(&what, || self.attempt_blob(&r, &desc, &what))
+            .await?;
+        let actual = sha256_digest(&layer);
+        if actual != desc.digest {
+            return Err(Error::Digest {
+                what,
+                expected: desc.digest,
+                actual,
+            });
+        }
+        let digest = desc.digest.clone();
+        tokio::task::spawn_blocking(move || extract_bootstrap(&layer, &digest))
+            .await
+            .map_err(|e| Error::Protocol(format!("bootstrap extraction task failed: {e}")))?
+    }
+
+    /// Download a whole blob of known size (bounded by the descriptor).
+    async fn attempt_blob(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+        what: &str,
+    ) -> std::result::Result<Vec<u8>, Failure> {
+        let (host, client) = self.prepare(r, Op::Pull).await?;
+        let stream = client
+            .pull_blob_stream(r, desc.digest.as_str())
+            .await
+            .map_err(|e| self.failure(&host, r, e, what))?;
+        if let Some(len) = stream.content_length {
+            if len != desc.size {
+                return Err(Failure::fatal(Error::Protocol(format!(
+                    "{what}: the registry announces {len} bytes, the manifest says {}",
+                    desc.size
+                ))));
+            }
+        }
+        let data = read_stream(stream, 0, desc.size, true, what).await?;
+        Ok(data.to_vec())
+    }
+
+    /// Read bytes `range` of data blob `blob` of `img` with an HTTP range request. Returns
+    /// exactly `range.end - range.start` bytes or an error. Redirects (object-store backed
+    /// registries answer 307) are followed; connection errors, 429 and 5xx are retried with
+    /// backoff. The bytes are not verified here.
+    pub async fn read_range(
+        &self,
+        img: &NydusImage,
+        blob: &BlobId,
+        range: Range<u64>,
+    ) -> Result<Bytes> {
+        let size = img.blob_size(blob).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "blob {blob} is not part of image {}",
+                img.reference
+            ))
+        })?;
+        if range.start > range.end || range.end > size {
+            return Err(Error::InvalidRequest(format!(
+                "range {}..{} is outside blob {blob} of {size} bytes",
+                range.start, range.end
+            )));
+        }
+        let len = range.end - range.start;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        if len > MAX_RANGE_LEN {
+            return Err(Error::TooLarge {
+                what: format!("range read of blob {blob}"),
+                size: len,
+                limit: MAX_RANGE_LEN,
+            });
+        }
+        let r = img.oci_reference();
+        let digest = blob.oci_digest();
+        let what = format!("read bytes {}..{} of blob {blob}", range.start, range.end);
+        self.with_retries(&what, || {
+            self.attempt_range(&r, &digest, range.start, len, &what)
+        })
+        .await
+    }
+
+    async fn attempt_range(
+        &self,
+        r: &Reference,
+        digest: &str,
+        start: u64,
+        len: u64,
+        what: &str,
+    ) -> std::result::Result<Bytes, Failure> {
+        let (host, client) = self.prepare(r, Op::Pull).await?;
+        let resp = client
+            .pull_blob_stream_partial(r, digest, start, Some(len))
+            .await
+            .map_err(|e| self.failure(&host, r, e, what))?;
+        match resp {
+            BlobResponse::Partial(stream) => {
+                if let Some(cl) = stream.content_length {
+                    if cl != len {
+                        return Err(Failure::fatal(Error::ShortRead {
+                            what: what.to_string(),
+                            got: cl,
+                            expected: len,
+                        }));
+                    }
+                }
+                read_stream(stream, 0, len, true, what).await
+            }
+            BlobResponse::Full(stream) => {
+                // The server ignored the Range header: skip to the range, stop after it.
+                debug!(
+                    what,
+                    "registry answered a range request with the whole blob"
+                );
+                read_stream(stream, start, len, false, what).await
+            }
+        }
+    }
+}
+
+/// Parse a manifest or index.
+fn parse_manifest(bytes: &[u8], reference: &str) -> Result<OciManifest> {
+    serde_json::from_slice::<OciManifest>(bytes).map_err(|e| {
+        Error::Protocol(format!(
+            "{reference}: not an OCI/Docker v2 image manifest or index: {e}"
+        ))
+    })
+}
+
+/// Read `len` bytes after skipping `skip` from a blob response. With `exact`, the response must
+/// end right there (a longer one is a protocol error); without, the rest is dropped.
+async fn read_stream(
+    mut stream: SizedStream,
+    mut skip: u64,
+    len: u64,
+    exact: bool,
+    what: &str,
+) -> std::result::Result<Bytes, Failure> {
+    let mut out = BytesMut::with_capacity(usize::try_from(len.min(64 << 20)).unwrap_or(0));
+    while let Some(item) = stream.next().await {
+        let mut chunk = item.map_err(|e| stream_failure(e, what))?;
+        if skip > 0 {
+            let n = skip.min(chunk.len() as u64);
+            let _ = chunk.split_to(n as usize);
+            skip -= n;
+        }
+        let room = len - out.len() as u64;
+        if chunk.len() as u64 > room {
+            if exact {
+                return Err(Failure::fatal(Error::Protocol(format!(
+                    "{what}: the registry sent more than the {len} bytes asked for"
+                ))));
+            }
+            out.extend_from_slice(&chunk[..room as usize]);
+            break;
+        }
+        out.extend_from_slice(&chunk);
+        if !exact && out.len() as u64 == len {
+            break;
+        }
+    }
+    if (out.len() as u64) < len {
+        // A body cut short by the network surfaces as a stream error above; a clean short
+        // body is the server's answer, and asking again would get the same.
+        return Err(Failure::fatal(Error::ShortRead {
+            what: what.to_string(),
+            got: out.len() as u64,
+            expected: len,
+        }));
+    }
+    Ok(out.freeze())
+}
+
+/// A body stream error: a digest mismatch (oci-client verifies full blobs) is final, anything
+/// else is the network.
+fn stream_failure(e: std::io::Error, what: &str) -> Failure {
+    if let Some(d) = e.get_ref().and_then(|i| i.downcast_ref::<DigestError>()) {
+        return Failure::fatal(Error::Protocol(format!(
+            "{what}: content does not match its digest: {d}"
+        )));
+    }
+    Failure::transient(Error::Io {
+        path: what.to_string(),
+        source: e,
+    })
+}
+
+/// Find `image/image.boot` in a bootstrap layer (tar, gzip'd or not) and return its bytes.
+pub(crate) fn extract_bootstrap(layer: &[u8], digest: &str) -> Result<Vec<u8>> {
+    let bad = |detail: String| Error::BootstrapLayer {
+        digest: digest.to_string(),
+        detail,
+    };
+    // Bound what decompression may produce (the bootstrap plus tar overhead), so a gzip bomb
+    // cannot keep us busy.
+    let limit = MAX_BOOTSTRAP_SIZE + (16 << 20);
+    let reader: Box<dyn Read + '_> = if layer.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::GzDecoder::new(layer).take(limit))
+    } else {
+        Box::new(Read::take(layer, limit))
+    };
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(|e| bad(format!("not a tar archive: {e}")))?;
+    let mut seen = BTreeSet::new();
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad(format!("corrupt tar archive: {e}")))?;
+        let path = entry
+            .path()
+            .map_err(|e| bad(format!("bad tar entry name: {e}")))?
+            .to_string_lossy()
+            .into_owned();
+        let name = path.trim_start_matches("./").trim_start_matches('/');
+        if name != BOOTSTRAP_PATH_IN_LAYER {
+            if seen.len() < 8 {
+                seen.insert(name.to_string());
+            }
+            continue;
+        }
+        if !entry.header().entry_type().is_file() {
+            return Err(bad(format!(
+                "{BOOTSTRAP_PATH_IN_LAYER} is not a regular file"
+            )));
+        }
+        let size = entry
+            .header()
+            .size()
+            .map_err(|e| bad(format!("bad size of {BOOTSTRAP_PATH_IN_LAYER}: {e}")))?;
+        if size > MAX_BOOTSTRAP_SIZE {
+            return Err(Error::TooLarge {
+                what: format!("bootstrap in layer {digest}"),
+                size,
+                limit: MAX_BOOTSTRAP_SIZE,
+            });
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        entry
+            .read_to_end(&mut out)
+            .map_err(|e| bad(format!("cannot read {BOOTSTRAP_PATH_IN_LAYER}: {e}")))?;
+        if out.len() as u64 != size {
+            return Err(bad(format!(
+                "{BOOTSTRAP_PATH_IN_LAYER} is truncated: {} of {size} bytes",
+                out.len()
+            )));
+        }
+        return Ok(out);
+    }
+    Err(bad(format!(
+        "the layer's tar has no {BOOTSTRAP_PATH_IN_LAYER} (entries seen: {seen:?})"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(100);
+        for retry in 1..=20 {
+            let d = backoff(base, retry);
+            let exp = (base * 2u32.pow((retry - 1).min(16))).min(MAX_BACKOFF);
+            assert!(d >= exp / 2 && d <= exp, "retry {retry}: {d:?} vs {exp:?}");
+        }
+    }
+
+    #[test]
+    fn extracts_bootstrap_and_rejects_layers_without_it() {
+        let boot = b"bootstrap bytes".to_vec();
+        let layer = crate::push::bootstrap_layer(&boot).unwrap();
+        assert_eq!(
+            extract_bootstrap(&layer.compressed, "sha256:x").unwrap(),
+            boot
+        );
+        assert_eq!(extract_bootstrap(&layer.tar, "sha256:x").unwrap(), boot);
+
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "image/other", &b"abc"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let e = extract_bootstrap(&tar, "sha256:y").unwrap_err();
+        assert!(e.to_string().contains("has no image/image.boot"), "{e}");
+        assert!(extract_bootstrap(b"\x1f\x8bgarbage", "sha256:z").is_err());
+    }
+}

@@ -1,0 +1,33 @@
+//! OCI distribution client for Nydus images, built on `oci-client`.
+//!
+//! - [`Registry::resolve`] turns a reference (tag or digest) into a [`NydusImage`]: the Nydus
+//!   manifest (picked from an index the way nydusify publishes it), its bootstrap layer and its
+//!   data blobs.
+//! - [`Registry::fetch_bootstrap`] downloads and verifies the bootstrap layer and unpacks
+//!   `image/image.boot` from it.
+//! - [`Registry::read_range`] reads byte ranges of data blobs (HTTP range requests, redirects
+//!   followed, transient failures retried with backoff), and [`RegistrySource`] makes that a
+//!   [`dfagent_core::ChunkSource`] tier that merges neighbouring chunks into one request.
+//! - [`Registry::push_nydus`] publishes a local Nydus image in nydusify's layout.
+//!
+//! Credentials come from a docker `config.json`; oci-client answers Basic challenges with them
+//! and runs the Bearer token exchange against the realm of a `WWW-Authenticate` challenge.
+//! Registries on loopback (and those listed as insecure) are spoken to over plain HTTP.
+#![deny(missing_docs)]
+
+mod client;
+mod config;
+mod error;
+mod image;
+mod push;
+mod source;
+
+pub use client::{RawManifest, Registry, MAX_BOOTSTRAP_SIZE, MAX_MANIFEST_SIZE, MAX_RANGE_LEN};
+pub use config::RegistryConfig;
+pub use error::{Error, Result};
+pub use image::{
+    Descriptor, NydusImage, ANNOTATION_NYDUS_BLOB, ANNOTATION_NYDUS_BOOTSTRAP,
+    ANNOTATION_NYDUS_FS_VERSION, ANNOTATION_UNCOMPRESSED, BOOTSTRAP_PATH_IN_LAYER,
+    MEDIA_TYPE_NYDUS_BLOB, OS_FEATURE_NYDUS,
+};
+pub use source::{RegistrySource, DEFAULT_MAX_MERGE, MAX_MERGE_GAP};

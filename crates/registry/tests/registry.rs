@@ -1,0 +1,1096 @@
+//! dfagent-registry against a real `docker-registry` (distribution 2.8) on 127.0.0.1: push and
+//! pull of the upstream-built fixture images, merged range reads counted through a recording
+//! proxy, blob dedup on re-push, Basic (htpasswd) and Bearer (token server) authentication, and
+//! retries of 503s. All traffic stays on loopback; every wait is bounded.
+
+use std::collections::BTreeSet;
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener as StdListener, TcpStream as StdStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use dfagent_core::{BlobId, ChunkRef, ChunkSource};
+use dfagent_registry::{Error, NydusImage, Registry, RegistryConfig, RegistrySource};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const FIXTURES: [&str; 5] = [
+    "v6-zstd-blake3",
+    "v6-lz4-sha256",
+    "v6-none-64k",
+    "v6-chunkdict",
+    "v6-nydusify-2layer",
+];
+
+/// Bound on any single operation of these tests.
+const OP_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn fixtures_dir() -> PathBuf {
+    let shared = std::env::var_os("DFAGENT_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    shared.join("fixtures/rafs")
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+fn b64url(data: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(OP_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {OP_TIMEOUT:?}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// docker-registry process
+
+/// A docker-registry process on 127.0.0.1, killed on drop.
+struct RegistryProc {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RegistryProc {
+    /// Start a registry whose config gets `auth_yaml` (an `auth:` section, or empty).
+    fn start(auth_yaml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
+             http:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
+            root = dir.path().join("data").display(),
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("write registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log file");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry (Debian package docker-registry)");
+        let mut me = Self { child, port, dir };
+        me.wait_ready();
+        me
+    }
+
+    /// Poll `GET /v2/` until the registry answers anything HTTP (200 or 401), for up to 15 s.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "docker-registry exited with {status}: {}",
+                    std::fs::read_to_string(self.dir.path().join("registry.log"))
+                        .unwrap_or_default()
+                );
+            }
+            if let Ok(mut s) = StdStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+                let mut buf = [0u8; 12];
+                if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("docker-registry on port {} not ready after 15 s", self.port);
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RegistryProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tiny HTTP/1.1 plumbing: read one request, write one response.
+
+#[derive(Clone, Debug)]
+struct Req {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Req {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn is_blob_get(&self) -> bool {
+        self.method == "GET" && self.path.contains("/blobs/sha256:")
+    }
+}
+
+/// Read one request (head and Content-Length body). `None` on a connection closed before a
+/// request.
+async fn read_request(s: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, Req, Vec<u8>)>> {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        if buf.len() > 64 << 10 {
+            return Err(std::io::Error::other("request head too large"));
+        }
+        let mut tmp = [0u8; 8192];
+        let n = s.read(&mut tmp).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = buf[..head_end].to_vec();
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let method = first.next().unwrap_or_default().to_string();
+    let path = first.next().unwrap_or_default().to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let req = Req {
+        method,
+        path,
+        headers,
+    };
+    if req
+        .header("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        return Err(std::io::Error::other(
+            "chunked request bodies are not supported",
+        ));
+    }
+    let len: usize = req
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < len {
+        let mut tmp = vec![0u8; (len - body.len()).min(1 << 20)];
+        let n = s.read(&mut tmp).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("request body cut short"));
+        }
+        body.extend_from_slice(&tmp[..n]);
+    }
+    Ok(Some((head, req, body)))
+}
+
+async fn respond(s: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let _ = s.write_all(out.as_bytes()).await;
+    let _ = s.write_all(body).await;
+    let _ = s.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recording proxy in front of the registry.
+
+/// What the proxy does with a request.
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Forward,
+    /// Answer with this status and no body.
+    Status(u16),
+    /// Answer 307 to the same path on the registry itself.
+    Redirect,
+}
+
+type Policy = Arc<dyn Fn(&Req) -> Action + Send + Sync>;
+
+/// A proxy on 127.0.0.1 that records every request, applies a policy, and forwards one
+/// request per connection to the registry.
+struct Proxy {
+    port: u16,
+    log: Arc<Mutex<Vec<Req>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16, policy: Policy) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log2.clone();
+                let policy = policy.clone();
+                tokio::spawn(async move {
+                    let _ = proxy_one(conn, upstream, log, policy).await;
+                });
+            }
+        });
+        Self { port, log, task }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn take_log(&self) -> Vec<Req> {
+        std::mem::take(&mut *self.log.lock().expect("log"))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn proxy_one(
+    mut conn: TcpStream,
+    upstream: u16,
+    log: Arc<Mutex<Vec<Req>>>,
+    policy: Policy,
+) -> std::io::Result<()> {
+    let Some((head, req, body)) = read_request(&mut conn).await? else {
+        return Ok(());
+    };
+    log.lock().expect("log").push(req.clone());
+    match policy(&req) {
+        Action::Status(code) => {
+            respond(&mut conn, &format!("{code} Injected"), &[], b"").await;
+        }
+        Action::Redirect => {
+            let location = format!("http://127.0.0.1:{upstream}{}", req.path);
+            respond(
+                &mut conn,
+                "307 Temporary Redirect",
+                &[("Location", location)],
+                b"",
+            )
+            .await;
+        }
+        Action::Forward => {
+            // One request per upstream connection: force `Connection: close` both ways.
+            let text = String::from_utf8_lossy(&head);
+            let mut out = String::new();
+            for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+                if !line.to_ascii_lowercase().starts_with("connection:") {
+                    out.push_str(line);
+                    out.push_str("\r\n");
+                }
+            }
+            out.push_str("Connection: close\r\n\r\n");
+            let mut up = TcpStream::connect(("127.0.0.1", upstream)).await?;
+            up.write_all(out.as_bytes()).await?;
+            up.write_all(&body).await?;
+            let mut resp = Vec::new();
+            up.read_to_end(&mut resp).await?;
+            conn.write_all(&resp).await?;
+            conn.shutdown().await?;
+        }
+    }
+    Ok(())
+}
+
+fn forward_all() -> Policy {
+    Arc::new(|_| Action::Forward)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token server for Bearer authentication (distribution's token auth).
+
+struct TokenServer {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Signing material: an ECDSA P-256 key and its self-signed certificate (the registry's
+/// `rootcertbundle`).
+struct Signer {
+    key: ring::signature::EcdsaKeyPair,
+    cert_der: Vec<u8>,
+    cert_pem: String,
+}
+
+fn make_signer() -> Signer {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let params = rcgen::CertificateParams::new(vec!["dfagent-test-token-issuer".to_string()])
+        .expect("params");
+    let cert = params.self_signed(&key).expect("self-signed cert");
+    let rng = ring::rand::SystemRandom::new();
+    let ring_key = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &key.serialize_der(),
+        &rng,
+    )
+    .expect("ring key from rcgen PKCS#8");
+    Signer {
+        key: ring_key,
+        cert_der: cert.der().to_vec(),
+        cert_pem: cert.pem(),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The JWT distribution expects: ES256, the signing certificate in `x5c`, claims iss, sub, aud,
+/// exp, nbf, iat, jti and access.
+fn make_token(signer: &Signer, user: &str, scopes: &[String]) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let access: Vec<serde_json::Value> = scopes
+        .iter()
+        .filter_map(|s| {
+            // repository:<name>:<actions> (the name may hold ':' only before a port, never here)
+            let (kind, rest) = s.split_once(':')?;
+            let (name, actions) = rest.rsplit_once(':')?;
+            Some(serde_json::json!({
+                "type": kind,
+                "name": name,
+                "actions": actions.split(',').collect::<Vec<_>>(),
+            }))
+        })
+        .collect();
+    let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [b64(&signer.cert_der)]});
+    let claims = serde_json::json!({
+        "iss": "test-issuer",
+        "sub": user,
+        "aud": "test-registry",
+        "exp": now + 600,
+        "nbf": now - 60,
+        "iat": now,
+        "jti": format!("{:x}", now ^ 0x5eed_u64.wrapping_mul(now)),
+        "access": access,
+    });
+    let input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let rng = ring::rand::SystemRandom::new();
+    let sig = signer.key.sign(&rng, input.as_bytes()).expect("sign");
+    format!("{input}.{}", b64url(sig.as_ref()))
+}
+
+async fn start_token_server(signer: Arc<Signer>, user: &str, pass: &str) -> TokenServer {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind token server");
+    let port = listener.local_addr().expect("addr").port();
+    let expected = format!("Basic {}", b64(format!("{user}:{pass}").as_bytes()));
+    let user = user.to_string();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let signer = signer.clone();
+            let expected = expected.clone();
+            let user = user.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(Some((_, req, _))) = read_request(&mut conn).await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                if req.header("authorization") != Some(expected.as_str()) {
+                    respond(
+                        &mut conn,
+                        "401 Unauthorized",
+                        &[("Content-Type", "application/json".into())],
+                        br#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#,
+                    )
+                    .await;
+                    return;
+                }
+                let query = req.path.split_once('?').map(|(_, q)| q).unwrap_or("");
+                let scopes: Vec<String> = query
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .filter(|(k, _)| *k == "scope")
+                    .map(|(_, v)| percent_decode(v))
+                    .collect();
+                let token = make_token(&signer, &user, &scopes);
+                let body =
+                    serde_json::json!({"token": token, "access_token": token, "expires_in": 600});
+                respond(
+                    &mut conn,
+                    "200 OK",
+                    &[("Content-Type", "application/json".into())],
+                    body.to_string().as_bytes(),
+                )
+                .await;
+            });
+        }
+    });
+    TokenServer {
+        port,
+        task,
+        requests,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// A client that reads credentials only from `docker_config` (a file in a temp dir).
+fn client_with(docker_config: PathBuf, retries: u32) -> Registry {
+    Registry::new(RegistryConfig {
+        docker_config: Some(docker_config),
+        retries,
+        retry_base_delay: Duration::from_millis(10),
+        ..RegistryConfig::default()
+    })
+    .expect("Registry::new")
+}
+
+fn anonymous_client(dir: &Path) -> Registry {
+    client_with(dir.join("no-such-config.json"), 4)
+}
+
+fn write_docker_config(dir: &Path, registry: &str, user: &str, pass: &str) -> PathBuf {
+    let path = dir.join("config.json");
+    let cfg = serde_json::json!({"auths": {registry: {"auth": b64(format!("{user}:{pass}").as_bytes())}}});
+    std::fs::write(&path, cfg.to_string()).expect("write docker config");
+    path
+}
+
+fn fixture(name: &str) -> (PathBuf, PathBuf) {
+    let dir = fixtures_dir().join(name);
+    (dir.join("bootstrap"), dir.join("blobs"))
+}
+
+fn blob_bytes(name: &str, id: &BlobId) -> Vec<u8> {
+    std::fs::read(fixture(name).1.join(id.hex())).expect("fixture blob")
+}
+
+/// The chunks of the regular file with the most distinct chunk ranges in `bootstrap`.
+fn chunks_of_biggest_file(bootstrap: &Path) -> (String, Vec<ChunkRef>) {
+    let image = dfagent_rafs::Image::open(bootstrap).expect("open fixture bootstrap");
+    let mut best: Option<(usize, String, Vec<ChunkRef>)> = None;
+    image
+        .walk(|e| {
+            if e.inode.file_type == dfagent_rafs::FileType::File && e.inode.size > 0 {
+                let chunks: Vec<ChunkRef> = image
+                    .chunks(&e.inode, 0, e.inode.size)?
+                    .into_iter()
+                    .map(|c| c.chunk)
+                    .collect();
+                let n = distinct_ranges(&chunks).len();
+                if best.as_ref().is_none_or(|(m, _, _)| n > *m) {
+                    best = Some((n, String::from_utf8_lossy(&e.path).into_owned(), chunks));
+                }
+            }
+            Ok(())
+        })
+        .expect("walk");
+    let (_, path, chunks) = best.expect("a regular file");
+    (path, chunks)
+}
+
+fn distinct_ranges(chunks: &[ChunkRef]) -> BTreeSet<(BlobId, u64, u32)> {
+    chunks
+        .iter()
+        .map(|c| (c.blob, c.compressed_offset, c.compressed_size))
+        .collect()
+}
+
+/// Fetch `chunks` through `source`, check every chunk's bytes against the blob files, and
+/// return the number of blob GETs the proxy saw.
+async fn fetch_and_check(
+    source: &RegistrySource,
+    proxy: &Proxy,
+    name: &str,
+    chunks: &[ChunkRef],
+) -> usize {
+    proxy.take_log();
+    let got = within("fetch", source.fetch(chunks)).await.expect("fetch");
+    let requests = proxy.take_log().iter().filter(|r| r.is_blob_get()).count();
+    assert_eq!(got.len(), chunks.len(), "{name}: every chunk answered");
+    let mut seen = BTreeSet::new();
+    for sc in &got {
+        assert!(seen.insert(sc.index), "{name}: chunk {} twice", sc.index);
+        let c = &chunks[sc.index];
+        assert_eq!(sc.compression, c.compression);
+        let data = blob_bytes(name, &c.blob);
+        let r = c.blob_range();
+        assert_eq!(
+            &sc.data[..],
+            &data[r.start as usize..r.end as usize],
+            "{name}: chunk {}",
+            sc.index
+        );
+    }
+    requests
+}
+
+/// Pull checks shared by the tests: resolve, bootstrap bytes, a few range reads.
+async fn check_pull(reg: &Registry, reference: &str, name: &str) -> NydusImage {
+    let (bootstrap, _) = fixture(name);
+    let img = within("resolve", reg.resolve(reference))
+        .await
+        .expect("resolve");
+    let image = dfagent_rafs::Image::open(&bootstrap).expect("fixture bootstrap");
+    let table: Vec<BlobId> = image.blobs().iter().map(|b| b.id).collect();
+    let manifest_blobs: Vec<BlobId> = img.blobs.iter().map(|(b, _)| *b).collect();
+    assert!(img.missing_blobs(&image).is_empty());
+    assert_eq!(
+        manifest_blobs, table,
+        "{name}: manifest blobs follow the blob table"
+    );
+    let boot = within("fetch_bootstrap", reg.fetch_bootstrap(&img))
+        .await
+        .expect("fetch_bootstrap");
+    assert_eq!(
+        boot,
+        std::fs::read(&bootstrap).expect("bootstrap"),
+        "{name}: bootstrap bytes"
+    );
+    for (id, size) in &img.blobs {
+        let data = blob_bytes(name, id);
+        assert_eq!(*size, data.len() as u64);
+        let s = *size;
+        for range in [
+            0..s.min(4096),
+            s / 3..(s / 3 + 1000).min(s),
+            s.saturating_sub(100)..s,
+            1..2,
+        ] {
+            let got = within("read_range", reg.read_range(&img, id, range.clone()))
+                .await
+                .expect("read_range");
+            assert_eq!(
+                &got[..],
+                &data[range.start as usize..range.end as usize],
+                "{name}: blob {id} range {range:?}"
+            );
+        }
+    }
+    img
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_and_pull_fixture_images_with_merged_range_reads() {
+    let reg_proc = RegistryProc::start("");
+    let proxy = Proxy::start(reg_proc.port, forward_all()).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let reg = Arc::new(anonymous_client(tmp.path()));
+    for name in FIXTURES {
+        let (bootstrap, blobs) = fixture(name);
+        let reference = format!("{}/fixtures/{name}:v1", proxy.addr());
+        let digest = within("push", reg.push_nydus(&reference, &bootstrap, &blobs))
+            .await
+            .expect("push_nydus");
+        assert!(digest.starts_with("sha256:"));
+        let img = check_pull(&reg, &reference, name).await;
+        assert_eq!(img.manifest_digest, digest);
+        // By digest too.
+        let by_digest = format!("{}/fixtures/{name}@{digest}", proxy.addr());
+        let img2 = within("resolve by digest", reg.resolve(&by_digest))
+            .await
+            .expect("resolve by digest");
+        assert_eq!(img2.manifest_bytes, img.manifest_bytes);
+
+        // All chunks of one file, through the ChunkSource: merged into fewer requests.
+        let (path, chunks) = chunks_of_biggest_file(&bootstrap);
+        let distinct = distinct_ranges(&chunks).len();
+        let mut source = RegistrySource::new(reg.clone(), Arc::new(img));
+        assert_eq!(source.name(), "registry");
+        let requests = fetch_and_check(&source, &proxy, name, &chunks).await;
+        eprintln!(
+            "{name}: {path}: {} chunks ({distinct} distinct ranges) in {requests} range requests",
+            chunks.len(),
+        );
+        assert!(requests >= 1);
+        if distinct > 1 {
+            assert!(
+                requests < distinct,
+                "{name}: {requests} requests for {distinct} distinct chunk ranges: no merging"
+            );
+        }
+        // A small merge limit splits the batch, and the answers are still right.
+        let total: u64 = chunks.iter().map(|c| u64::from(c.compressed_size)).sum();
+        source.max_merge = (total / 3).max(1);
+        let requests = fetch_and_check(&source, &proxy, name, &chunks).await;
+        if distinct > 3 {
+            assert!(
+                (3..distinct).contains(&requests),
+                "{name}: {requests} requests with max_merge {}",
+                source.max_merge
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushing_twice_uploads_no_blob_the_second_time() {
+    let reg_proc = RegistryProc::start("");
+    let proxy = Proxy::start(reg_proc.port, forward_all()).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let reg = anonymous_client(tmp.path());
+    let (bootstrap, blobs) = fixture("v6-chunkdict");
+    let reference = format!("{}/dedup/img:v1", proxy.addr());
+    let first = within("push", reg.push_nydus(&reference, &bootstrap, &blobs))
+        .await
+        .expect("first push");
+    let log = proxy.take_log();
+    let uploads = |log: &[Req]| {
+        log.iter()
+            .filter(|r| {
+                matches!(r.method.as_str(), "POST" | "PATCH")
+                    || (r.method == "PUT" && r.path.contains("/blobs/"))
+            })
+            .count()
+    };
+    assert!(uploads(&log) > 0, "the first push uploads");
+    let second = within("push", reg.push_nydus(&reference, &bootstrap, &blobs))
+        .await
+        .expect("second push");
+    assert_eq!(first, second, "pushing is deterministic");
+    let log = proxy.take_log();
+    assert_eq!(uploads(&log), 0, "second push uploaded blobs: {log:#?}");
+    assert_eq!(
+        log.iter()
+            .filter(|r| r.method == "PUT" && r.path.contains("/manifests/"))
+            .count(),
+        1
+    );
+    // Same image under another tag: still nothing uploaded.
+    let other = format!("{}/dedup/img:v2", proxy.addr());
+    within("push", reg.push_nydus(&other, &bootstrap, &blobs))
+        .await
+        .expect("push v2");
+    assert_eq!(uploads(&proxy.take_log()), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_oci_images_are_refused_and_indexes_are_searched() {
+    let reg_proc = RegistryProc::start("");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let reg = anonymous_client(tmp.path());
+    let (bootstrap, blobs) = fixture("v6-zstd-blake3");
+    let nydus_ref = format!("{}/multi/app:nydus", reg_proc.addr());
+    let nydus_digest = within("push", reg.push_nydus(&nydus_ref, &bootstrap, &blobs))
+        .await
+        .expect("push");
+    let nydus_manifest = reg.fetch_manifest_raw(&nydus_ref).await.expect("manifest");
+    assert_eq!(nydus_manifest.digest, nydus_digest);
+
+    // A plain OCI image next to it, pushed with oci-client itself.
+    let oci = oci_client::Client::new(oci_client::client::ClientConfig {
+        protocol: oci_client::client::ClientProtocol::Http,
+        ..Default::default()
+    });
+    let plain_ref: oci_client::Reference = format!("{}/multi/app:oci", reg_proc.addr())
+        .parse()
+        .expect("reference");
+    let layer = oci_client::client::ImageLayer::oci_v1_gzip(b"not really gzip".to_vec(), None);
+    let config = oci_client::client::Config::oci_v1(
+        br#"{"architecture":"amd64","os":"linux"}"#.to_vec(),
+        None,
+    );
+    within(
+        "oci push",
+        oci.push(
+            &plain_ref,
+            &[layer],
+            config,
+            &oci_client::secrets::RegistryAuth::Anonymous,
+            None,
+        ),
+    )
+    .await
+    .expect("oci-client push");
+    let plain = reg
+        .fetch_manifest_raw(&plain_ref.whole())
+        .await
+        .expect("plain manifest");
+    let err = reg
+        .resolve(&plain_ref.whole())
+        .await
+        .expect_err("plain image");
+    assert!(matches!(err, Error::NotNydus { .. }), "{err}");
+    assert!(err.to_string().starts_with("not a Nydus image: "), "{err}");
+
+    // An index as nydusify's --merge-platform writes it: OCI entry first, Nydus entry marked.
+    let entry = |m: &dfagent_registry::RawManifest, features: Option<Vec<&str>>| {
+        let mut platform = serde_json::json!({"os": "linux", "architecture": "amd64"});
+        if let Some(f) = features {
+            platform["os.features"] = serde_json::json!(f);
+        }
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": m.digest,
+            "size": m.bytes.len(),
+            "platform": platform,
+        })
+    };
+    let push_index = |tag: &'static str, entries: Vec<serde_json::Value>| {
+        let index: oci_client::manifest::OciImageIndex =
+            serde_json::from_value(serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": entries,
+            }))
+            .expect("index");
+        let r: oci_client::Reference = format!("{}/multi/app:{tag}", reg_proc.addr())
+            .parse()
+            .expect("ref");
+        let oci = oci.clone();
+        async move {
+            oci.push_manifest_list(&r, &oci_client::secrets::RegistryAuth::Anonymous, index)
+                .await
+                .expect("push index");
+            r.whole()
+        }
+    };
+    let marked = push_index(
+        "index",
+        vec![
+            entry(&plain, None),
+            entry(&nydus_manifest, Some(vec!["nydus.remoteimage.v1"])),
+        ],
+    )
+    .await;
+    let img = within("resolve index", reg.resolve(&marked))
+        .await
+        .expect("resolve index");
+    assert_eq!(img.manifest_digest, nydus_digest);
+    // Unmarked: found by its bootstrap layer.
+    let unmarked = push_index(
+        "unmarked",
+        vec![entry(&plain, None), entry(&nydus_manifest, None)],
+    )
+    .await;
+    let img = within("resolve index", reg.resolve(&unmarked))
+        .await
+        .expect("resolve unmarked");
+    assert_eq!(img.manifest_digest, nydus_digest);
+    // No Nydus manifest for the platform.
+    let only_oci = push_index("only-oci", vec![entry(&plain, None)]).await;
+    let err = reg.resolve(&only_oci).await.expect_err("no nydus entry");
+    assert!(matches!(err, Error::NotNydus { .. }), "{err}");
+    // Unknown tag.
+    let err = reg
+        .resolve(&format!("{}/multi/app:missing", reg_proc.addr()))
+        .await
+        .expect_err("missing tag");
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_with_docker_config_credentials() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let htpasswd = tmp.path().join("htpasswd");
+    let hash = bcrypt::hash_with_result("s3cret", 4)
+        .expect("bcrypt")
+        .format_for_version(bcrypt::Version::TwoY);
+    std::fs::write(&htpasswd, format!("alice:{hash}\n")).expect("htpasswd");
+    let reg_proc = RegistryProc::start(&format!(
+        "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+        htpasswd.display()
+    ));
+    let (bootstrap, blobs) = fixture("v6-lz4-sha256");
+    let reference = format!("{}/private/img:v1", reg_proc.addr());
+
+    let good_dir = tmp.path().join("good");
+    std::fs::create_dir(&good_dir).expect("dir");
+    let good = client_with(
+        write_docker_config(&good_dir, &reg_proc.addr(), "alice", "s3cret"),
+        4,
+    );
+    within("push", good.push_nydus(&reference, &bootstrap, &blobs))
+        .await
+        .expect("push with good credentials");
+    check_pull(&good, &reference, "v6-lz4-sha256").await;
+
+    let bad_dir = tmp.path().join("bad");
+    std::fs::create_dir(&bad_dir).expect("dir");
+    let bad = client_with(
+        write_docker_config(&bad_dir, &reg_proc.addr(), "alice", "wrong"),
+        4,
+    );
+    let started = Instant::now();
+    let err = within("resolve", bad.resolve(&reference))
+        .await
+        .expect_err("wrong password");
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("authentication to registry 127.0.0.1:"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    let err = within("push", bad.push_nydus(&reference, &bootstrap, &blobs))
+        .await
+        .expect_err("push with wrong password");
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+
+    let anon = anonymous_client(tmp.path());
+    let err = within("resolve", anon.resolve(&reference))
+        .await
+        .expect_err("anonymous");
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    eprintln!("basic auth refusal: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_auth() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let signer = Arc::new(make_signer());
+    let cert = tmp.path().join("token-cert.pem");
+    std::fs::write(&cert, &signer.cert_pem).expect("cert");
+    let tokens = start_token_server(signer.clone(), "bob", "hunter2").await;
+    let reg_proc = RegistryProc::start(&format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: test-registry\n    \
+         issuer: test-issuer\n    rootcertbundle: {}\n",
+        tokens.port,
+        cert.display()
+    ));
+    let (bootstrap, blobs) = fixture("v6-nydusify-2layer");
+    let reference = format!("{}/team/app:v1", reg_proc.addr());
+
+    let good_dir = tmp.path().join("good");
+    std::fs::create_dir(&good_dir).expect("dir");
+    let good = client_with(
+        write_docker_config(&good_dir, &reg_proc.addr(), "bob", "hunter2"),
+        4,
+    );
+    let pushed = within("push", good.push_nydus(&reference, &bootstrap, &blobs)).await;
+    if pushed.is_err() {
+        eprintln!(
+            "registry log:\n{}",
+            std::fs::read_to_string(reg_proc.dir.path().join("registry.log")).unwrap_or_default()
+        );
+    }
+    pushed.expect("push with a token");
+    check_pull(&good, &reference, "v6-nydusify-2layer").await;
+    assert!(
+        tokens.requests.load(Ordering::SeqCst) >= 2,
+        "tokens were fetched"
+    );
+
+    let bad_dir = tmp.path().join("bad");
+    std::fs::create_dir(&bad_dir).expect("dir");
+    let bad = client_with(
+        write_docker_config(&bad_dir, &reg_proc.addr(), "bob", "nope"),
+        4,
+    );
+    let started = Instant::now();
+    let err = within("resolve", bad.resolve(&reference))
+        .await
+        .expect_err("wrong password");
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    eprintln!("bearer auth refusal: {err}");
+    let err = within("push", bad.push_nydus(&reference, &bootstrap, &blobs))
+        .await
+        .expect_err("push with wrong password");
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_reads_retry_503_and_follow_redirects() {
+    let reg_proc = RegistryProc::start("");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let name = "v6-none-64k";
+    let (bootstrap, blobs) = fixture(name);
+    let direct = anonymous_client(tmp.path());
+    let reference = format!("{}/retry/img:v1", reg_proc.addr());
+    within("push", direct.push_nydus(&reference, &bootstrap, &blobs))
+        .await
+        .expect("push");
+
+    // Fails the first two blob GETs with 503, then forwards.
+    let failures = Arc::new(AtomicUsize::new(0));
+    let f = failures.clone();
+    let flaky = Proxy::start(
+        reg_proc.port,
+        Arc::new(move |r: &Req| {
+            if r.is_blob_get() && f.fetch_add(1, Ordering::SeqCst) < 2 {
+                Action::Status(503)
+            } else {
+                Action::Forward
+            }
+        }),
+    )
+    .await;
+    let reg = anonymous_client(tmp.path());
+    let img = within(
+        "resolve",
+        reg.resolve(&format!("{}/retry/img:v1", flaky.addr())),
+    )
+    .await
+    .expect("resolve through the flaky proxy");
+    let (id, _) = img.blobs[0];
+    let data = blob_bytes(name, &id);
+    let got = within("read_range", reg.read_range(&img, &id, 1000..70_000))
+        .await
+        .expect("read_range after two 503s");
+    assert_eq!(&got[..], &data[1000..70_000]);
+    let gets = flaky.take_log().iter().filter(|r| r.is_blob_get()).count();
+    assert_eq!(gets, 3, "two 503s and one success");
+
+    // Always 503: a clear error after retries + 1 attempts.
+    let down = Proxy::start(
+        reg_proc.port,
+        Arc::new(|r: &Req| {
+            if r.is_blob_get() {
+                Action::Status(503)
+            } else {
+                Action::Forward
+            }
+        }),
+    )
+    .await;
+    let retries = 3;
+    let reg = client_with(tmp.path().join("none.json"), retries);
+    let img = within(
+        "resolve",
+        reg.resolve(&format!("{}/retry/img:v1", down.addr())),
+    )
+    .await
+    .expect("resolve through the failing proxy");
+    let started = Instant::now();
+    let err = within("read_range", reg.read_range(&img, &id, 0..100))
+        .await
+        .expect_err("always 503");
+    eprintln!("always 503: {err} (after {:?})", started.elapsed());
+    match &err {
+        Error::RetriesExhausted { attempts, .. } => assert_eq!(*attempts, retries + 1),
+        other => panic!("expected RetriesExhausted, got {other:?}"),
+    }
+    assert!(err.to_string().contains("503"), "{err}");
+    assert_eq!(
+        down.take_log().iter().filter(|r| r.is_blob_get()).count(),
+        retries as usize + 1
+    );
+    // The ChunkSource leaves the chunks of a failed range out instead of failing the batch.
+    let (_, chunks) = chunks_of_biggest_file(&bootstrap);
+    let source = RegistrySource::new(Arc::new(reg), Arc::new(img));
+    let got = within("fetch", source.fetch(&chunks[..2]))
+        .await
+        .expect("fetch");
+    assert!(got.is_empty());
+
+    // A registry that redirects blob GETs elsewhere (as object-store backed ones do).
+    let redirecting = Proxy::start(
+        reg_proc.port,
+        Arc::new(|r: &Req| {
+            if r.is_blob_get() {
+                Action::Redirect
+            } else {
+                Action::Forward
+            }
+        }),
+    )
+    .await;
+    let reg = anonymous_client(tmp.path());
+    let img = within(
+        "resolve",
+        reg.resolve(&format!("{}/retry/img:v1", redirecting.addr())),
+    )
+    .await
+    .expect("resolve through the redirecting proxy");
+    let got = within("read_range", reg.read_range(&img, &id, 5..70_005))
+        .await
+        .expect("read_range through a 307");
+    assert_eq!(&got[..], &data[5..70_005]);
+    let boot = within("bootstrap", reg.fetch_bootstrap(&img))
+        .await
+        .expect("bootstrap via 307");
+    assert_eq!(boot, std::fs::read(&bootstrap).expect("bootstrap"));
+    assert!(redirecting.take_log().iter().any(|r| r.is_blob_get()));
+
+    // Out-of-range and foreign-blob reads are refused without a request.
+    let err = reg
+        .read_range(&img, &id, 0..data.len() as u64 + 1)
+        .await
+        .expect_err("past end");
+    assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
+    let err = reg
+        .read_range(&img, &BlobId::from_bytes([9; 32]), 0..1)
+        .await
+        .expect_err("foreign blob");
+    assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
+}

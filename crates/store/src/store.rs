@@ -1,0 +1,470 @@
+//! [`Store`]: chunk records in RocksDB plus the in-memory eviction index.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use dfagent_core::{decode_chunk, BlobId, ChunkDigest, ChunkRef, Compression};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
+
+use crate::error::StoreError;
+use crate::layout::*;
+use crate::lock::OwnerLock;
+use crate::lru::Lru;
+
+/// Settings of a store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Most bytes of chunk data the store keeps.
+    pub capacity: u64,
+    /// Whether chunks pinned by an image may be evicted (last) when nothing else is left.
+    pub evict_pinned: bool,
+    /// Keep chunk values in RocksDB blob files (values of 1 MiB do not belong in the LSM tree).
+    pub blob_files: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 10 << 30,
+            evict_pinned: true,
+            blob_files: true,
+        }
+    }
+}
+
+/// A chunk as the store holds it.
+#[derive(Clone, Debug)]
+pub struct StoredValue {
+    /// Encoding of `data`.
+    pub compression: Compression,
+    /// Size after decoding.
+    pub uncompressed_size: u32,
+    /// The stored bytes.
+    pub data: Bytes,
+}
+
+/// Counters and sizes of a store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Chunks held.
+    pub chunks: u64,
+    /// Bytes of chunk data held.
+    pub bytes: u64,
+    /// Capacity in bytes.
+    pub capacity: u64,
+    /// Chunks some image pins.
+    pub pinned_chunks: u64,
+    /// Bytes of pinned chunks.
+    pub pinned_bytes: u64,
+    /// Lookups that found the chunk.
+    pub hits: u64,
+    /// Lookups that did not.
+    pub misses: u64,
+    /// Chunks evicted to make room.
+    pub evictions: u64,
+    /// Chunks dropped because they failed verification.
+    pub rejected: u64,
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyReport {
+    /// Chunks checked.
+    pub checked: u64,
+    /// Chunks that failed to decode or verify, now removed.
+    pub removed: Vec<(ChunkDigest, String)>,
+}
+
+/// The node's chunk store.
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    config: StoreConfig,
+    lru: Mutex<Lru>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    rejected: AtomicU64,
+    _lock: OwnerLock,
+}
+
+fn no_wal() -> WriteOptions {
+    let mut w = WriteOptions::default();
+    w.disable_wal(true);
+    w
+}
+
+impl Store {
+    /// Open (creating if needed) the store in `dir`, taking ownership of it.
+    pub fn open(dir: &Path, config: StoreConfig) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let lock = OwnerLock::acquire(dir)?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        let mut chunk_opts = Options::default();
+        if config.blob_files {
+            chunk_opts.set_enable_blob_files(true);
+            chunk_opts.set_min_blob_size(4096);
+            chunk_opts.set_blob_file_size(256 << 20);
+            chunk_opts.set_enable_blob_gc(true);
+        }
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_CHUNKS, chunk_opts),
+            ColumnFamilyDescriptor::new(CF_ACCESS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_PINS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
+        let store = Store {
+            db,
+            path: dir.to_path_buf(),
+            config,
+            lru: Mutex::new(Lru::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            _lock: lock,
+        };
+        store.load_index()?;
+        Ok(store)
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        // The four families are created at open; a missing one is a bug, not bad input.
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
+    }
+
+    fn lru(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Rebuild the eviction index from the access and pin records.
+    fn load_index(&self) -> Result<(), StoreError> {
+        let mut lru = self.lru();
+        for item in self.db.iterator_cf(self.cf(CF_PINS), IteratorMode::Start) {
+            let (k, _) = item?;
+            if k.len() > 33 {
+                if let Ok(d) = parse_digest_key(&k[k.len() - 33..]) {
+                    lru.pin(&d);
+                }
+            }
+        }
+        let mut bad = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_ACCESS), IteratorMode::Start) {
+            let (k, v) = item?;
+            match (parse_digest_key(&k), parse_access_value(&k, &v)) {
+                (Ok(d), Ok((tick, size))) => {
+                    lru.observe_tick(tick);
+                    lru.insert(d, size, tick);
+                }
+                _ => bad.push(k),
+            }
+        }
+        drop(lru);
+        for k in bad {
+            tracing::warn!(key = %hex_key(&k), "dropping unreadable access record and its chunk");
+            let mut b = WriteBatch::default();
+            b.delete_cf(self.cf(CF_ACCESS), &k);
+            b.delete_cf(self.cf(CF_CHUNKS), &k);
+            self.db.write(b)?;
+        }
+        Ok(())
+    }
+
+    /// The store directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the store holds `digest`.
+    pub fn contains(&self, digest: &ChunkDigest) -> bool {
+        self.lru().contains(digest)
+    }
+
+    /// The stored chunk `digest`, marking it recently used. Not verified here: callers decode it
+    /// with [`dfagent_core::decode_chunk`] and [`Store::remove`] it when that fails.
+    pub fn get(&self, digest: &ChunkDigest) -> Result<Option<StoredValue>, StoreError> {
+        let key = digest_key(digest);
+        let Some(v) = self.db.get_cf(self.cf(CF_CHUNKS), key)? else {
+            self.misses.fetch_add(1, Relaxed);
+            return Ok(None);
+        };
+        let (compression, uncompressed_size) = match parse_chunk_value(&key, &v) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(chunk = %digest, error = %e, "dropping unreadable chunk record");
+                self.remove(digest)?;
+                self.misses.fetch_add(1, Relaxed);
+                return Ok(None);
+            }
+        };
+        self.hits.fetch_add(1, Relaxed);
+        let touched = self.lru().touch(digest);
+        if let Some((tick, size)) = touched {
+            // Recency is a hint: losing it in a crash only changes eviction order.
+            let _ =
+                self.db
+                    .put_cf_opt(self.cf(CF_ACCESS), key, access_value(tick, size), &no_wal());
+        }
+        let data = Bytes::from(v).slice(CHUNK_HEADER..);
+        Ok(Some(StoredValue {
+            compression,
+            uncompressed_size,
+            data,
+        }))
+    }
+
+    /// Keep chunk `digest` (already verified by the caller), evicting least recently used
+    /// chunks (pinned ones last) to stay within capacity. Durable against process crashes once
+    /// this returns.
+    pub fn put(
+        &self,
+        digest: &ChunkDigest,
+        compression: Compression,
+        uncompressed_size: u32,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        let size = data.len() as u64;
+        if size > self.config.capacity {
+            return Err(StoreError::Full(format!(
+                "a {size}-byte chunk exceeds the {}-byte capacity",
+                self.config.capacity
+            )));
+        }
+        let key = digest_key(digest);
+        let mut lru = self.lru();
+        if lru.contains(digest) {
+            return Ok(());
+        }
+        let victims = lru
+            .victims(size, self.config.capacity, self.config.evict_pinned)
+            .ok_or_else(|| {
+                StoreError::Full(format!(
+                    "only chunks of pinned images are left to evict ({} of {} bytes pinned)",
+                    lru.pinned_bytes(),
+                    self.config.capacity
+                ))
+            })?;
+        let tick = lru.next_tick();
+        let mut b = WriteBatch::default();
+        for v in &victims {
+            let k = digest_key(v);
+            b.delete_cf(self.cf(CF_CHUNKS), k);
+            b.delete_cf(self.cf(CF_ACCESS), k);
+        }
+        b.put_cf(
+            self.cf(CF_CHUNKS),
+            key,
+            chunk_value(compression, uncompressed_size, data),
+        );
+        b.put_cf(self.cf(CF_ACCESS), key, access_value(tick, size));
+        self.db.write(b)?;
+        for v in &victims {
+            lru.remove(v);
+        }
+        self.evictions.fetch_add(victims.len() as u64, Relaxed);
+        lru.insert(*digest, size, tick);
+        Ok(())
+    }
+
+    /// Bytes that can still be stored without evicting any pinned chunk.
+    pub fn headroom_without_pinned(&self) -> u64 {
+        let lru = self.lru();
+        self.config.capacity.saturating_sub(lru.pinned_bytes())
+    }
+
+    /// Drop chunk `digest` (e.g. it failed verification).
+    pub fn remove(&self, digest: &ChunkDigest) -> Result<(), StoreError> {
+        let key = digest_key(digest);
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_CHUNKS), key);
+        b.delete_cf(self.cf(CF_ACCESS), key);
+        self.db.write(b)?;
+        self.lru().remove(digest);
+        Ok(())
+    }
+
+    /// Drop a chunk that failed verification, counting it.
+    pub fn reject(&self, digest: &ChunkDigest) -> Result<(), StoreError> {
+        self.rejected.fetch_add(1, Relaxed);
+        self.remove(digest)
+    }
+
+    /// Record that `image` uses `digests`, replacing what it used before. Pinned chunks are
+    /// evicted last (or never, see [`StoreConfig::evict_pinned`]).
+    pub fn pin(&self, image: &str, digests: &[ChunkDigest]) -> Result<(), StoreError> {
+        self.unpin(image)?;
+        let mut b = WriteBatch::default();
+        let mut unique: Vec<ChunkDigest> = digests.to_vec();
+        unique.sort();
+        unique.dedup();
+        for d in &unique {
+            b.put_cf(self.cf(CF_PINS), pin_key(image, d), []);
+        }
+        self.db.write(b)?;
+        let mut lru = self.lru();
+        for d in &unique {
+            lru.pin(d);
+        }
+        Ok(())
+    }
+
+    /// Forget `image`'s pins.
+    pub fn unpin(&self, image: &str) -> Result<(), StoreError> {
+        let prefix = pin_prefix(image);
+        let mut b = WriteBatch::default();
+        let mut gone = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_PINS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if let Ok(d) = parse_digest_key(&k[prefix.len()..]) {
+                gone.push(d);
+            }
+            b.delete_cf(self.cf(CF_PINS), &k);
+        }
+        self.db.write(b)?;
+        let mut lru = self.lru();
+        for d in &gone {
+            lru.unpin(d);
+        }
+        Ok(())
+    }
+
+    /// Images that pin chunks.
+    pub fn pinned_images(&self) -> Result<Vec<String>, StoreError> {
+        let mut out: Vec<String> = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_PINS), IteratorMode::Start) {
+            let (k, _) = item?;
+            if let Some(p) = k.iter().position(|&c| c == 0) {
+                let name = String::from_utf8_lossy(&k[..p]).into_owned();
+                if out.last() != Some(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keep a small metadata record (manifest, bootstrap, image record) under `key`.
+    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        Ok(self.db.put_cf(self.cf(CF_META), key.as_bytes(), value)?)
+    }
+
+    /// The metadata record `key`.
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_META), key.as_bytes())?)
+    }
+
+    /// Remove metadata record `key`.
+    pub fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
+        Ok(self.db.delete_cf(self.cf(CF_META), key.as_bytes())?)
+    }
+
+    /// Sizes and counters.
+    pub fn stats(&self) -> StoreStats {
+        let lru = self.lru();
+        StoreStats {
+            chunks: lru.len() as u64,
+            bytes: lru.used(),
+            capacity: self.config.capacity,
+            pinned_chunks: lru.pinned_chunks() as u64,
+            pinned_bytes: lru.pinned_bytes(),
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            evictions: self.evictions.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+        }
+    }
+
+    /// Decode and verify every chunk; drop the ones that fail.
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        let mut bad = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_CHUNKS), IteratorMode::Start) {
+            let (k, v) = item?;
+            report.checked += 1;
+            let digest = match parse_digest_key(&k) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable chunk key");
+                    continue;
+                }
+            };
+            let outcome = parse_chunk_value(&k, &v)
+                .map_err(|e| e.to_string())
+                .and_then(|(compression, uncompressed_size)| {
+                    let data = &v[CHUNK_HEADER..];
+                    let r = ChunkRef {
+                        digest,
+                        blob: BlobId::from_bytes([0; 32]),
+                        compressed_offset: 0,
+                        compressed_size: data.len() as u32,
+                        uncompressed_size,
+                        compression,
+                    };
+                    decode_chunk(&r, data)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = outcome {
+                bad.push((digest, e));
+            }
+        }
+        for (d, _) in &bad {
+            self.reject(d)?;
+        }
+        report.removed = bad;
+        Ok(report)
+    }
+
+    /// Remove every chunk no image pins; returns (chunks, bytes) freed.
+    pub fn gc(&self) -> Result<(u64, u64), StoreError> {
+        let victims = self.lru().unpinned();
+        let mut freed = (0, 0);
+        for d in victims {
+            let size = self.lru().remove(&d).unwrap_or(0);
+            let key = digest_key(&d);
+            let mut b = WriteBatch::default();
+            b.delete_cf(self.cf(CF_CHUNKS), key);
+            b.delete_cf(self.cf(CF_ACCESS), key);
+            self.db.write(b)?;
+            freed.0 += 1;
+            freed.1 += size;
+        }
+        Ok(freed)
+    }
+
+    /// Remove everything: chunks, pins and metadata.
+    pub fn clear(&self) -> Result<(), StoreError> {
+        for name in [CF_CHUNKS, CF_ACCESS, CF_PINS, CF_META] {
+            let cf = self.cf(name);
+            let mut b = WriteBatch::default();
+            for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+                let (k, _) = item?;
+                b.delete_cf(cf, &k);
+            }
+            self.db.write(b)?;
+        }
+        *self.lru() = Lru::default();
+        Ok(())
+    }
+}

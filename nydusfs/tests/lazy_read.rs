@@ -1,0 +1,148 @@
+//! Laziness: mounting fetches nothing, and reading one file through the mount asks the tier for
+//! that file's chunks and no others.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{bounded, digests, expected_file, file_chunk_refs, fixture, sha256_hex, TestMount};
+use dfagent_core::{BoxFuture, ChunkDigest, ChunkRef, ChunkSource, SourceError, StoredChunk};
+use dfagent_resolver::BlobDirSource;
+
+/// A tier that records every chunk it is asked for, then lets a blob directory answer.
+struct CountingSource {
+    inner: BlobDirSource,
+    requested: Mutex<Vec<ChunkDigest>>,
+}
+
+impl CountingSource {
+    fn new(image: &str) -> Arc<Self> {
+        Arc::new(Self {
+            inner: BlobDirSource::new(fixture(image).join("blobs")),
+            requested: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn requested(&self) -> Vec<ChunkDigest> {
+        self.requested.lock().unwrap().clone()
+    }
+}
+
+impl ChunkSource for CountingSource {
+    fn name(&self) -> &str {
+        "counting"
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        chunks: &'a [ChunkRef],
+    ) -> BoxFuture<'a, Result<Vec<StoredChunk>, SourceError>> {
+        self.requested
+            .lock()
+            .unwrap()
+            .extend(chunks.iter().map(|c| c.digest));
+        self.inner.fetch(chunks)
+    }
+}
+
+/// Mount `image`, read only `path` (lookups, no listing), and check that exactly its chunks
+/// were fetched, each once.
+fn read_fetches_only_that_file(image: &str, path: &str) {
+    let tier = CountingSource::new(image);
+    let m = TestMount::with_tier(image, tier.clone());
+    assert!(
+        tier.requested().is_empty(),
+        "mounting fetched chunks: {:?}",
+        tier.requested()
+    );
+
+    let want = expected_file(image, path);
+    let p = m.join(path);
+    let data = bounded(
+        &format!("reading {path}"),
+        Duration::from_secs(10),
+        move || std::fs::read(p),
+    )
+    .unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    assert_eq!(data.len() as u64, want.size);
+    assert_eq!(
+        sha256_hex(&data),
+        want.sha256,
+        "{image}/{path}: wrong bytes"
+    );
+
+    let expected = digests(&file_chunk_refs(&m.image, path));
+    assert!(!expected.is_empty());
+    let requested = tier.requested();
+    let requested_set: HashSet<ChunkDigest> = requested.iter().copied().collect();
+    assert_eq!(
+        requested_set, expected,
+        "{image}: reading {path} fetched other chunks than its own"
+    );
+    assert_eq!(
+        requested.len(),
+        requested_set.len(),
+        "{image}: a chunk of {path} was fetched more than once: {requested:?}"
+    );
+
+    // A second read is served without the tier (page cache or the resolver's cache).
+    let p = m.join(path);
+    let again = bounded("reading again", Duration::from_secs(10), move || {
+        std::fs::read(p)
+    })
+    .unwrap();
+    assert_eq!(sha256_hex(&again), want.sha256);
+    assert_eq!(tier.requested().len(), requested.len());
+    m.unmount();
+}
+
+#[test]
+fn reading_hello_fetches_only_its_chunk() {
+    read_fetches_only_that_file("v6-zstd-blake3", "hello.txt");
+}
+
+#[test]
+fn reading_a_multi_chunk_file_fetches_only_its_chunks() {
+    // 200000 bytes in 64 KiB chunks: four chunks, shared with text/copy-of-big.txt and no other.
+    let image = common::open_image("v6-none-64k");
+    assert_eq!(file_chunk_refs(&image, "text/big.txt").len(), 4);
+    read_fetches_only_that_file("v6-none-64k", "text/big.txt");
+}
+
+#[test]
+fn reading_a_file_of_the_second_layer_fetches_only_its_chunks() {
+    read_fetches_only_that_file("v6-nydusify-2layer", "added.txt");
+}
+
+#[test]
+fn metadata_operations_fetch_nothing() {
+    let tier = CountingSource::new("v6-zstd-blake3");
+    let m = TestMount::with_tier("v6-zstd-blake3", tier.clone());
+    let root = m.path().to_path_buf();
+    bounded("metadata walk", Duration::from_secs(30), move || {
+        // A full walk: readdir, stat, readlink and xattrs of every entry, no file data.
+        let mut stack = vec![root];
+        let mut n = 0;
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let md = std::fs::symlink_metadata(e.path()).unwrap();
+                if md.is_dir() {
+                    stack.push(e.path());
+                } else if md.file_type().is_symlink() {
+                    std::fs::read_link(e.path()).unwrap();
+                }
+                n += 1;
+            }
+        }
+        assert!(n > 600, "walk saw only {n} entries");
+    });
+    assert!(
+        tier.requested().is_empty(),
+        "metadata operations fetched chunks: {:?}",
+        tier.requested()
+    );
+    m.unmount();
+}
