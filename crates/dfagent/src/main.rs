@@ -6,6 +6,7 @@ mod check;
 mod inspect;
 mod listing;
 mod mount;
+mod remote;
 mod store_args;
 
 use std::path::PathBuf;
@@ -61,6 +62,30 @@ enum Command {
     /// verified against its digest before any byte is returned (a chunk that fails gives EIO).
     /// Serves until `dfagent umount MOUNTPOINT`, SIGINT or SIGTERM, then unmounts and exits.
     Mount(mount::MountArgs),
+    /// Fill the chunk store with a whole image from a registry (with a progress bar), so that
+    /// it mounts and reads with the registry unreachable. The image stays pinned.
+    Pull {
+        /// The image reference, e.g. localhost:5000/app:v1.
+        image: String,
+        #[command(flatten)]
+        store: store_args::StoreArgs,
+        #[command(flatten)]
+        registry: remote::RegistryArgs,
+    },
+    /// Publish a local Nydus image (e.g. built by upstream nydus-image) to a registry in
+    /// nydusify's layout: one layer per data blob, then the bootstrap layer.
+    Push {
+        /// The image's bootstrap.
+        #[arg(long)]
+        bootstrap: PathBuf,
+        /// Directory holding its data blobs, each named by its sha256.
+        #[arg(long)]
+        blob_dir: PathBuf,
+        /// Where to push, e.g. localhost:5000/app:v1.
+        image: String,
+        #[command(flatten)]
+        registry: remote::RegistryArgs,
+    },
     /// Look after the node's chunk store.
     Cache {
         #[command(subcommand)]
@@ -110,6 +135,17 @@ fn main() -> ExitCode {
         Command::Mount(args) => mount::run(args, cli.verbose > 0),
         Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
         Command::Cache { command, store } => cache::run(command, &store),
+        Command::Pull {
+            image,
+            store,
+            registry,
+        } => remote::pull(&image, &store, &registry),
+        Command::Push {
+            bootstrap,
+            blob_dir,
+            image,
+            registry,
+        } => remote::push(&bootstrap, &blob_dir, &image, &registry),
     };
     match result {
         Ok(code) => code,

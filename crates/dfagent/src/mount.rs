@@ -15,14 +15,16 @@ use dfagent_resolver::{BlobDirSource, Resolver, ResolverConfig};
 /// Arguments of `dfagent mount`.
 #[derive(clap::Args)]
 pub struct MountArgs {
-    /// Where to mount (an existing directory).
-    pub mountpoint: PathBuf,
-    /// The image's bootstrap (RAFS v6 metadata).
-    #[arg(long)]
-    pub bootstrap: PathBuf,
-    /// Directory holding the image's data blobs, each named by its sha256.
-    #[arg(long)]
-    pub blob_dir: PathBuf,
+    /// `IMAGE MOUNTPOINT` (IMAGE is a registry reference such as localhost:5000/app:v1), or just
+    /// `MOUNTPOINT` with --bootstrap and --blob-dir for a local image.
+    #[arg(num_args = 1..=2, value_names = ["IMAGE", "MOUNTPOINT"], required = true)]
+    pub targets: Vec<String>,
+    /// A local image's bootstrap (RAFS v6 metadata); needs --blob-dir.
+    #[arg(long, requires = "blob_dir")]
+    pub bootstrap: Option<PathBuf>,
+    /// Directory holding the local image's data blobs, each named by its sha256.
+    #[arg(long, requires = "bootstrap")]
+    pub blob_dir: Option<PathBuf>,
     /// Replace whatever is mounted at MOUNTPOINT, including a stale mount left by a killed
     /// dfagent ("transport endpoint is not connected").
     #[arg(long)]
@@ -30,6 +32,14 @@ pub struct MountArgs {
     /// Size of the in-memory cache of decoded, verified chunks, in MiB.
     #[arg(long, default_value_t = 256)]
     pub cache_mib: u64,
+    /// What a registry mount fetches in the background: `none`, `table` (the image's prefetch
+    /// table) or `all` (the table, then the whole image, so the node keeps working offline).
+    #[arg(long, default_value = "all")]
+    pub prefetch: dfagent_resolver::prefetch::PrefetchPolicy,
+    #[command(flatten)]
+    pub store: crate::store_args::StoreArgs,
+    #[command(flatten)]
+    pub registry: crate::remote::RegistryArgs,
 }
 
 fn prepare_mountpoint(mp: &Path, force: bool) -> anyhow::Result<()> {
@@ -61,24 +71,63 @@ fn prepare_mountpoint(mp: &Path, force: bool) -> anyhow::Result<()> {
 }
 
 pub fn run(args: MountArgs, verbose: bool) -> anyhow::Result<ExitCode> {
-    let mp = &args.mountpoint;
-    prepare_mountpoint(mp, args.force)?;
-    let image = Arc::new(
-        Image::open(&args.bootstrap)
-            .with_context(|| format!("opening {}", args.bootstrap.display()))?,
-    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .thread_name("dfagent-io")
         .enable_all()
         .build()?;
-    let resolver = Arc::new(Resolver::new(
-        vec![Arc::new(BlobDirSource::new(&args.blob_dir))],
-        ResolverConfig {
-            cache_bytes: args.cache_mib << 20,
-            ..ResolverConfig::default()
-        },
-    ));
+    let (image, resolver, mp, fsname, pinned) = match (&args.bootstrap, &args.blob_dir) {
+        (Some(bootstrap), Some(blob_dir)) => {
+            let [mp] = args.targets.as_slice() else {
+                bail!("with --bootstrap, give only the MOUNTPOINT (not an IMAGE)");
+            };
+            let mp = PathBuf::from(mp);
+            prepare_mountpoint(&mp, args.force)?;
+            let image = Arc::new(
+                Image::open(bootstrap)
+                    .with_context(|| format!("opening {}", bootstrap.display()))?,
+            );
+            let resolver = Arc::new(Resolver::new(
+                vec![Arc::new(BlobDirSource::new(blob_dir))],
+                ResolverConfig {
+                    cache_bytes: args.cache_mib << 20,
+                    ..ResolverConfig::default()
+                },
+            ));
+            (
+                image,
+                resolver,
+                mp,
+                format!("dfagent:{}", bootstrap.display()),
+                None,
+            )
+        }
+        _ => {
+            let [reference, mp] = args.targets.as_slice() else {
+                bail!("give IMAGE and MOUNTPOINT (or --bootstrap and --blob-dir with MOUNTPOINT)");
+            };
+            let mp = PathBuf::from(mp);
+            prepare_mountpoint(&mp, args.force)?;
+            let store = Arc::new(args.store.open()?);
+            let registry = args.registry.registry()?;
+            let opened = rt.block_on(crate::remote::open(
+                reference,
+                store.clone(),
+                registry,
+                args.cache_mib << 20,
+            ))?;
+            crate::remote::start_prefetch(&rt, &opened, args.prefetch);
+            let fsname = format!("dfagent:{reference}");
+            (
+                opened.image,
+                opened.resolver,
+                mp,
+                fsname,
+                Some((store, reference.clone())),
+            )
+        }
+    };
+    let mp = &mp;
     let fs = NydusFs::new(
         image,
         resolver.clone(),
@@ -86,12 +135,11 @@ pub fn run(args: MountArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         FsConfig::default(),
     );
     let fs_metrics = fs.metrics();
-    let fsname = format!("dfagent:{}", args.bootstrap.display());
     let mut mounted = dfagent_nydusfs::mount(fs, mp, &fsname)
         .with_context(|| format!("mounting at {}", mp.display()))?;
     eprintln!(
         "dfagent: mounted {} at {}",
-        args.bootstrap.display(),
+        fsname.trim_start_matches("dfagent:"),
         mp.display()
     );
 
@@ -130,6 +178,12 @@ pub fn run(args: MountArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     }
     eprintln!("dfagent: unmounted {}", mp.display());
     if verbose {
+        for t in resolver.metrics().snapshot().tiers {
+            eprintln!(
+                "dfagent: tier {}: requests {}, chunks {}, bytes {}, errors {}, verification failures {}, time {} ms",
+                t.name, t.requests, t.chunks, t.bytes, t.errors, t.verify_failures, t.latency_us / 1000
+            );
+        }
         let f = fs_metrics.snapshot();
         let r = resolver.metrics().snapshot();
         eprintln!(
@@ -142,6 +196,13 @@ pub fn run(args: MountArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         );
     }
     rt.shutdown_timeout(Duration::from_secs(2));
+    if let Some((store, reference)) = pinned {
+        // A mounted image's chunks are evicted last only while it is mounted; a pulled one
+        // stays pinned.
+        if store.get_meta(&format!("pulled/{reference}"))?.is_none() {
+            store.unpin(&reference)?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -63,6 +63,56 @@ pub struct NydusImage {
 }
 
 impl NydusImage {
+    /// A JSON record of everything needed to use the image again without the registry (what
+    /// the chunk store keeps so that a mount works offline).
+    pub fn to_record(&self) -> Vec<u8> {
+        let blobs: Vec<serde_json::Value> = self
+            .blobs
+            .iter()
+            .map(|(id, size)| serde_json::json!([id.hex(), size]))
+            .collect();
+        serde_json::json!({
+            "reference": self.reference,
+            "registry": self.registry,
+            "repository": self.repository,
+            "manifest_digest": self.manifest_digest,
+            "manifest_hex": hex::encode(&self.manifest_bytes),
+            "bootstrap": {
+                "media_type": self.bootstrap.media_type,
+                "digest": self.bootstrap.digest,
+                "size": self.bootstrap.size,
+            },
+            "blobs": blobs,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// Parse a record written by [`NydusImage::to_record`].
+    pub fn from_record(bytes: &[u8]) -> Option<Self> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        let s = |k: &str| v.get(k)?.as_str().map(str::to_string);
+        let b = v.get("bootstrap")?;
+        let mut blobs = Vec::new();
+        for e in v.get("blobs")?.as_array()? {
+            let id: BlobId = e.get(0)?.as_str()?.parse().ok()?;
+            blobs.push((id, e.get(1)?.as_u64()?));
+        }
+        Some(NydusImage {
+            reference: s("reference")?,
+            registry: s("registry")?,
+            repository: s("repository")?,
+            manifest_digest: s("manifest_digest")?,
+            manifest_bytes: hex::decode(s("manifest_hex")?).ok()?,
+            bootstrap: Descriptor {
+                media_type: b.get("media_type")?.as_str()?.to_string(),
+                digest: b.get("digest")?.as_str()?.to_string(),
+                size: b.get("size")?.as_u64()?,
+            },
+            blobs,
+        })
+    }
+
     /// Size of data blob `blob`, if the image has it.
     pub fn blob_size(&self, blob: &BlobId) -> Option<u64> {
         self.blobs.iter().find(|(b, _)| b == blob).map(|(_, s)| *s)
