@@ -168,8 +168,9 @@ impl SuperBlock {
                 "metadata area at {meta_offset} starts beyond the {len}-byte bootstrap"
             )));
         }
-        let devtable_offset = u64::from(sb.u16(86)) * DEVICE_SLOT_SIZE;
-        let extra_devices = sb.u16(84);
+        // +84 is a union field (unused by RAFS), +86 the device count, +88 the table's slot.
+        let extra_devices = sb.u16(86);
+        let devtable_offset = u64::from(sb.u16(88)) * DEVICE_SLOT_SIZE;
 
         let ext = Le(slice(
             data,

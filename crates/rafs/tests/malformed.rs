@@ -1209,3 +1209,21 @@ fn byte_flip_sweep_synthetic() {
     assert_eq!(tried, 3 * original.len());
     assert!(opened > 0);
 }
+
+#[test]
+fn device_table_must_match_the_blob_table() {
+    // Device slot 0 (byte 1408) names another blob than blob table entry 0.
+    let mut b = base();
+    b[1408] = if b[1408] == b'0' { b'1' } else { b'0' };
+    let e = open_err(b);
+    assert_corrupt(&e, &["device slot 0 names blob"]);
+
+    // A device count that disagrees with the blob table.
+    let mut b = base();
+    put_u16(&mut b, SB + 86, 3);
+    let e = open_err(b);
+    assert_corrupt(
+        &e,
+        &["device table has 3 slots but the blob table 1 entries"],
+    );
+}
