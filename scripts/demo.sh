@@ -5,7 +5,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 fixtures=${DFAGENT_SHARED:-$here/../shared}/fixtures/rafs
 img=$fixtures/${1:-v6-zstd-blake3}
-bin=${DFAGENT:-${CARGO_TARGET_DIR:-/var/cache/dfagent/target}/release/dfagent}
+target=${CARGO_TARGET_DIR:-/var/cache/dfagent/target}
+bin=${DFAGENT:-$target/release/dfagent}
+[ -x "$bin" ] || bin=$target/debug/dfagent
+[ -x "$bin" ] || { echo "demo.sh: no dfagent binary; run scripts/setup.sh first" >&2; exit 1; }
 mp=$(mktemp -d /tmp/dfagent-demo.XXXXXX)
 echo "== dfagent check $img"
 "$bin" check "$img/bootstrap" --blob-dir "$img/blobs"
