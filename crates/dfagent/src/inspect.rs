@@ -44,10 +44,15 @@ pub fn run(bootstrap: &Path, blob_dir: Option<&Path>, json: bool) -> anyhow::Res
             obj.insert("sha256".into(), sha.into());
         }
         use std::io::Write;
-        if json {
-            writeln!(out, "{}", listing::to_line(&obj))?;
+        let line = if json {
+            listing::to_line(&obj)
         } else {
-            writeln!(out, "{}", human_line(&obj))?;
+            human_line(&obj)
+        };
+        match writeln!(out, "{line}") {
+            // The reader went away (`| head`): stop quietly, as command-line tools do.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+            r => r?,
         }
     }
     Ok(ExitCode::SUCCESS)
