@@ -103,6 +103,36 @@ impl NydusFs {
         names.entry(nid).or_insert_with(|| (parent, name.to_vec()));
     }
 
+    /// Hand the entries of directory `ino` from `offset` to `add` until it returns `false`
+    /// (reply buffer full) or fails; children are remembered for naming files in logs.
+    fn list_dir(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        mut add: impl FnMut(&dfagent_rafs::DirEntry) -> Result<bool, Errno>,
+    ) -> Result<(), Errno> {
+        let nid = self.nid(ino)?;
+        let mut failed = None;
+        self.image
+            .readdir(nid, offset, |e| {
+                if e.name != b"." && e.name != b".." {
+                    self.remember(nid, &e.name, e.nid);
+                }
+                match add(&e) {
+                    Ok(more) => more,
+                    Err(err) => {
+                        failed = Some(err);
+                        false
+                    }
+                }
+            })
+            .map_err(|e| {
+                tracing::error!(nid, error = %e, "readdir failed");
+                errno(&e)
+            })?;
+        failed.map_or(Ok(()), Err)
+    }
+
     fn xattr_reply(data: Vec<u8>, size: u32, reply: ReplyXattr) {
         if size == 0 {
             reply.size(data.len() as u32);
@@ -348,37 +378,27 @@ impl Filesystem for NydusFs {
         mut reply: ReplyDirectory,
     ) {
         self.metrics.request();
-        let nid = match self.nid(ino) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
         let root = self.image.root();
-        let mut failed = None;
-        let r = self.image.readdir(nid, offset, |e| {
+        let r = self.list_dir(ino, offset, |e| {
             let t = match e.file_type {
                 Some(t) => t,
-                None => match self.image.inode(e.nid) {
-                    Ok(i) => i.file_type,
-                    Err(err) => {
-                        failed = Some(errno(&err));
-                        return false;
-                    }
-                },
+                None => {
+                    self.image
+                        .inode(e.nid)
+                        .map_err(|err| errno(&err))?
+                        .file_type
+                }
             };
-            !reply.add(
+            Ok(!reply.add(
                 ino_of(e.nid, root),
                 e.next_offset,
                 kind(t),
                 OsStr::from_bytes(&e.name),
-            )
+            ))
         });
-        match (r, failed) {
-            (Err(e), _) => {
-                tracing::error!(nid, error = %e, "readdir failed");
-                reply.error(errno(&e))
-            }
-            (Ok(()), Some(e)) => reply.error(e),
-            (Ok(()), None) => reply.ok(),
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -391,38 +411,21 @@ impl Filesystem for NydusFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         self.metrics.request();
-        let nid = match self.nid(ino) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
         let root = self.image.root();
-        let mut failed = None;
-        let r = self.image.readdir(nid, offset, |e| match self.attr(e.nid) {
-            Ok(attr) => {
-                if e.name != b"." && e.name != b".." {
-                    self.remember(nid, &e.name, e.nid);
-                }
-                !reply.add(
-                    ino_of(e.nid, root),
-                    e.next_offset,
-                    OsStr::from_bytes(&e.name),
-                    &self.config.ttl,
-                    &attr,
-                    Generation(0),
-                )
-            }
-            Err(err) => {
-                failed = Some(err);
-                false
-            }
+        let r = self.list_dir(ino, offset, |e| {
+            let attr = self.attr(e.nid)?;
+            Ok(!reply.add(
+                ino_of(e.nid, root),
+                e.next_offset,
+                OsStr::from_bytes(&e.name),
+                &self.config.ttl,
+                &attr,
+                Generation(0),
+            ))
         });
-        match (r, failed) {
-            (Err(e), _) => {
-                tracing::error!(nid, error = %e, "readdirplus failed");
-                reply.error(errno(&e))
-            }
-            (Ok(()), Some(e)) => reply.error(e),
-            (Ok(()), None) => reply.ok(),
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
     }
 

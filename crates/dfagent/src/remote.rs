@@ -184,24 +184,18 @@ pub fn pull(reference: &str, store: &StoreArgs, reg: &RegistryArgs) -> anyhow::R
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut failed = 0u64;
-    let mut start = 0;
-    while start < chunks.len() {
-        let mut end = start;
-        let mut bytes = 0;
-        while end < chunks.len()
-            && (end == start || bytes + u64::from(chunks[end].compressed_size) <= PREFETCH_BATCH)
-        {
-            bytes += u64::from(chunks[end].compressed_size);
-            end += 1;
-        }
-        for r in rt.block_on(opened.resolver.read_batch(&chunks[start..end])) {
+    for range in prefetch::batches(&chunks, PREFETCH_BATCH) {
+        let bytes: u64 = chunks[range.clone()]
+            .iter()
+            .map(|c| u64::from(c.compressed_size))
+            .sum();
+        for r in rt.block_on(opened.resolver.read_batch(&chunks[range])) {
             if let Err(e) = r {
                 failed += 1;
                 tracing::error!(error = %e, "pull: chunk failed");
             }
         }
         bar.inc(bytes);
-        start = end;
     }
     bar.finish_and_clear();
     let st = opened.resolver.metrics().snapshot();

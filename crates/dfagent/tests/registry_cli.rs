@@ -83,6 +83,26 @@ fn dfagent(args: &[&str], store: &Path) -> Output {
         .unwrap()
 }
 
+/// `dfagent push` of the local image `img` to `reference`, which must succeed.
+fn push(img: &Path, reference: &str, store: &Path) {
+    let out = dfagent(
+        &[
+            "push",
+            "--bootstrap",
+            img.join("bootstrap").to_str().unwrap(),
+            "--blob-dir",
+            img.join("blobs").to_str().unwrap(),
+            reference,
+        ],
+        store,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A `dfagent mount` child, unmounted and reaped on drop.
 struct Mount {
     child: Child,
@@ -195,22 +215,7 @@ fn push_mount_pull_and_offline_mount() {
     std::fs::create_dir(&mp).unwrap();
     let reference = format!("127.0.0.1:{}/test/chunkdict:v1", reg.port);
     let img = fixture("v6-chunkdict");
-    let out = dfagent(
-        &[
-            "push",
-            "--bootstrap",
-            img.join("bootstrap").to_str().unwrap(),
-            "--blob-dir",
-            img.join("blobs").to_str().unwrap(),
-            &reference,
-        ],
-        &store,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    push(&img, &reference, &store);
 
     // A lazy mount from the registry shows exactly the image.
     let m = Mount::start(&reference, &mp, &store, "none");
@@ -248,22 +253,7 @@ fn chunks_shared_by_two_images_are_fetched_and_stored_once() {
     for name in ["v6-chunkdict", "v6-zstd-blake3"] {
         let img = fixture(name);
         let r = format!("127.0.0.1:{}/test/{name}:v1", reg.port);
-        let out = dfagent(
-            &[
-                "push",
-                "--bootstrap",
-                img.join("bootstrap").to_str().unwrap(),
-                "--blob-dir",
-                img.join("blobs").to_str().unwrap(),
-                &r,
-            ],
-            &store,
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        push(&img, &r, &store);
         refs.push(r);
     }
     let out = dfagent(&["pull", &refs[0]], &store);

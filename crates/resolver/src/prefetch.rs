@@ -89,16 +89,10 @@ pub fn plan(img: &Image, policy: PrefetchPolicy) -> Vec<ChunkRef> {
     chunks
 }
 
-/// Fetch `chunks` through `resolver` in batches of up to `batch_bytes` stored bytes, stopping
-/// (and saying so once) when `may_continue`, given the next batch's stored size, refuses.
-pub async fn run(
-    resolver: Arc<Resolver>,
-    chunks: Vec<ChunkRef>,
-    batch_bytes: u64,
-    progress: Arc<PrefetchProgress>,
-    may_continue: impl Fn(u64) -> Result<(), String>,
-) {
-    progress.total.store(chunks.len() as u64, Ordering::Relaxed);
+/// Cut `chunks` into consecutive batches of at most `batch_bytes` stored bytes (a chunk larger
+/// than that makes a batch of its own).
+pub fn batches(chunks: &[ChunkRef], batch_bytes: u64) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
     let mut start = 0;
     while start < chunks.len() {
         let mut end = start;
@@ -109,6 +103,27 @@ pub async fn run(
             bytes += u64::from(chunks[end].compressed_size);
             end += 1;
         }
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
+/// Fetch `chunks` through `resolver` in batches of up to `batch_bytes` stored bytes, stopping
+/// (and saying so once) when `may_continue`, given the next batch's stored size, refuses.
+pub async fn run(
+    resolver: Arc<Resolver>,
+    chunks: Vec<ChunkRef>,
+    batch_bytes: u64,
+    progress: Arc<PrefetchProgress>,
+    may_continue: impl Fn(u64) -> Result<(), String>,
+) {
+    progress.total.store(chunks.len() as u64, Ordering::Relaxed);
+    for range in batches(&chunks, batch_bytes) {
+        let bytes: u64 = chunks[range.clone()]
+            .iter()
+            .map(|c| u64::from(c.compressed_size))
+            .sum();
         if let Err(why) = may_continue(bytes) {
             tracing::warn!(
                 done = progress.done.load(Ordering::Relaxed),
@@ -117,13 +132,12 @@ pub async fn run(
             );
             break;
         }
-        for r in resolver.read_batch(&chunks[start..end]).await {
+        for r in resolver.read_batch(&chunks[range]).await {
             match r {
                 Ok(_) => progress.done.fetch_add(1, Ordering::Relaxed),
                 Err(_) => progress.failed.fetch_add(1, Ordering::Relaxed),
             };
         }
-        start = end;
     }
     progress.finished.store(true, Ordering::Relaxed);
 }
