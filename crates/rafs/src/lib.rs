@@ -18,6 +18,7 @@ mod image;
 mod inode;
 mod superblock;
 mod walk;
+pub mod write;
 mod xattr;
 
 pub use blob_table::{features as blob_features, BlobInfo};
