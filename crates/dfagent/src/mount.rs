@@ -196,6 +196,13 @@ pub fn run(args: MountArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         );
     }
     rt.shutdown_timeout(Duration::from_secs(2));
+    if let (true, Some((store, _))) = (verbose, &pinned) {
+        let s = store.stats();
+        eprintln!(
+            "dfagent: store: chunks {}, bytes {}, capacity {}, evictions {}, rejected {}, hits {}, misses {}",
+            s.chunks, s.bytes, s.capacity, s.evictions, s.rejected, s.hits, s.misses
+        );
+    }
     if let Some((store, reference)) = pinned {
         // A mounted image's chunks are evicted last only while it is mounted; a pulled one
         // stays pinned.

@@ -16,8 +16,11 @@ use dfagent_store::{Store, StoreTier};
 
 use crate::store_args::StoreArgs;
 
-/// How long resolving a reference may take before a mount falls back to the store's copy.
+/// How long resolving a reference may take when the store has no copy of the image.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long it may take before a mount falls back to the store's copy: a node with the image
+/// should start it promptly when its registry is down.
+const RESOLVE_TIMEOUT_WITH_COPY: Duration = Duration::from_secs(1);
 /// Stored bytes per prefetch batch (one range request per blob region).
 const PREFETCH_BATCH: u64 = 4 << 20;
 
@@ -64,16 +67,22 @@ async fn resolve(
     store: &Store,
     reference: &str,
 ) -> anyhow::Result<NydusImage> {
-    let online = tokio::time::timeout(RESOLVE_TIMEOUT, registry.resolve(reference)).await;
+    let stored = store.get_meta(&record_key(reference))?;
+    let limit = if stored.is_some() {
+        RESOLVE_TIMEOUT_WITH_COPY
+    } else {
+        RESOLVE_TIMEOUT
+    };
+    let online = tokio::time::timeout(limit, registry.resolve(reference)).await;
     let err = match online {
         Ok(Ok(img)) => {
             store.put_meta(&record_key(reference), &img.to_record())?;
             return Ok(img);
         }
         Ok(Err(e)) => anyhow::Error::new(e),
-        Err(_) => anyhow::anyhow!("no answer within {RESOLVE_TIMEOUT:?}"),
+        Err(_) => anyhow::anyhow!("no answer within {limit:?}"),
     };
-    match store.get_meta(&record_key(reference))? {
+    match stored {
         Some(rec) => {
             let img = NydusImage::from_record(&rec)
                 .with_context(|| format!("the store's record of {reference} is unreadable"))?;

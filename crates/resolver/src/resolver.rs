@@ -21,6 +21,10 @@ pub struct ResolverConfig {
     pub cache_bytes: u64,
     /// Most requests in flight to one tier at a time.
     pub tier_concurrency: usize,
+    /// How many more times a tier (other than the store) is asked for a chunk whose bytes
+    /// failed verification, before the next tier is tried: a flipped bit on the wire should
+    /// not cost a read, a tier that keeps sending bad bytes should not cost it forever.
+    pub verify_retries: u32,
 }
 
 impl Default for ResolverConfig {
@@ -28,6 +32,7 @@ impl Default for ResolverConfig {
         Self {
             cache_bytes: 256 << 20,
             tier_concurrency: 8,
+            verify_retries: 2,
         }
     }
 }
@@ -66,6 +71,16 @@ pub struct Resolver {
     cache: quick_cache::sync::Cache<ChunkDigest, Bytes, ByteWeight>,
     inflight: Mutex<HashMap<ChunkDigest, watch::Receiver<Outcome>>>,
     metrics: Arc<ResolverMetrics>,
+    verify_retries: u32,
+}
+
+/// What became of each chunk of a batch while the tiers were asked.
+struct BatchState {
+    done: Vec<Option<Result<Bytes, ReadError>>>,
+    /// The last verification failure of each chunk not yet done.
+    corrupt: Vec<Option<String>>,
+    /// Whole-request failures of tiers.
+    errors: Vec<String>,
 }
 
 /// Removes a leader's in-flight entries however its future ends (done, failed or cancelled);
@@ -124,6 +139,7 @@ impl Resolver {
             cache: quick_cache::sync::Cache::with_weighter(items, config.cache_bytes, ByteWeight),
             inflight: Mutex::new(HashMap::new()),
             metrics,
+            verify_retries: config.verify_retries,
         }
     }
 
@@ -213,90 +229,43 @@ impl Resolver {
             .collect()
     }
 
-    /// Fetch `batch` through the tiers in order; each tier is asked for what is still missing.
+    /// Fetch `batch` through the tiers in order; each tier is asked for what is still missing,
+    /// and asked again (up to `verify_retries` times) for chunks it sent bad bytes for.
     async fn resolve(&self, batch: &[ChunkRef]) -> Vec<Result<Bytes, ReadError>> {
-        let mut done: Vec<Option<Result<Bytes, ReadError>>> = vec![None; batch.len()];
-        let mut corrupt: Vec<Option<String>> = vec![None; batch.len()];
-        let mut errors: Vec<String> = Vec::new();
+        let mut st = BatchState {
+            done: vec![None; batch.len()],
+            corrupt: vec![None; batch.len()],
+            errors: Vec::new(),
+        };
         let from_store_tier = self.sink.is_some();
         for (ti, tier) in self.tiers.iter().enumerate() {
-            let pending: Vec<usize> = (0..batch.len()).filter(|&i| done[i].is_none()).collect();
-            if pending.is_empty() {
-                break;
-            }
             let is_store = from_store_tier && ti == 0;
-            let ask: Vec<ChunkRef> = pending.iter().map(|&i| batch[i]).collect();
-            add(&self.metrics.fetches, ask.len() as u64);
-            let started = Instant::now();
-            let answered = {
-                let _permit = tier.permits.acquire().await;
-                tier.source.fetch(&ask).await
-            };
-            tier.metrics.request(started.elapsed());
-            let answered = match answered {
-                Ok(v) => v,
-                Err(e) => {
-                    add(&self.metrics.tier_errors, 1);
-                    add(&tier.metrics.errors, 1);
-                    tracing::warn!(tier = tier.source.name(), chunks = ask.len(), error = %e, "tier failed");
-                    errors.push(e.to_string());
-                    continue;
+            let retries = if is_store { 0 } else { self.verify_retries };
+            let mut pending: Vec<usize> =
+                (0..batch.len()).filter(|&i| st.done[i].is_none()).collect();
+            for attempt in 0..=retries {
+                if pending.is_empty() {
+                    break;
                 }
-            };
-            // Decode every answer in parallel on blocking threads.
-            let mut decodes = Vec::new();
-            for sc in answered {
-                let Some(&i) = pending.get(sc.index) else {
-                    continue;
-                };
-                if done[i].is_some() {
-                    continue;
+                if attempt > 0 {
+                    tracing::info!(
+                        tier = tier.source.name(),
+                        chunks = pending.len(),
+                        attempt,
+                        "asking the tier again for chunks that failed verification"
+                    );
                 }
-                add(&self.metrics.bytes_fetched, sc.data.len() as u64);
-                add(&tier.metrics.bytes, sc.data.len() as u64);
-                let encoded = batch[i].with_encoding(sc.compression, sc.data.len() as u32);
-                let data = sc.data.clone();
-                let task = tokio::task::spawn_blocking(move || decode_chunk(&encoded, &data));
-                decodes.push((i, sc, task));
-            }
-            for (i, sc, task) in decodes {
-                let chunk = &batch[i];
-                let decoded = match task.await {
-                    Ok(d) => d.map_err(|e| e.to_string()),
-                    Err(e) => Err(format!("decoder task failed: {e}")),
-                };
-                match decoded {
-                    Ok(data) => {
-                        let data = Bytes::from(data);
-                        add(&self.metrics.bytes_decoded, data.len() as u64);
-                        add(&tier.metrics.chunks, 1);
-                        if let (Some(sink), false) = (&self.sink, is_store) {
-                            if let Err(e) = sink.put(chunk, sc.data, sc.compression).await {
-                                tracing::warn!(chunk = %chunk.digest, error = %e, "could not keep chunk in the store");
-                            }
-                        }
-                        self.cache.insert(chunk.digest, data.clone());
-                        done[i] = Some(Ok(data));
-                    }
-                    Err(e) => {
-                        add(&self.metrics.verify_failures, 1);
-                        add(&tier.metrics.verify_failures, 1);
-                        tracing::error!(
-                            tier = tier.source.name(),
-                            chunk = %chunk.digest,
-                            blob = %chunk.blob,
-                            blob_offset = chunk.compressed_offset,
-                            error = %e,
-                            "chunk failed verification; trying the next tier"
-                        );
-                        if let (Some(sink), true) = (&self.sink, is_store) {
-                            sink.reject(&chunk.digest).await;
-                        }
-                        corrupt[i] = Some(e);
-                    }
-                }
+                let bad = self
+                    .ask_tier(tier, is_store, batch, &pending, &mut st)
+                    .await;
+                pending = bad;
             }
         }
+        let BatchState {
+            done,
+            corrupt,
+            errors,
+        } = st;
         done.into_iter()
             .zip(corrupt)
             .zip(batch)
@@ -323,6 +292,93 @@ impl Resolver {
                 })
             })
             .collect()
+    }
+
+    /// Ask one tier for the chunks `pending` (indices into `batch`) once; record what it
+    /// delivered in `st`. Returns the indices whose bytes failed verification.
+    async fn ask_tier(
+        &self,
+        tier: &Tier,
+        is_store: bool,
+        batch: &[ChunkRef],
+        pending: &[usize],
+        st: &mut BatchState,
+    ) -> Vec<usize> {
+        let mut bad = Vec::new();
+        let ask: Vec<ChunkRef> = pending.iter().map(|&i| batch[i]).collect();
+        add(&self.metrics.fetches, ask.len() as u64);
+        let started = Instant::now();
+        let answered = {
+            let _permit = tier.permits.acquire().await;
+            tier.source.fetch(&ask).await
+        };
+        tier.metrics.request(started.elapsed());
+        let answered = match answered {
+            Ok(v) => v,
+            Err(e) => {
+                add(&self.metrics.tier_errors, 1);
+                add(&tier.metrics.errors, 1);
+                tracing::warn!(tier = tier.source.name(), chunks = ask.len(), error = %e, "tier failed");
+                st.errors.push(e.to_string());
+                return bad;
+            }
+        };
+        // Decode every answer in parallel on blocking threads.
+        let mut decodes = Vec::new();
+        for sc in answered {
+            let Some(&i) = pending.get(sc.index) else {
+                continue;
+            };
+            if st.done[i].is_some() {
+                continue;
+            }
+            add(&self.metrics.bytes_fetched, sc.data.len() as u64);
+            add(&tier.metrics.bytes, sc.data.len() as u64);
+            let encoded = batch[i].with_encoding(sc.compression, sc.data.len() as u32);
+            let data = sc.data.clone();
+            let task = tokio::task::spawn_blocking(move || decode_chunk(&encoded, &data));
+            decodes.push((i, sc, task));
+        }
+        for (i, sc, task) in decodes {
+            let chunk = &batch[i];
+            let decoded = match task.await {
+                Ok(d) => d.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("decoder task failed: {e}")),
+            };
+            match decoded {
+                Ok(data) => {
+                    let data = Bytes::from(data);
+                    add(&self.metrics.bytes_decoded, data.len() as u64);
+                    add(&tier.metrics.chunks, 1);
+                    if let (Some(sink), false) = (&self.sink, is_store) {
+                        if let Err(e) = sink.put(chunk, sc.data, sc.compression).await {
+                            tracing::warn!(chunk = %chunk.digest, error = %e, "could not keep chunk in the store");
+                        }
+                    }
+                    self.cache.insert(chunk.digest, data.clone());
+                    st.corrupt[i] = None;
+                    st.done[i] = Some(Ok(data));
+                }
+                Err(e) => {
+                    add(&self.metrics.verify_failures, 1);
+                    add(&tier.metrics.verify_failures, 1);
+                    tracing::error!(
+                        tier = tier.source.name(),
+                        chunk = %chunk.digest,
+                        blob = %chunk.blob,
+                        blob_offset = chunk.compressed_offset,
+                        error = %e,
+                        "chunk failed verification; its bytes are dropped"
+                    );
+                    if let (Some(sink), true) = (&self.sink, is_store) {
+                        sink.reject(&chunk.digest).await;
+                    }
+                    st.corrupt[i] = Some(format!("{} sent bad bytes: {e}", tier.source.name()));
+                    bad.push(i);
+                }
+            }
+        }
+        bad
     }
 }
 
