@@ -132,7 +132,7 @@ pub async fn run(
             );
             break;
         }
-        for r in resolver.read_batch(&chunks[range]).await {
+        for r in resolver.read_batch_background(&chunks[range]).await {
             match r {
                 Ok(_) => progress.done.fetch_add(1, Ordering::Relaxed),
                 Err(_) => progress.failed.fetch_add(1, Ordering::Relaxed),

@@ -72,7 +72,22 @@ pub struct Resolver {
     inflight: Mutex<HashMap<ChunkDigest, watch::Receiver<Outcome>>>,
     metrics: Arc<ResolverMetrics>,
     verify_retries: u32,
+    /// Reads (not background work) fetching from the tiers right now.
+    foreground: watch::Sender<usize>,
 }
+
+/// Counts a foreground fetch for as long as it lives.
+struct Foreground<'a>(&'a watch::Sender<usize>);
+
+impl Drop for Foreground<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Longest a background batch waits for foreground reads to finish before it goes anyway, so
+/// that a steady stream of reads slows background fill down without starving it.
+const BACKGROUND_YIELD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What became of each chunk of a batch while the tiers were asked.
 struct BatchState {
@@ -140,6 +155,7 @@ impl Resolver {
             inflight: Mutex::new(HashMap::new()),
             metrics,
             verify_retries: config.verify_retries,
+            foreground: watch::channel(0).0,
         }
     }
 
@@ -171,6 +187,23 @@ impl Resolver {
     /// fetched together (so a tier can merge neighbours into one request); chunks another
     /// caller is already fetching are awaited, not fetched again.
     pub async fn read_batch(&self, chunks: &[ChunkRef]) -> Vec<Result<Bytes, ReadError>> {
+        self.foreground.send_modify(|n| *n += 1);
+        let _fg = Foreground(&self.foreground);
+        self.read_batch_inner(chunks).await
+    }
+
+    /// [`Resolver::read_batch`] for background work (prefetch, fill): it first lets reads that
+    /// are fetching finish (waiting at most a second), so a read that misses jumps ahead.
+    pub async fn read_batch_background(
+        &self,
+        chunks: &[ChunkRef],
+    ) -> Vec<Result<Bytes, ReadError>> {
+        let mut rx = self.foreground.subscribe();
+        let _ = tokio::time::timeout(BACKGROUND_YIELD, rx.wait_for(|n| *n == 0)).await;
+        self.read_batch_inner(chunks).await
+    }
+
+    async fn read_batch_inner(&self, chunks: &[ChunkRef]) -> Vec<Result<Bytes, ReadError>> {
         let mut results: Vec<Outcome> = vec![None; chunks.len()];
         let mut waits = Vec::new();
         let mut lead = Leading {
