@@ -39,9 +39,17 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 
 if [ "${DFAGENT_SKIP_BUILD:-}" = 1 ]; then exit 0; fi
-log "building dfagent (target dir $CARGO_TARGET_DIR)"
 cd "$here"
-cargo build --release --locked -p dfagent
-cargo build --tests --locked --workspace
-ln -sf "$CARGO_TARGET_DIR/release/dfagent" /usr/local/bin/dfagent
-log "ready: dfagent is $CARGO_TARGET_DIR/release/dfagent (linked as /usr/local/bin/dfagent)"
+# One build serves the demo, the tests and the benchmarks: the dev profile compiles every
+# dependency (RocksDB, zstd, blake3, ...) at opt-level 2 (Cargo.toml). DFAGENT_RELEASE=1 adds a
+# release build (another ~25 min cold, mostly RocksDB).
+profile=debug
+log "building dfagent, tests and benchmarks (target dir $CARGO_TARGET_DIR; cold: ~35 min on 2 cores)"
+cargo build --locked --workspace --all-targets
+if [ "${DFAGENT_RELEASE:-}" = 1 ]; then
+  log "release build"
+  cargo build --release --locked --workspace --bins
+  profile=release
+fi
+ln -sf "$CARGO_TARGET_DIR/$profile/dfagent" /usr/local/bin/dfagent
+log "ready: dfagent is $CARGO_TARGET_DIR/$profile/dfagent (linked as /usr/local/bin/dfagent)"
