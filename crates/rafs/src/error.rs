@@ -47,6 +47,9 @@ pub enum RafsError {
     /// The operation needs a regular file.
     #[error("nid {0} is not a regular file")]
     NotFile(u64),
+    /// The writer was given a tree, blob list or options it cannot write as a valid image.
+    #[error("cannot write RAFS image: {0}")]
+    InvalidTree(String),
 }
 
 impl RafsError {

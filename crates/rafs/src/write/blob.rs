@@ -1,35 +1,101 @@
-//! Native RAFS v6 data blobs: chunk data, then the chunk-info array, then the 4 KiB header.
+//! Native RAFS v6 data blobs, as upstream nydus-image writes them for `dir-rafs` builds:
+//!
+//! ```text
+//! chunk data (stored chunks back to back)
+//! chunk-info array (16-byte v1 records; compressed with the blob's compressor when that pays)
+//! 4 KiB blob meta header (magic, features, array location, magic)
+//! ```
+//!
+//! Each chunk's uncompressed offset is aligned to 4 KiB (the ALIGNED feature), so the blob's
+//! uncompressed address space maps onto EROFS blocks. The blob id is the sha256 of the file.
 
 use std::io::Write;
 
-use dfagent_core::{ChunkDigest, Compression, DigestAlgo};
+use dfagent_core::{BlobId, ChunkDigest, Compression, DigestAlgo, MAX_CHUNK_SIZE};
+use sha2::Digest as _;
 
 use super::{BlobSpec, ChunkPlacement};
+use crate::blob_meta::{META_HEADER_SIZE, META_MAGIC};
+use crate::blob_table::features;
+
+/// Features of a native blob, as upstream sets them in the header and the blob table.
+const NATIVE_FEATURES: u32 = features::ALIGNED | features::CAP_TAR_TOC;
+/// Largest compressed offset a v1 chunk-info record holds (40 bits).
+const MAX_C_OFFSET: u64 = (1 << 40) - 1;
+/// Largest uncompressed offset a v1 chunk-info record holds (44 bits).
+const MAX_U_OFFSET: u64 = (1 << 44) - 1;
+/// Most chunks a blob can address (24-bit chunk index in an inode's chunk address).
+const MAX_CHUNKS: usize = 0x0100_0000;
+
+fn invalid(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, msg)
+}
+
+/// Compress `data` with `compression`; `None` when that does not make it smaller (then the
+/// caller stores it raw, as upstream does).
+pub(crate) fn compress(compression: Compression, data: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+    let out = match compression {
+        Compression::None => return Ok(None),
+        Compression::Lz4Block => lz4_flex::block::compress(data),
+        Compression::Zstd => zstd::bulk::compress(data, 3)?,
+    };
+    Ok((out.len() < data.len()).then_some(out))
+}
+
+/// One v1 chunk-info record.
+fn chunk_info(c: &ChunkPlacement) -> [u8; 16] {
+    let d = u64::from(c.uncompressed_size - 1);
+    let s = u64::from(c.compressed_size - 1);
+    let u =
+        (c.uncompressed_offset & 0x0000_0fff_ffff_f000) | ((d & 0xf_ffff) << 44) | ((d >> 20) << 8);
+    let k = (c.compressed_offset & MAX_C_OFFSET) | ((s & 0xf_ffff) << 44) | ((s >> 20) << 40);
+    let mut r = [0u8; 16];
+    r[..8].copy_from_slice(&u.to_le_bytes());
+    r[8..].copy_from_slice(&k.to_le_bytes());
+    r
+}
 
 /// Appends chunks to one data blob and writes the blob's chunk-info array and 4 KiB meta header
 /// at its tail as upstream nydus-image does; hashes the whole file with sha256 as it goes.
 pub struct BlobWriter<W: Write> {
     out: W,
+    hash: sha2::Sha256,
     chunk_size: u32,
     compression: Compression,
     digest_algo: DigestAlgo,
     chunks: Vec<ChunkPlacement>,
+    written: u64,
+    uncompressed_end: u64,
 }
 
 impl<W: Write> BlobWriter<W> {
-    /// A writer for a blob of `chunk_size` chunks compressed with `compression`.
+    /// A writer of a blob of chunks of (at most) `chunk_size` bytes, compressed ones compressed
+    /// with `compression`, digested with `digest_algo`.
     pub fn new(out: W, chunk_size: u32, compression: Compression, digest_algo: DigestAlgo) -> Self {
         BlobWriter {
             out,
+            hash: sha2::Sha256::new(),
             chunk_size,
             compression,
             digest_algo,
             chunks: Vec::new(),
+            written: 0,
+            uncompressed_end: 0,
         }
     }
 
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.hash.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
     /// Append one chunk. `stored` is the compressed bytes when `compressed`, else the raw bytes.
-    /// Returns its placement with `blob_index` = 0 (the caller sets it).
+    /// Returns its placement with `blob_index` = 0 (the caller sets it). Refuses (InvalidInput)
+    /// what the v1 chunk-info record cannot express: empty or oversized chunks, a raw chunk
+    /// whose stored size differs from its size, a compressed one whose stored size equals it
+    /// (store that one raw), a digest of another algorithm.
     pub fn add_chunk(
         &mut self,
         digest: ChunkDigest,
@@ -37,8 +103,54 @@ impl<W: Write> BlobWriter<W> {
         stored: &[u8],
         compressed: bool,
     ) -> std::io::Result<ChunkPlacement> {
-        let _ = (digest, uncompressed_size, stored, compressed, &mut self.out);
-        Err(std::io::Error::other("BlobWriter: not implemented yet"))
+        if uncompressed_size == 0 || uncompressed_size > self.chunk_size.min(MAX_CHUNK_SIZE) {
+            return Err(invalid(format!(
+                "chunk {digest}: size {uncompressed_size} is not within 1..={}",
+                self.chunk_size
+            )));
+        }
+        if digest.algo() != self.digest_algo {
+            return Err(invalid(format!(
+                "chunk {digest}: not a {} digest",
+                self.digest_algo
+            )));
+        }
+        let n = stored.len();
+        if n == 0 || n > MAX_CHUNK_SIZE as usize {
+            return Err(invalid(format!("chunk {digest}: stored size {n}")));
+        }
+        if compressed == (n == uncompressed_size as usize)
+            || (compressed && self.compression == Compression::None)
+        {
+            return Err(invalid(format!(
+                "chunk {digest}: {} with stored size {n} and size {uncompressed_size}; \
+                 compressed chunks must be stored with the blob's compressor and differ in size",
+                if compressed { "compressed" } else { "raw" }
+            )));
+        }
+        if self.chunks.len() >= MAX_CHUNKS {
+            return Err(invalid(format!("blob already holds {MAX_CHUNKS} chunks")));
+        }
+        let uncompressed_offset = self.uncompressed_end.div_ceil(4096) * 4096;
+        let placement = ChunkPlacement {
+            digest,
+            blob_index: 0,
+            index_in_blob: self.chunks.len() as u32,
+            compressed_offset: self.written,
+            compressed_size: n as u32,
+            uncompressed_offset,
+            uncompressed_size,
+            compressed,
+        };
+        if self.written + n as u64 > MAX_C_OFFSET || uncompressed_offset > MAX_U_OFFSET {
+            return Err(invalid(
+                "blob is too large for v1 chunk-info records".into(),
+            ));
+        }
+        self.write(stored)?;
+        self.uncompressed_end = uncompressed_offset + u64::from(uncompressed_size);
+        self.chunks.push(placement);
+        Ok(placement)
     }
 
     /// Number of chunks added so far.
@@ -47,8 +159,45 @@ impl<W: Write> BlobWriter<W> {
     }
 
     /// Write the chunk-info array and header; return the writer and the blob's table entry.
-    pub fn finish(self) -> std::io::Result<(W, BlobSpec)> {
-        let _ = (self.chunk_size, self.compression, self.digest_algo);
-        Err(std::io::Error::other("BlobWriter: not implemented yet"))
+    /// `compressed_size` of the entry is the size of the whole blob file, as upstream records it.
+    pub fn finish(mut self) -> std::io::Result<(W, BlobSpec)> {
+        let mut raw = Vec::with_capacity(self.chunks.len() * 16);
+        for c in &self.chunks {
+            raw.extend_from_slice(&chunk_info(c));
+        }
+        let (ci, ci_compression) = match compress(self.compression, &raw)? {
+            Some(c) => (c, self.compression),
+            None => (raw.clone(), Compression::None),
+        };
+        let ci_offset = self.written;
+        self.write(&ci)?;
+        let mut header = vec![0u8; META_HEADER_SIZE as usize];
+        header[0..4].copy_from_slice(&META_MAGIC.to_le_bytes());
+        header[4..8].copy_from_slice(&NATIVE_FEATURES.to_le_bytes());
+        header[8..12]
+            .copy_from_slice(&super::bootstrap::compression_id(ci_compression).to_le_bytes());
+        header[12..16].copy_from_slice(&(self.chunks.len() as u32).to_le_bytes());
+        header[16..24].copy_from_slice(&ci_offset.to_le_bytes());
+        header[24..32].copy_from_slice(&(ci.len() as u64).to_le_bytes());
+        header[32..40].copy_from_slice(&(raw.len() as u64).to_le_bytes());
+        header[4092..4096].copy_from_slice(&META_MAGIC.to_le_bytes());
+        self.write(&header)?;
+        self.out.flush()?;
+        let id = BlobId::from_bytes(self.hash.finalize().into());
+        let spec = BlobSpec {
+            id,
+            chunk_size: self.chunk_size,
+            chunk_count: self.chunks.len() as u32,
+            compression: self.compression,
+            digest_algo: self.digest_algo,
+            compressed_size: self.written,
+            uncompressed_size: self.uncompressed_end.div_ceil(4096) * 4096,
+            features: NATIVE_FEATURES,
+            ci_offset,
+            ci_compressed_size: ci.len() as u64,
+            ci_uncompressed_size: raw.len() as u64,
+            ci_compression,
+        };
+        Ok((self.out, spec))
     }
 }

@@ -5,7 +5,9 @@
 mod blob;
 mod bootstrap;
 mod from_dir;
+mod layout;
 mod validate;
+mod xattr;
 
 use dfagent_core::{BlobId, ChunkDigest, Compression, DigestAlgo};
 
@@ -64,8 +66,10 @@ pub enum Content {
         /// The file's chunks in file order.
         chunks: Vec<ChunkPlacement>,
     },
-    /// A hard link to another node (never a directory): this directory entry points at that
-    /// node's inode. The writer computes nlink.
+    /// A hard link to another node (never a directory, never itself a hard link): this
+    /// directory entry points at that node's inode, whose attributes are the target node's
+    /// (the link node's own mode, owner, times and xattrs are ignored). The writer computes
+    /// nlink.
     HardLink(u32),
 }
 
@@ -103,7 +107,9 @@ pub struct BlobSpec {
     pub compression: Compression,
     /// Digest algorithm of its chunks.
     pub digest_algo: DigestAlgo,
-    /// Size of the chunk data area.
+    /// Size of the whole blob file, chunk-info array and header included: what upstream
+    /// nydus-image records here (its fixtures show it), although upstream's field comment says
+    /// "chunk data area".
     pub compressed_size: u64,
     /// Size of the uncompressed (4 KiB aligned) address space.
     pub uncompressed_size: u64,
