@@ -16,6 +16,9 @@ pub(crate) const INODE_SIZE: u64 = 64;
 /// Size of one dirent.
 pub(crate) const DIRENT: usize = 12;
 
+/// One directory entry before it is written: name and the node it names.
+pub(crate) type Entry = (Vec<u8>, u32);
+
 /// Data layout of a placed inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Data {
@@ -51,7 +54,7 @@ pub(crate) struct Slot {
     /// First block of the full data blocks (directories and symlinks).
     pub blkaddr: u32,
     /// Directory blocks: each a list of (name, node) sorted by name, "." and ".." included.
-    pub dir_blocks: Vec<Vec<(Vec<u8>, u32)>>,
+    pub dir_blocks: Vec<Vec<Entry>>,
 }
 
 /// The placed metadata of a whole tree.
@@ -110,8 +113,8 @@ fn walk_order(tree: &Tree) -> (Vec<u32>, Vec<Vec<u32>>) {
 
 /// Fill directory blocks with `entries` (sorted by name): each entry takes 12 bytes plus its
 /// name, and a block holds what fits in 4096 bytes. Returns the blocks and `i_size`.
-fn dir_blocks(entries: Vec<(Vec<u8>, u32)>) -> (Vec<Vec<(Vec<u8>, u32)>>, u64) {
-    let mut blocks: Vec<Vec<(Vec<u8>, u32)>> = vec![Vec::new()];
+fn dir_blocks(entries: Vec<Entry>) -> (Vec<Vec<Entry>>, u64) {
+    let mut blocks: Vec<Vec<Entry>> = vec![Vec::new()];
     let mut used = 0usize;
     for e in entries {
         let len = DIRENT + e.0.len();
@@ -154,8 +157,7 @@ pub(crate) fn layout(tree: &Tree, chunk_size: u32, start: u64) -> Result<Layout>
         let xattr_size = xattr::body_size(&n.xattrs) as u64;
         let (size, dir_blocks, data, nlink) = match (&n.content, ft) {
             (_, FileType::Dir) => {
-                let mut entries: Vec<(Vec<u8>, u32)> =
-                    Vec::with_capacity(sorted[t as usize].len() + 2);
+                let mut entries: Vec<Entry> = Vec::with_capacity(sorted[t as usize].len() + 2);
                 entries.push((b".".to_vec(), t));
                 entries.push((b"..".to_vec(), if t == 0 { 0 } else { n.parent }));
                 let mut subdirs = 0u32;
