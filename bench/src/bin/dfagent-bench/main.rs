@@ -1,0 +1,202 @@
+//! dfagent-bench: every benchmark scenario of dfagent against its baseline, on one machine.
+//!
+//! It sets everything up itself on 127.0.0.1: a `docker-registry`, the workload images (an
+//! OCI image made with umoci, its Nydus conversion) and a link-shaping proxy in front of the
+//! registry (bandwidth and added round-trip time). Each scenario runs baseline and dfagent
+//! alternately for several rounds, prints one summary line per measured quantity
+//! (`NAME: dfagent X UNIT, baseline Y UNIT, ratio Z`, ratio = dfagent / baseline) and writes
+//! `NAME.md`, `NAME.png` and `NAME.json` under the results directory. `--quick` runs every
+//! scenario on the small fixture tree in seconds (what CI runs). Needs root.
+
+mod build_bench;
+mod cleanup;
+mod cold_start;
+mod env;
+mod mount;
+mod outcome;
+mod procs;
+mod reads;
+mod store_bench;
+mod ttfb;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::env::Env;
+use crate::outcome::Outcome;
+
+/// Options shared by every scenario.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Opts {
+    /// Rounds per scenario (each runs baseline and dfagent once, alternating which goes
+    /// first). Default 5, or 3 with --quick.
+    #[arg(long = "rounds", global = true, value_name = "N")]
+    pub rounds_opt: Option<usize>,
+    /// Rounds actually used (from --rounds or the mode's default).
+    #[arg(skip)]
+    pub rounds: usize,
+    /// The quick mode: the small fixture tree, small sizes (seconds per scenario; CI runs it).
+    #[arg(long, global = true)]
+    pub quick: bool,
+    /// Link bandwidth of the shaping proxy, in MB/s (10^6 bytes per second).
+    #[arg(long, global = true, default_value_t = 100.0)]
+    pub bandwidth_mbps: f64,
+    /// Round-trip time the proxy adds, in milliseconds.
+    #[arg(long, global = true, default_value_t = 2.0)]
+    pub rtt_ms: f64,
+    /// Shape each connection on its own instead of one link shared by all connections.
+    #[arg(long, global = true)]
+    pub per_connection: bool,
+    /// `--prefetch` of the cold-start mounts (dfagent's default is `all`).
+    #[arg(long, global = true, default_value = "all")]
+    pub prefetch: String,
+    /// Where tables, plots and JSON go (default: bench/results, or bench/results/quick with
+    /// --quick).
+    #[arg(long, global = true)]
+    pub results_dir: Option<PathBuf>,
+    /// Parent of the scratch directory (registry data, layouts, stores, mount points).
+    #[arg(long, global = true, default_value = "/var/tmp")]
+    pub work_dir: PathBuf,
+    /// The dfagent binary (default: the one beside this binary in the target dir).
+    #[arg(long, global = true)]
+    pub dfagent: Option<PathBuf>,
+}
+
+#[derive(Parser)]
+#[command(name = "dfagent-bench", about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    opts: Opts,
+    #[command(subcommand)]
+    command: Scenario,
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq, Debug)]
+enum Scenario {
+    /// Every scenario below, in this order.
+    All,
+    /// Lazy mount + start vs skopeo pull + umoci unpack + start, empty node.
+    ColdStart,
+    /// The same with the image's data already on the node.
+    ColdStartWarm,
+    /// Sequential reads of the big files through a warm-store mount vs local disk.
+    SeqRead,
+    /// Random 4 KiB reads through a warm-store mount vs local disk.
+    RandRead,
+    /// A stat walk of the whole tree through the mount vs local disk.
+    Metadata,
+    /// First byte and whole file through a cold mount vs plain HTTP range GETs.
+    Ttfb,
+    /// Chunk store put/get vs one file per chunk.
+    Store,
+    /// dfagent build throughput vs recompression, and chunk-dictionary dedup.
+    Build,
+}
+
+const ORDER: [Scenario; 8] = [
+    Scenario::ColdStart,
+    Scenario::ColdStartWarm,
+    Scenario::SeqRead,
+    Scenario::RandRead,
+    Scenario::Metadata,
+    Scenario::Ttfb,
+    Scenario::Store,
+    Scenario::Build,
+];
+
+fn run_one(env: &mut Env, s: Scenario) -> anyhow::Result<Outcome> {
+    match s {
+        Scenario::ColdStart => cold_start::cold(env),
+        Scenario::ColdStartWarm => cold_start::warm(env),
+        Scenario::SeqRead => reads::seq(env),
+        Scenario::RandRead => reads::rand(env),
+        Scenario::Metadata => reads::metadata(env),
+        Scenario::Ttfb => ttfb::run(env),
+        Scenario::Store => store_bench::run(env),
+        Scenario::Build => build_bench::run(env),
+        Scenario::All => anyhow::bail!("`all` is not a single scenario"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut opts = cli.opts;
+    opts.rounds = opts
+        .rounds_opt
+        .unwrap_or(if opts.quick { 3 } else { 5 })
+        .max(1);
+    if let Err(e) = cleanup::install_signal_handler() {
+        eprintln!("dfagent-bench: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let code = match run(cli.command, opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("dfagent-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    };
+    // Anything a failure left registered (guards normally undo their own).
+    cleanup::run_all();
+    code
+}
+
+/// Run the scenarios; false when one failed (the others still run under `all`).
+fn run(command: Scenario, opts: Opts) -> anyhow::Result<bool> {
+    let results = opts.results_dir.clone().unwrap_or_else(|| {
+        let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
+        if opts.quick {
+            base.join("quick")
+        } else {
+            base
+        }
+    });
+    let mut env = Env::new(opts)?;
+    let context = format!(
+        "Machine: {}. dfagent: `{}` ({}). Link: {}. Made by `dfagent-bench {}` with {} rounds.",
+        outcome::machine(),
+        env.dfagent.display(),
+        outcome::profile_of(&env.dfagent),
+        cold_start::link_desc(&env),
+        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        env.opts.rounds
+    );
+    let list: Vec<Scenario> = if command == Scenario::All {
+        ORDER.to_vec()
+    } else {
+        vec![command]
+    };
+    let mut lines = Vec::new();
+    let mut ok = true;
+    for s in list {
+        eprintln!("dfagent-bench: == {s:?}");
+        match run_one(&mut env, s).and_then(|o| outcome::write(&o, &results, &context)) {
+            Ok(l) => {
+                for line in &l {
+                    println!("{line}");
+                }
+                lines.extend(l);
+            }
+            Err(e) => {
+                eprintln!("dfagent-bench: {s:?} failed: {e:#}");
+                println!("{s:?}: FAILED: {e:#}");
+                ok = false;
+            }
+        }
+    }
+    if command == Scenario::All {
+        let summary = format!(
+            "# dfagent benchmark summary\n\n{context}\n\n```\n{}\n```\n",
+            lines.join("\n")
+        );
+        std::fs::write(results.join("summary.md"), summary)?;
+        eprintln!(
+            "dfagent-bench: summary in {}",
+            results.join("summary.md").display()
+        );
+    }
+    Ok(ok)
+}

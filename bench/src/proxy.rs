@@ -1,0 +1,351 @@
+//! A link-shaping TCP proxy: a user-space stand-in for `tc netem` (which these machines lack).
+//!
+//! Every byte between a client and the upstream (the registry) goes through a delay line and a
+//! pacer per direction:
+//! - **latency**: each direction adds half the configured round-trip time, and a new
+//!   connection's first byte towards the upstream waits one extra round trip (the TCP
+//!   handshake a real link would cost);
+//! - **bandwidth**: each direction is paced to the configured rate, so `n` bytes take at least
+//!   `n / rate` seconds. The pacer is shared by all connections (one link of the node) unless
+//!   [`ShapeConfig::per_connection`] is set.
+//!
+//! Counters record the bytes actually written to each side, so a benchmark can say how much a
+//! side fetched from the registry.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Largest piece read from a socket and sent on as one unit.
+const PIECE: usize = 64 << 10;
+/// Pieces in flight per direction (delay line depth); beyond it the reader waits (backpressure).
+const DEPTH: usize = 256;
+/// How far the pacer lets a sender run ahead of the link before it waits: timers tick in
+/// milliseconds, so waiting out every small piece would cap the rate far below the setting.
+const PACER_SLACK: Duration = Duration::from_millis(2);
+/// How much link time a sender that fell behind (a late timer, a busy machine) may make up at
+/// once. With the slack: `n` bytes never take less than `n / rate - PACER_SLACK - PACER_CATCH_UP`.
+const PACER_CATCH_UP: Duration = Duration::from_millis(10);
+/// How long connecting to the upstream may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the link is shaped.
+#[derive(Clone, Copy, Debug)]
+pub struct ShapeConfig {
+    /// Bytes per second in each direction.
+    pub bytes_per_sec: f64,
+    /// Added round-trip time (half each way).
+    pub rtt: Duration,
+    /// Pace each connection on its own instead of all connections sharing one link.
+    pub per_connection: bool,
+}
+
+/// Bytes the proxy has written to each side, and connections accepted.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Bytes written to clients (what clients fetched from the upstream).
+    pub to_client: AtomicU64,
+    /// Bytes written to the upstream (requests, uploads).
+    pub to_upstream: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    /// Bytes written to clients.
+    pub to_client: u64,
+    /// Bytes written to the upstream.
+    pub to_upstream: u64,
+    /// Connections accepted.
+    pub connections: u64,
+}
+
+impl CounterSnapshot {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &CounterSnapshot) -> CounterSnapshot {
+        CounterSnapshot {
+            to_client: self.to_client - earlier.to_client,
+            to_upstream: self.to_upstream - earlier.to_upstream,
+            connections: self.connections - earlier.connections,
+        }
+    }
+}
+
+impl Counters {
+    /// The current values.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            to_client: self.to_client.load(Relaxed),
+            to_upstream: self.to_upstream.load(Relaxed),
+            connections: self.connections.load(Relaxed),
+        }
+    }
+}
+
+/// Paces bytes to a rate: `take(n)` returns when the link would have finished sending them.
+#[derive(Debug)]
+pub struct Pacer {
+    bytes_per_sec: f64,
+    next_free: Mutex<Option<Instant>>,
+}
+
+impl Pacer {
+    /// A pacer of `bytes_per_sec`.
+    pub fn new(bytes_per_sec: f64) -> Self {
+        Pacer {
+            bytes_per_sec,
+            next_free: Mutex::new(None),
+        }
+    }
+
+    /// Wait until `n` more bytes have (nearly, see [`PACER_SLACK`]) gone through the link.
+    pub async fn take(&self, n: usize) {
+        let done = {
+            let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let floor = now.checked_sub(PACER_CATCH_UP).unwrap_or(now);
+            let start = match *next {
+                Some(t) if t > floor => t,
+                _ => floor,
+            };
+            let end = start + Duration::from_secs_f64(n as f64 / self.bytes_per_sec);
+            *next = Some(end);
+            end
+        };
+        if let Some(wait_until) = done.checked_sub(PACER_SLACK) {
+            if wait_until > Instant::now() {
+                tokio::time::sleep_until(wait_until).await;
+            }
+        }
+    }
+}
+
+/// A running proxy; dropping it stops accepting and ends every connection.
+pub struct Proxy {
+    addr: SocketAddr,
+    counters: Arc<Counters>,
+    accept: JoinHandle<()>,
+}
+
+struct Link {
+    shape: ShapeConfig,
+    down: Arc<Pacer>,
+    up: Arc<Pacer>,
+}
+
+impl Proxy {
+    /// Listen on 127.0.0.1 (a free port) and forward to `upstream`, shaped by `shape`. Must be
+    /// called within a tokio runtime, which then runs the proxy.
+    pub async fn start(upstream: SocketAddr, shape: ShapeConfig) -> io::Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let counters = Arc::new(Counters::default());
+        let link = Arc::new(Link {
+            shape,
+            down: Arc::new(Pacer::new(shape.bytes_per_sec)),
+            up: Arc::new(Pacer::new(shape.bytes_per_sec)),
+        });
+        let c = counters.clone();
+        let accept = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((client, _)) = accepted else { continue };
+                        c.connections.fetch_add(1, Relaxed);
+                        conns.spawn(serve(client, upstream, link.clone(), c.clone()));
+                    }
+                    // Reap finished connections so the set stays small.
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+            // Dropping `conns` (when this task is aborted) aborts every connection.
+        });
+        Ok(Proxy {
+            addr,
+            counters,
+            accept,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The byte counters.
+    pub fn counters(&self) -> CounterSnapshot {
+        self.counters.snapshot()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn serve(client: TcpStream, upstream: SocketAddr, link: Arc<Link>, counters: Arc<Counters>) {
+    let accepted = Instant::now();
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream)).await {
+        Ok(Ok(s)) => s,
+        _ => return,
+    };
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let (down, up) = if link.shape.per_connection {
+        (
+            Arc::new(Pacer::new(link.shape.bytes_per_sec)),
+            Arc::new(Pacer::new(link.shape.bytes_per_sec)),
+        )
+    } else {
+        (link.down.clone(), link.up.clone())
+    };
+    let one_way = link.shape.rtt / 2;
+    let (cr, cw) = client.into_split();
+    let (ur, uw) = upstream.into_split();
+    let counters_up = counters.clone();
+    // Client → upstream: nothing arrives before the handshake's round trip.
+    let to_upstream = pipe(cr, uw, accepted + link.shape.rtt, one_way, up, move |n| {
+        counters_up.to_upstream.fetch_add(n, Relaxed);
+    });
+    let to_client = pipe(ur, cw, accepted, one_way, down, move |n| {
+        counters.to_client.fetch_add(n, Relaxed);
+    });
+    tokio::join!(to_upstream, to_client);
+}
+
+/// Copy `from` to `to` through a delay line (`one_way` after arrival, never before `gate`) and
+/// the pacer, calling `count` with the bytes written. Ends at EOF or an error on either side.
+async fn pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    gate: Instant,
+    one_way: Duration,
+    pacer: Arc<Pacer>,
+    count: impl Fn(u64),
+) {
+    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(DEPTH);
+    let reader = async move {
+        loop {
+            let mut buf = vec![0u8; PIECE];
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            buf.truncate(n);
+            let due = Instant::now().max(gate) + one_way;
+            if tx.send((due, buf)).await.is_err() {
+                break;
+            }
+        }
+        // Dropping `tx` tells the writer the stream ended.
+    };
+    let writer = async move {
+        while let Some((due, piece)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            pacer.take(piece.len()).await;
+            if to.write_all(&piece).await.is_err() {
+                return;
+            }
+            count(piece.len() as u64);
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reader, writer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn upstream_sending(total: usize) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    // Wait for a one-byte request, then send `total` bytes and close.
+                    let mut b = [0u8; 1];
+                    if s.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    let data = vec![7u8; total];
+                    let _ = s.write_all(&data).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn fetch(addr: SocketAddr) -> usize {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert!(got.iter().all(|&b| b == 7));
+        got.len()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shapes_bandwidth_and_counts_bytes() {
+        let total = 10_000_000;
+        let up = upstream_sending(total).await;
+        let proxy = Proxy::start(
+            up,
+            ShapeConfig {
+                bytes_per_sec: 20e6,
+                rtt: Duration::from_millis(2),
+                per_connection: false,
+            },
+        )
+        .await
+        .unwrap();
+        let t = Instant::now();
+        assert_eq!(fetch(proxy.addr()).await, total);
+        let took = t.elapsed();
+        eprintln!("10 MB at 20 MB/s took {took:?}");
+        // 10 MB at 20 MB/s cannot take less than 0.5 s (less the pacer's 2 ms slack and 10 ms
+        // catch-up): a lower bound the shaper guarantees, not a timing guess.
+        assert!(took >= Duration::from_millis(488), "took {took:?}");
+        let c = proxy.counters();
+        assert_eq!(c.to_client, total as u64);
+        assert_eq!(c.to_upstream, 1);
+        assert_eq!(c.connections, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn adds_round_trips_and_shares_the_link() {
+        let up = upstream_sending(1_000_000).await;
+        let proxy = Proxy::start(
+            up,
+            ShapeConfig {
+                bytes_per_sec: 10e6,
+                rtt: Duration::from_millis(100),
+                per_connection: false,
+            },
+        )
+        .await
+        .unwrap();
+        let t = Instant::now();
+        // Two connections at once share 10 MB/s: 2 MB need 0.2 s, plus handshake and request
+        // (1.5 round trips before the upstream sees the request) and the reply's half trip.
+        let (a, b) = tokio::join!(fetch(proxy.addr()), fetch(proxy.addr()));
+        assert_eq!((a, b), (1_000_000, 1_000_000));
+        assert!(t.elapsed() >= Duration::from_millis(188 + 200));
+        assert_eq!(proxy.counters().to_client, 2_000_000);
+        assert_eq!(proxy.counters().connections, 2);
+    }
+}
