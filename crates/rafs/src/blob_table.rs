@@ -56,7 +56,8 @@ pub struct BlobInfo {
     pub digest_algo: DigestAlgo,
     /// Feature bits, see [`features`].
     pub features: u32,
-    /// Size of the chunk data area (without the blob meta).
+    /// Size the builder recorded for the blob: upstream nydus-image writes the whole blob file
+    /// (chunk data, chunk-info array and header), although its field comment says data only.
     pub compressed_size: u64,
     /// Sum of the uncompressed (aligned) chunk sizes.
     pub uncompressed_size: u64,
