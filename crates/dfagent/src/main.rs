@@ -1,6 +1,7 @@
 //! `dfagent`: the command line. Parses arguments, sets up logging, and hands each command to the
 //! module named after it; the work itself lives in the library crates.
 
+mod build;
 mod cache;
 mod check;
 mod inspect;
@@ -86,6 +87,11 @@ enum Command {
         #[command(flatten)]
         registry: remote::RegistryArgs,
     },
+    /// Convert an OCI image (OCI layout, docker archive or registry image) into a Nydus image:
+    /// one RAFS v6 bootstrap and a data blob per layer with new data, chunks deduplicated
+    /// across layers (and against --chunk-dict). Writes --output-dir, --oci-layout and/or
+    /// pushes (--push), in nydusify's layout. Same input and options, same bytes.
+    Build(Box<build::BuildArgs>),
     /// Look after the node's chunk store.
     Cache {
         #[command(subcommand)]
@@ -134,6 +140,7 @@ fn main() -> ExitCode {
         } => check::run(&bootstrap, &blob_dir, json),
         Command::Mount(args) => mount::run(args, cli.verbose > 0),
         Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
+        Command::Build(args) => build::run(*args),
         Command::Cache { command, store } => cache::run(command, &store),
         Command::Pull {
             image,

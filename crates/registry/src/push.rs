@@ -113,12 +113,107 @@ enum Upload {
     Memory(Bytes),
 }
 
+/// The documents of a Nydus image in nydusify's layout, ready to be written to an OCI layout
+/// directory or pushed: one `application/vnd.oci.image.layer.nydus.blob.v1` layer per data blob
+/// (annotated `containerd.io/snapshot/nydus-blob`), then the bootstrap as a deterministic tar.gz
+/// layer (annotated `containerd.io/snapshot/nydus-bootstrap` and the fs version), and a minimal
+/// OCI config. The same inputs always give the same bytes.
+#[derive(Clone, Debug)]
+pub struct NydusManifest {
+    /// The OCI image manifest (media type [`OCI_IMAGE_MEDIA_TYPE`]).
+    pub manifest: Vec<u8>,
+    /// `sha256:` digest of `manifest`.
+    pub manifest_digest: String,
+    /// The image config.
+    pub config: Vec<u8>,
+    /// `sha256:` digest of `config`.
+    pub config_digest: String,
+    /// The bootstrap layer (gzip'd tar holding `image/image.boot`).
+    pub bootstrap_layer: Vec<u8>,
+    /// `sha256:` digest of `bootstrap_layer`.
+    pub bootstrap_layer_digest: String,
+}
+
+/// Build the manifest, config and bootstrap layer of a Nydus image whose data blobs are
+/// `blobs` (id and size, in the bootstrap's blob table order) for platform `(os, arch)`.
+pub fn nydus_manifest(
+    bootstrap: &[u8],
+    blobs: &[(BlobId, u64)],
+    platform: (&str, &str),
+) -> Result<NydusManifest> {
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (id, size) in blobs {
+        let digest = id.oci_digest();
+        layers.push(OciDescriptor {
+            media_type: MEDIA_TYPE_NYDUS_BLOB.to_string(),
+            digest: digest.clone(),
+            size: i64::try_from(*size)
+                .map_err(|_| Error::Protocol(format!("blob {id} is too large")))?,
+            annotations: Some(BTreeMap::from([(
+                ANNOTATION_NYDUS_BLOB.to_string(),
+                "true".to_string(),
+            )])),
+            ..OciDescriptor::default()
+        });
+        diff_ids.push(digest);
+    }
+    let boot = bootstrap_layer(bootstrap)?;
+    let boot_diff_id = sha256_digest(&boot.tar);
+    let boot_digest = sha256_digest(&boot.compressed);
+    layers.push(OciDescriptor {
+        media_type: IMAGE_LAYER_GZIP_MEDIA_TYPE.to_string(),
+        digest: boot_digest.clone(),
+        size: boot.compressed.len() as i64,
+        annotations: Some(BTreeMap::from([
+            (ANNOTATION_NYDUS_BOOTSTRAP.to_string(), "true".to_string()),
+            (ANNOTATION_NYDUS_FS_VERSION.to_string(), "6".to_string()),
+            (ANNOTATION_UNCOMPRESSED.to_string(), boot_diff_id.clone()),
+        ])),
+        ..OciDescriptor::default()
+    });
+    diff_ids.push(boot_diff_id);
+    let config = serde_json::to_vec(&ImageConfig {
+        architecture: platform.1,
+        os: platform.0,
+        rootfs: RootFs {
+            kind: "layers",
+            diff_ids,
+        },
+    })
+    .map_err(|e| Error::Protocol(format!("cannot serialize the image config: {e}")))?;
+    let config_digest = sha256_digest(&config);
+    let manifest = OciImageManifest {
+        schema_version: 2,
+        media_type: Some(OCI_IMAGE_MEDIA_TYPE.to_string()),
+        config: OciDescriptor {
+            media_type: IMAGE_CONFIG_MEDIA_TYPE.to_string(),
+            digest: config_digest.clone(),
+            size: config.len() as i64,
+            ..OciDescriptor::default()
+        },
+        layers,
+        subject: None,
+        artifact_type: None,
+        annotations: None,
+    };
+    let manifest = serde_json::to_vec(&manifest)
+        .map_err(|e| Error::Protocol(format!("cannot serialize the manifest: {e}")))?;
+    Ok(NydusManifest {
+        manifest_digest: sha256_digest(&manifest),
+        manifest,
+        config,
+        config_digest,
+        bootstrap_layer_digest: boot_digest,
+        bootstrap_layer: boot.compressed,
+    })
+}
+
 impl Registry {
     /// Publish the local Nydus image `bootstrap` + `blob_dir` (blobs named by their sha256, as
-    /// `nydus-image` writes them) under `reference`, in nydusify's layout: one
-    /// `application/vnd.oci.image.layer.nydus.blob.v1` layer per blob in the bootstrap's blob
-    /// table order, then the bootstrap as a deterministic tar.gz layer, and a minimal OCI config.
-    /// Blobs the registry already has are not uploaded again. Returns the manifest digest.
+    /// `nydus-image` writes them) under `reference`, in nydusify's layout (see
+    /// [`nydus_manifest`]). Blobs the registry already has are not uploaded again. Returns the
+    /// manifest digest.
     pub async fn push_nydus(
         &self,
         reference: &str,
@@ -140,9 +235,8 @@ impl Registry {
         }
 
         // Data blobs: check each file is what the bootstrap names.
-        let mut layers = Vec::new();
         let mut uploads = Vec::new();
-        let mut diff_ids = Vec::new();
+        let mut blobs = Vec::new();
         let blob_ids: Vec<BlobId> = image.blobs().iter().map(|b| b.id).collect();
         for id in blob_ids {
             let path = blob_dir.join(id.hex());
@@ -157,65 +251,25 @@ impl Registry {
                     actual: digest,
                 });
             }
-            layers.push(OciDescriptor {
-                media_type: MEDIA_TYPE_NYDUS_BLOB.to_string(),
-                digest: digest.clone(),
-                size: size as i64,
-                annotations: Some(BTreeMap::from([(
-                    ANNOTATION_NYDUS_BLOB.to_string(),
-                    "true".to_string(),
-                )])),
-                ..OciDescriptor::default()
-            });
-            uploads.push((digest.clone(), size, Upload::File(path)));
-            diff_ids.push(digest);
+            uploads.push((digest, size, Upload::File(path)));
+            blobs.push((id, size));
         }
 
-        // The bootstrap layer.
-        let boot = tokio::task::spawn_blocking(move || bootstrap_layer(&boot_bytes))
-            .await
-            .map_err(|e| Error::Protocol(format!("bootstrap packing task failed: {e}")))??;
-        let boot_diff_id = sha256_digest(&boot.tar);
-        let boot_digest = sha256_digest(&boot.compressed);
-        layers.push(OciDescriptor {
-            media_type: IMAGE_LAYER_GZIP_MEDIA_TYPE.to_string(),
-            digest: boot_digest.clone(),
-            size: boot.compressed.len() as i64,
-            annotations: Some(BTreeMap::from([
-                (ANNOTATION_NYDUS_BOOTSTRAP.to_string(), "true".to_string()),
-                (ANNOTATION_NYDUS_FS_VERSION.to_string(), "6".to_string()),
-                (ANNOTATION_UNCOMPRESSED.to_string(), boot_diff_id.clone()),
-            ])),
-            ..OciDescriptor::default()
-        });
-        uploads.push((
-            boot_digest,
-            boot.compressed.len() as u64,
-            Upload::Memory(Bytes::from(boot.compressed)),
-        ));
-        diff_ids.push(boot_diff_id);
-
-        // The config.
-        let config = serde_json::to_vec(&ImageConfig {
-            architecture: &self.config().platform.1,
-            os: &self.config().platform.0,
-            rootfs: RootFs {
-                kind: "layers",
-                diff_ids,
-            },
+        let platform = self.config().platform.clone();
+        let docs = tokio::task::spawn_blocking(move || {
+            nydus_manifest(&boot_bytes, &blobs, (&platform.0, &platform.1))
         })
-        .map_err(|e| Error::Protocol(format!("cannot serialize the image config: {e}")))?;
-        let config_digest = sha256_digest(&config);
-        let config_desc = OciDescriptor {
-            media_type: IMAGE_CONFIG_MEDIA_TYPE.to_string(),
-            digest: config_digest.clone(),
-            size: config.len() as i64,
-            ..OciDescriptor::default()
-        };
+        .await
+        .map_err(|e| Error::Protocol(format!("bootstrap packing task failed: {e}")))??;
         uploads.push((
-            config_digest,
-            config.len() as u64,
-            Upload::Memory(Bytes::from(config)),
+            docs.bootstrap_layer_digest.clone(),
+            docs.bootstrap_layer.len() as u64,
+            Upload::Memory(Bytes::from(docs.bootstrap_layer)),
+        ));
+        uploads.push((
+            docs.config_digest.clone(),
+            docs.config.len() as u64,
+            Upload::Memory(Bytes::from(docs.config)),
         ));
 
         // Upload what the registry lacks.
@@ -234,18 +288,8 @@ impl Registry {
         }
 
         // The manifest.
-        let manifest = OciImageManifest {
-            schema_version: 2,
-            media_type: Some(OCI_IMAGE_MEDIA_TYPE.to_string()),
-            config: config_desc,
-            layers,
-            subject: None,
-            artifact_type: None,
-            annotations: None,
-        };
-        let body = serde_json::to_vec(&manifest)
-            .map_err(|e| Error::Protocol(format!("cannot serialize the manifest: {e}")))?;
-        let digest = sha256_digest(&body);
+        let body = docs.manifest;
+        let digest = docs.manifest_digest;
         let body = Bytes::from(body);
         let what = format!("push manifest {}", r.whole());
         self.with_retries(&what, || {
