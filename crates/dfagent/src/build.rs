@@ -128,6 +128,18 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
 
+    let opts = BuildOptions {
+        chunk,
+        chunk_dict: args
+            .chunk_dict
+            .as_deref()
+            .map(dfagent_builder::dict::parse_arg)
+            .transpose()?,
+        chunk_dict_blobs: args.chunk_dict_blobs.clone(),
+        prefetch,
+        output_dir: out_dir.clone(),
+    };
+    opts.validate()?;
     let bar = indicatif::ProgressBar::new(0);
     if args.quiet || !std::io::stderr().is_terminal() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -163,17 +175,6 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("fetching {r}"))?,
     };
 
-    let opts = BuildOptions {
-        chunk,
-        chunk_dict: args
-            .chunk_dict
-            .as_deref()
-            .map(dfagent_builder::dict::parse_arg)
-            .transpose()?,
-        chunk_dict_blobs: args.chunk_dict_blobs.clone(),
-        prefetch,
-        output_dir: out_dir.clone(),
-    };
     let built = dfagent_builder::build(&src, &opts, &progress)
         .with_context(|| format!("building {}", args.source))?;
     progress.0.finish_and_clear();

@@ -1,0 +1,704 @@
+//! `dfagent build` as a user runs it: OCI layouts made from the texture trees (GNU tar, which
+//! keeps empty and binary xattrs), a docker archive made by skopeo, a real registry, FUSE
+//! mounts of the results, and malformed inputs. Needs root (texture trees have devices and
+//! owners), /dev/fuse, GNU tar, gzip, skopeo and docker-registry.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{expected, listing, shared, Mount, Registry};
+use sha2::Digest as _;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dfagent")
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "dfagent {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn sh(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// Texture tree `seed` (1 or 2, tree 2 with the README's extra copies) under `dir`.
+fn texture(dir: &Path, seed: u32) -> PathBuf {
+    let t = dir.join(format!("tree{seed}"));
+    if t.exists() {
+        return t;
+    }
+    sh(Command::new("python3")
+        .arg(shared().join("tools/make-texture.py"))
+        .arg(&t)
+        .arg(seed.to_string()));
+    if seed == 2 {
+        let t1 = texture(dir, 1);
+        sh(Command::new("cp")
+            .arg("-a")
+            .arg(t1.join("multi-chunk.bin"))
+            .arg(t.join("shared-multi.bin")));
+        sh(Command::new("cp")
+            .arg("-a")
+            .arg(t1.join("text"))
+            .arg(t.join("shared-text")));
+    }
+    t
+}
+
+/// A layer tar of `dir` the way GNU tar writes it with xattrs (PAX, binary values included).
+fn gnu_tar(dir: &Path) -> Vec<u8> {
+    let out = Command::new("tar")
+        .args([
+            "--format=pax",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--numeric-owner",
+            "-C",
+        ])
+        .arg(dir)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("gzip")
+        .args(["-n", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let w = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    w.join().unwrap().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// An OCI image layout at `dir` holding one image tagged `tag` with `layers` (tar, or tar.gz
+/// when `gz`).
+fn oci_layout(dir: &Path, tag: &str, layers: &[Vec<u8>], gz: bool) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |data: &[u8]| -> (String, usize) {
+        let d = sha256(data);
+        std::fs::write(blobs.join(&d[7..]), data).unwrap();
+        (d, data.len())
+    };
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        diff_ids.push(sha256(l));
+        let (d, s) = if gz { put(&gzip(l)) } else { put(l) };
+        descs.push(serde_json::json!({
+            "mediaType": if gz { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar" },
+            "digest": d, "size": s}));
+    }
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}}))
+    .unwrap();
+    let (cd, cs) = put(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": descs}))
+    .unwrap();
+    let (md, ms) = put(&manifest);
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": md, "size": ms,
+                "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
+        .unwrap(),
+    )
+    .unwrap();
+}
+
+/// `dfagent build SOURCE --output-dir OUT EXTRA...`; the JSON summary.
+fn build(source: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["build", source, "--output-dir", p(out), "--json", "-q"];
+    args.extend_from_slice(extra);
+    let o = ok(&args);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// `inspect --json` of a built image (every file read through the verified chunk path),
+/// without the root line.
+fn inspect(out: &Path) -> Vec<String> {
+    let o = ok(&[
+        "inspect",
+        "--json",
+        p(&out.join("bootstrap")),
+        "--blob-dir",
+        p(&out.join("blobs")),
+    ]);
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+fn check(out: &Path) {
+    ok(&[
+        "check",
+        p(&out.join("bootstrap")),
+        "--blob-dir",
+        p(&out.join("blobs")),
+    ]);
+}
+
+/// Listing of a FUSE mount of a built image.
+fn mounted_listing(out: &Path, mp: &Path) -> Vec<String> {
+    std::fs::create_dir_all(mp).unwrap();
+    let blob_arg = format!("--blob-dir={}", p(&out.join("blobs")));
+    let m = Mount::start_with(
+        &blob_arg,
+        mp,
+        &out.join("unused-store"),
+        &["--bootstrap", p(&out.join("bootstrap"))],
+    );
+    let l = listing(mp);
+    m.stop();
+    l
+}
+
+/// Every file under `dir` with its bytes.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((
+                    e.path().strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(e.path()).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn work() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("dfagent-build-cli-")
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+#[test]
+fn texture_round_trips_through_inspect_mount_and_check_byte_identically() {
+    let w = work();
+    let t = texture(w.path(), 1);
+    let layout = w.path().join("L");
+    oci_layout(&layout, "v1", &[gnu_tar(&t)], true);
+    let src = format!("oci:{}:v1", p(&layout));
+    let out = w.path().join("out");
+    let s = build(&src, &out, &[]);
+    assert_eq!(s["layers"], 1);
+    assert!(s["unique_chunks"].as_u64().unwrap() < s["chunks"].as_u64().unwrap());
+    check(&out);
+    let want = expected("texture.expected.jsonl");
+    assert_eq!(inspect(&out), want);
+    assert_eq!(mounted_listing(&out, &w.path().join("mnt")), want);
+
+    // Same input, same bytes, whatever the thread count; a fresh tar of the same tree (GNU tar
+    // records atime/ctime, so the layer differs) gives the same image too.
+    let out2 = w.path().join("out2");
+    build(&src, &out2, &["--threads", "1"]);
+    assert_eq!(files(&out), files(&out2));
+    let layout3 = w.path().join("L3");
+    oci_layout(&layout3, "v1", &[gnu_tar(&t)], false);
+    let out3 = w.path().join("out3");
+    build(&format!("oci:{}", p(&layout3)), &out3, &["--threads", "3"]);
+    assert_eq!(files(&out), files(&out3));
+
+    // The OCI layout output is deterministic and in nydusify's layout.
+    let (o1, o2) = (w.path().join("oci1"), w.path().join("oci2"));
+    for o in [&o1, &o2] {
+        ok(&[
+            "build",
+            &src,
+            "--oci-layout",
+            &format!("{}:nydus", p(o)),
+            "-q",
+        ]);
+    }
+    assert_eq!(files(&o1), files(&o2));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(o1.join("index.json")).unwrap()).unwrap();
+    let entry = &index["manifests"][0];
+    assert_eq!(
+        entry["annotations"]["org.opencontainers.image.ref.name"],
+        "nydus"
+    );
+    let digest = entry["digest"].as_str().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(o1.join("blobs/sha256").join(&digest[7..])).unwrap())
+            .unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    assert_eq!(
+        layers[0]["mediaType"],
+        "application/vnd.oci.image.layer.nydus.blob.v1"
+    );
+    assert_eq!(
+        layers[0]["annotations"]["containerd.io/snapshot/nydus-blob"],
+        "true"
+    );
+    assert_eq!(
+        layers[1]["annotations"]["containerd.io/snapshot/nydus-bootstrap"],
+        "true"
+    );
+    // No stray temporary files anywhere.
+    for (f, _) in files(&o1).iter().chain(files(&out).iter()) {
+        assert!(!f.to_string_lossy().contains(".tmp-"), "{f:?}");
+    }
+
+    // --merge-platform: an index with the source manifest and the Nydus one.
+    let o3 = w.path().join("oci3");
+    ok(&[
+        "build",
+        &src,
+        "--oci-layout",
+        p(&o3),
+        "--merge-platform",
+        "-q",
+    ]);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(o3.join("index.json")).unwrap()).unwrap();
+    let d = index["manifests"][0]["digest"].as_str().unwrap();
+    let merged: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(o3.join("blobs/sha256").join(&d[7..])).unwrap())
+            .unwrap();
+    let m = merged["manifests"].as_array().unwrap();
+    assert_eq!(m.len(), 2);
+    assert!(m[0]["platform"].get("os.features").is_none());
+    assert_eq!(m[1]["platform"]["os.features"][0], "nydus.remoteimage.v1");
+    // skopeo reads both images of the merged layout.
+    sh(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci:{}:latest", p(&o3))));
+}
+
+#[test]
+fn chunk_dict_leaves_only_new_chunks_in_the_new_blob() {
+    let w = work();
+    let t1 = texture(w.path(), 1);
+    let t2 = texture(w.path(), 2);
+    let (l1, l2) = (w.path().join("L1"), w.path().join("L2"));
+    oci_layout(&l1, "v1", &[gnu_tar(&t1)], true);
+    oci_layout(&l2, "v1", &[gnu_tar(&t2)], true);
+    let out1 = w.path().join("out1");
+    build(&format!("oci:{}:v1", p(&l1)), &out1, &[]);
+    let out2 = w.path().join("out2");
+    let dict = format!("bootstrap={}", p(&out1.join("bootstrap")));
+    let s = build(
+        &format!("oci:{}:v1", p(&l2)),
+        &out2,
+        &["--chunk-dict", &dict],
+    );
+    check(&out2);
+    assert_eq!(inspect(&out2), expected("texture2.expected.jsonl"));
+    assert_eq!(
+        mounted_listing(&out2, &w.path().join("mnt")),
+        expected("texture2.expected.jsonl")
+    );
+
+    let dict_img = dfagent_rafs::Image::open(out1.join("bootstrap")).unwrap();
+    let dict_digests: BTreeSet<String> = (0..dict_img.chunk_record_count())
+        .map(|i| dict_img.chunk_record(i).unwrap().digest.to_string())
+        .collect();
+    let img = dfagent_rafs::Image::open(out2.join("bootstrap")).unwrap();
+    let blobs = img.blobs();
+    assert_eq!(blobs.len(), 2, "the dictionary's blob and the new one");
+    assert_eq!(blobs[0].id, dict_img.blobs()[0].id);
+    // Chunks in the new blob: none is in the dictionary, and their count is what the tree
+    // has beyond tree 1 (upstream's chunk-dict build of the same trees agrees).
+    let mut new_blob = BTreeSet::new();
+    for i in 0..img.chunk_record_count() {
+        let r = img.chunk_record(i).unwrap();
+        if r.blob_index == 1 {
+            assert!(
+                !dict_digests.contains(&r.digest.to_string()),
+                "{}",
+                r.digest
+            );
+            new_blob.insert(r.digest.to_string());
+        }
+    }
+    assert_eq!(new_blob.len() as u32, blobs[1].chunk_count);
+    let upstream =
+        dfagent_rafs::Image::open(shared().join("fixtures/rafs/v6-chunkdict/bootstrap")).unwrap();
+    let upstream_dict =
+        dfagent_rafs::Image::open(shared().join("fixtures/rafs/v6-zstd-blake3/bootstrap")).unwrap();
+    let upstream_new = upstream
+        .blobs()
+        .iter()
+        .find(|b| b.id != upstream_dict.blobs()[0].id)
+        .map(|b| b.chunk_count)
+        .unwrap();
+    assert_eq!(blobs[1].chunk_count, upstream_new);
+    assert_eq!(
+        s["unique_chunks"].as_u64().unwrap(),
+        u64::from(upstream_new)
+    );
+    assert!(s["dict_chunks"].as_u64().unwrap() > 0);
+    // The dictionary blob it uses is in the output, so the image mounts from OUT alone.
+    assert!(out2.join("blobs").join(blobs[0].id.hex()).is_file());
+}
+
+#[test]
+fn two_layers_read_like_the_nydusify_fixture() {
+    let w = work();
+    let t = texture(w.path(), 1);
+    sh(Command::new("python3")
+        .arg("-c")
+        .arg("import os, sys; os.removexattr(sys.argv[1], 'user.binary')")
+        .arg(t.join("xattr.txt")));
+    let layer2 =
+        std::fs::read(shared().join("fixtures/rafs/v6-nydusify-2layer/layer2.tar")).unwrap();
+    let layout = w.path().join("L");
+    oci_layout(&layout, "v1", &[gnu_tar(&t), layer2], true);
+    let out = w.path().join("out");
+    let s = build(&format!("oci:{}:v1", p(&layout)), &out, &[]);
+    assert_eq!(s["layers"], 2);
+    check(&out);
+    // Here the root's attributes come from layer 2, so the root line is compared too.
+    let want: Vec<String> =
+        std::fs::read_to_string(shared().join("fixtures/rafs/v6-nydusify-2layer.expected.jsonl"))
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+    let o = ok(&[
+        "inspect",
+        "--json",
+        p(&out.join("bootstrap")),
+        "--blob-dir",
+        p(&out.join("blobs")),
+    ]);
+    let got: Vec<String> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        mounted_listing(&out, &w.path().join("mnt")),
+        want[1..].to_vec()
+    );
+}
+
+/// Write `entries` as a tar with Python's tarfile (which can write whiteouts, hard links to
+/// files of lower layers and any path).
+fn py_tar(dest: &Path, script: &str) {
+    let prog = format!(
+        "import tarfile, io, sys\n\
+         t = tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT)\n\
+         def add(name, kind=tarfile.REGTYPE, data=b'', mode=0o644, link='', mtime=1700000500):\n\
+         \x20   i = tarfile.TarInfo(name); i.type = kind; i.mode = mode; i.mtime = mtime\n\
+         \x20   i.linkname = link; i.size = len(data) if kind == tarfile.REGTYPE else 0\n\
+         \x20   t.addfile(i, io.BytesIO(data) if kind == tarfile.REGTYPE else None)\n\
+         {script}\n\
+         t.close()\n"
+    );
+    sh(Command::new("python3").arg("-c").arg(prog).arg(dest));
+}
+
+#[test]
+fn overlay_of_two_layers_matches_applying_them_to_a_directory() {
+    let w = work();
+    let lower = w.path().join("lower");
+    std::fs::create_dir_all(&lower).unwrap();
+    for (f, data) in [
+        ("hello.txt", "lower hello\n"),
+        ("keep.txt", "keep\n"),
+        ("gone.txt", "gone\n"),
+        ("dir/a", "a\n"),
+        ("dir/sub/b", "b\n"),
+        ("opaque/old1", "old1\n"),
+        ("opaque/sub/old2", "old2\n"),
+        ("attrs/x", "x\n"),
+        ("big.bin", &"0123456789abcdef".repeat(200_000)),
+    ] {
+        let path = lower.join(f);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, data).unwrap();
+    }
+    std::fs::hard_link(lower.join("hello.txt"), lower.join("hello-link")).unwrap();
+    let upper_tar = w.path().join("upper.tar");
+    py_tar(
+        &upper_tar,
+        "add('hello.txt', data=b'upper hello\\n')\n\
+         add('added.txt', data=b'added\\n')\n\
+         add('.wh.gone.txt')\n\
+         add('dir', tarfile.DIRTYPE, mode=0o755)\n\
+         add('dir/.wh.sub')\n\
+         add('opaque', tarfile.DIRTYPE, mode=0o700)\n\
+         add('opaque/.wh..wh..opq')\n\
+         add('opaque/new', data=b'new\\n')\n\
+         add('attrs', tarfile.DIRTYPE, mode=0o711, mtime=1700000999)\n\
+         add('keep-link', tarfile.LNKTYPE, link='keep.txt')\n\
+         add('big-copy.bin', data=b'0123456789abcdef' * 200000)\n\
+         add('.wh.never-existed')\n",
+    );
+    let lower_tar = gnu_tar(&lower);
+    let layout = w.path().join("L");
+    oci_layout(
+        &layout,
+        "v1",
+        &[lower_tar.clone(), std::fs::read(&upper_tar).unwrap()],
+        true,
+    );
+    let out = w.path().join("out");
+    let s = build(&format!("oci:{}:v1", p(&layout)), &out, &[]);
+    // big-copy.bin repeats big.bin's chunks: deduplicated across layers.
+    assert!(s["dedup_ratio"].as_f64().unwrap() > 1.5, "{s}");
+    check(&out);
+
+    // Expected: extract the lower layer, apply the whiteouts and the opaque marker, then
+    // extract the upper layer without its whiteout files.
+    let exp = w.path().join("expected");
+    std::fs::create_dir_all(&exp).unwrap();
+    let lower_file = w.path().join("lower.tar");
+    std::fs::write(&lower_file, &lower_tar).unwrap();
+    sh(Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "-xpf"])
+        .arg(&lower_file)
+        .arg("-C")
+        .arg(&exp));
+    std::fs::remove_file(exp.join("gone.txt")).unwrap();
+    std::fs::remove_dir_all(exp.join("dir/sub")).unwrap();
+    std::fs::remove_dir_all(exp.join("opaque")).unwrap();
+    std::fs::create_dir(exp.join("opaque")).unwrap();
+    sh(Command::new("tar")
+        .args(["--exclude=.wh.*", "-xpf"])
+        .arg(&upper_tar)
+        .arg("-C")
+        .arg(&exp));
+    let want = listing(&exp);
+    assert_eq!(inspect(&out), want);
+    assert_eq!(mounted_listing(&out, &w.path().join("mnt")), want);
+    // The old hard-link partner of hello.txt keeps the old bytes with nlink 1.
+    assert!(want
+        .iter()
+        .any(|l| l.contains("\"path\": \"hello-link\"") && l.contains("\"nlink\": 1")));
+}
+
+#[test]
+fn docker_archive_source_gives_the_same_image() {
+    let w = work();
+    let t = texture(w.path(), 1);
+    let layout = w.path().join("L");
+    oci_layout(&layout, "v1", &[gnu_tar(&t)], true);
+    let archive = w.path().join("image.tar");
+    sh(Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci:{}:v1", p(&layout)))
+        .arg(format!("docker-archive:{}", p(&archive))));
+    let (a, b) = (w.path().join("a"), w.path().join("b"));
+    build(&format!("oci:{}:v1", p(&layout)), &a, &[]);
+    build(&format!("docker-archive:{}", p(&archive)), &b, &[]);
+    check(&b);
+    assert_eq!(inspect(&b), expected("texture.expected.jsonl"));
+    // skopeo stores the layer uncompressed; the tar inside is the same, so is the image.
+    assert_eq!(files(&a), files(&b));
+}
+
+/// A ustar header for `name` with a raw `size` field (12 bytes) and a valid checksum.
+fn header(name: &str, size_field: [u8; 12], typeflag: u8) -> Vec<u8> {
+    let mut h = vec![0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(&size_field);
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = typeflag;
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+#[test]
+fn malformed_layers_fail_cleanly_and_write_nothing() {
+    let w = work();
+    let good = {
+        let d = w.path().join("small");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("f"), vec![7u8; 300_000]).unwrap();
+        gnu_tar(&d)
+    };
+    let gz = gzip(&good);
+    let mut absurd = header("huge", [0x80, 0, 0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0], b'0');
+    absurd.extend_from_slice(&[0u8; 1024]);
+    let mut short = header("short", *b"77777777777\0", b'0');
+    short.extend_from_slice(&[1u8; 4096]);
+    let mut dotdot = Vec::new();
+    for (name, flag) in [("../escape", b'0'), ("x", b'0')] {
+        dotdot.extend(header(name, *b"00000000000\0", flag));
+    }
+    dotdot.extend_from_slice(&[0u8; 1024]);
+    let mut wh = header("dir/.wh..", *b"00000000000\0", b'0');
+    wh.extend_from_slice(&[0u8; 1024]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated gzip", gz[..gz.len() / 2].to_vec(), "gzip"),
+        ("garbage tar", vec![0x5a; 5000], "checksum"),
+        ("dotdot path", dotdot, ".."),
+        ("absurd size", absurd, "absurd size"),
+        ("size beyond the stream", short, "truncated"),
+        ("whiteout of ..", wh, "whiteout"),
+    ];
+    for (what, layer, needle) in cases {
+        let case = w.path().join(what.replace(' ', "-"));
+        let layout = case.join("L");
+        oci_layout(&layout, "v1", &[layer], false);
+        // Stored as given; the compression is detected from the bytes.
+        let out = case.join("out");
+        let before: BTreeSet<PathBuf> = files(&case).into_iter().map(|(f, _)| f).collect();
+        let o = run(&[
+            "build",
+            &format!("oci:{}:v1", p(&layout)),
+            "--output-dir",
+            p(&out),
+            "-q",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{what}: succeeded");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert!(err.contains(needle), "{what}: {err}");
+        // Nothing but the (empty) blob directory was written, and nothing outside `out`.
+        let after: BTreeSet<PathBuf> = files(&case).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(before, after, "{what}: files appeared");
+        assert!(!out.join("bootstrap").exists());
+    }
+    // An absurd chunk size is an option error.
+    let o = run(&[
+        "build",
+        "oci:/nonexistent",
+        "--output-dir",
+        p(&w.path().join("o")),
+        "--chunk-size",
+        "3000",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("power of two"));
+}
+
+#[test]
+fn push_and_registry_source_mount_from_the_registry() {
+    let reg = Registry::start();
+    let w = work();
+    let store = w.path().join("store");
+    let t = texture(w.path(), 1);
+    let layout = w.path().join("L");
+    oci_layout(&layout, "v1", &[gnu_tar(&t)], true);
+    let nydus_ref = format!("127.0.0.1:{}/built/texture:v1", reg.port);
+    let out = Command::new(bin())
+        .args([
+            "build",
+            &format!("oci:{}:v1", p(&layout)),
+            "--push",
+            &nydus_ref,
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mp = w.path().join("mnt");
+    std::fs::create_dir_all(&mp).unwrap();
+    let m = Mount::start(&nydus_ref, &mp, &store, "none");
+    assert_eq!(listing(&mp), expected("texture.expected.jsonl"));
+    m.stop();
+
+    // The source itself in the registry (as skopeo pushes it), converted from there.
+    let src_ref = format!("127.0.0.1:{}/src/texture:v1", reg.port);
+    sh(Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", p(&layout)))
+        .arg(format!("docker://{src_ref}")));
+    let nydus2 = format!("127.0.0.1:{}/built/from-registry:v1", reg.port);
+    let o = ok(&["build", &src_ref, "--push", &nydus2, "--json", "-q"]);
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(s["pushed"]["digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    let store2 = w.path().join("store2");
+    let m = Mount::start(&nydus2, &mp, &store2, "none");
+    assert_eq!(listing(&mp), expected("texture.expected.jsonl"));
+    m.stop();
+
+    // An OCI layout we wrote, copied to the registry by skopeo, mounts too.
+    let ol = w.path().join("oci-out");
+    ok(&[
+        "build",
+        &src_ref,
+        "--oci-layout",
+        &format!("{}:n", p(&ol)),
+        "-q",
+    ]);
+    let nydus3 = format!("127.0.0.1:{}/built/via-skopeo:v1", reg.port);
+    sh(Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:n", p(&ol)))
+        .arg(format!("docker://{nydus3}")));
+    let store3 = w.path().join("store3");
+    let m = Mount::start(&nydus3, &mp, &store3, "none");
+    assert_eq!(listing(&mp), expected("texture.expected.jsonl"));
+    m.stop();
+}
