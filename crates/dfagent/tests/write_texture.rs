@@ -2,7 +2,8 @@
 //! with every compression, both digesters and two chunk sizes must list exactly as the expected
 //! listing through `dfagent inspect --json`, pass `dfagent check`, come out byte-identical on a
 //! second build, match upstream nydus-image's blobs where the compressor is the same library
-//! output (zstd, none), and show the same tree through a real FUSE mount.
+//! output (zstd, none) and its bootstrap byte for byte (but for three documented fields), and
+//! show the same tree through a real FUSE mount.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use dfagent_core::{Compression, DigestAlgo};
 use dfagent_rafs::write::{tree_from_dir, write_bootstrap, BlobWriter, BootstrapOptions};
+use dfagent_rafs::Image;
 use serde_json::Value;
 
 fn shared_dir() -> PathBuf {
@@ -159,50 +161,91 @@ fn texture_round_trips_in_every_configuration() {
 }
 
 #[test]
-fn texture_superblock_and_tables_match_upstream() {
-    // Same tree, same options as the v6-zstd-blake3 fixture: every byte outside the inode area
-    // and the chunk records' crc32 field (which upstream fills and we leave 0) must match.
+fn texture_bootstrap_matches_upstream_byte_for_byte() {
+    // Same tree, same options as the v6-zstd-blake3 fixture: the bootstrap must be upstream's,
+    // byte for byte, except for three things upstream does differently on purpose or by accident:
+    // the root's mtime (upstream stores 0, we keep the directory's), the order of xattr entries
+    // (upstream's comes from a hash map; ours is sorted by name) and the chunk records' crc32
+    // (upstream adds HAS_CRC32 and a checksum; `ChunkPlacement` carries none).
     let tmp = texture();
-    let out = tmp.path().join("img");
-    let opts = BootstrapOptions {
-        chunk_size: 1 << 20,
-        digest_algo: DigestAlgo::Blake3,
-        compression: Compression::Zstd,
-        prefetch: vec![],
-    };
-    build(&tmp.path().join("src"), &out, &opts);
-    let ours = std::fs::read(out.join("bootstrap")).unwrap();
-    let theirs =
-        std::fs::read(shared_dir().join("fixtures/rafs/v6-zstd-blake3/bootstrap")).unwrap();
-    assert_eq!(ours.len(), theirs.len(), "bootstrap size");
-    assert_eq!(
-        ours[..8192],
-        theirs[..8192],
-        "superblocks, device table, blob table"
-    );
-    let le64 = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
-    let (cto, cts) = (
-        le64(&ours, 1152 + 24) as usize,
-        le64(&ours, 1152 + 32) as usize,
-    );
-    assert_eq!(
-        (cto, cts),
-        (
-            le64(&theirs, 1152 + 24) as usize,
-            le64(&theirs, 1152 + 32) as usize
+    for (fixture, compression, chunk_size) in [
+        ("v6-zstd-blake3", Compression::Zstd, 1 << 20),
+        ("v6-none-64k", Compression::None, 64 << 10),
+    ] {
+        let out = tmp.path().join(fixture);
+        let opts = BootstrapOptions {
+            chunk_size,
+            digest_algo: DigestAlgo::Blake3,
+            compression,
+            prefetch: vec![],
+        };
+        build(&tmp.path().join("src"), &out, &opts);
+        let ours = std::fs::read(out.join("bootstrap")).unwrap();
+        let theirs = std::fs::read(
+            shared_dir()
+                .join("fixtures/rafs")
+                .join(fixture)
+                .join("bootstrap"),
         )
-    );
-    for (k, (a, b)) in ours[cto..cto + cts]
-        .chunks(80)
-        .zip(theirs[cto..cto + cts].chunks(80))
-        .enumerate()
-    {
-        assert_eq!(a[..36], b[..36], "chunk record {k}: digest and blob");
-        // Flags: upstream adds HAS_CRC32 (0x10) to the same COMPRESSED bit.
-        assert_eq!(a[36] | 0x10, b[36], "chunk record {k}: flags");
-        assert_eq!(a[40..64], b[40..64], "chunk record {k}: sizes and offsets");
-        assert_eq!(a[72..76], b[72..76], "chunk record {k}: chunk index");
+        .unwrap();
+        compare_with_upstream(fixture, ours, theirs);
     }
+}
+
+fn compare_with_upstream(fixture: &str, ours: Vec<u8>, theirs: Vec<u8>) {
+    assert_eq!(ours.len(), theirs.len(), "{fixture}: bootstrap size");
+    let (mut a, mut b) = (ours.clone(), theirs.clone());
+    let le16 = |v: &[u8], at: usize| u16::from_le_bytes([v[at], v[at + 1]]) as usize;
+    let le32 = |v: &[u8], at: usize| u32::from_le_bytes(v[at..at + 4].try_into().unwrap()) as usize;
+    let le64 = |v: &[u8], at: usize| u64::from_le_bytes(v[at..at + 8].try_into().unwrap()) as usize;
+    let meta = le32(&ours, 1024 + 40) * 4096;
+    let root = meta + le16(&ours, 1024 + 14) * 32;
+    for v in [&mut a, &mut b] {
+        v[root + 32..root + 44].fill(0);
+    }
+    let img_a = Image::from_bytes(ours.clone()).unwrap();
+    let img_b = Image::from_bytes(theirs.clone()).unwrap();
+    let mut with_xattrs = 0;
+    img_a
+        .walk(|e| {
+            let at = meta + e.inode.nid as usize * 32;
+            let icount = le16(&ours, at + 2);
+            if icount > 0 {
+                let mut xa = img_a.xattrs(e.inode.nid).unwrap();
+                let mut xb = img_b.xattrs(e.inode.nid).unwrap();
+                xa.sort_by(|p, q| p.name.cmp(&q.name));
+                xb.sort_by(|p, q| p.name.cmp(&q.name));
+                assert_eq!(
+                    xa,
+                    xb,
+                    "{fixture} {}: xattrs",
+                    String::from_utf8_lossy(&e.path)
+                );
+                let size = 12 + (icount - 1) * 4;
+                a[at + 64..at + 64 + size].fill(0);
+                b[at + 64..at + 64 + size].fill(0);
+                with_xattrs += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(
+        with_xattrs >= 2,
+        "the texture tree has xattrs on a file and a directory"
+    );
+    let (cto, cts) = (le64(&ours, 1152 + 24), le64(&ours, 1152 + 32));
+    assert!(cts > 0);
+    for rec in (cto..cto + cts).step_by(80) {
+        // Upstream adds HAS_CRC32 (0x10) to the same COMPRESSED bit, and the crc itself.
+        a[rec + 36] |= 0x10;
+        a[rec + 76..rec + 80].fill(0);
+        b[rec + 76..rec + 80].fill(0);
+    }
+    let first = a.iter().zip(&b).position(|(x, y)| x != y);
+    assert!(
+        first.is_none(),
+        "{fixture}: bootstraps differ first at byte {first:?}"
+    );
 }
 
 /// How many mounts /proc/self/mountinfo lists at `path`.

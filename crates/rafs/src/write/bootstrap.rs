@@ -4,8 +4,8 @@
 //! 0      1024 superblock, 1152 extended superblock, 1408 device table (128 bytes per blob)
 //! 4096   blob table (256 bytes per blob), prefetch table (u32 nids) right after it
 //! M      meta_blkaddr (next 4 KiB boundary); one empty block, so the root's nid is 128
-//! M+4096 inodes (64-byte extended form, inline xattrs, inline tails, chunk address arrays)
-//!        full directory blocks
+//! M+4096 inodes (64-byte extended form, inline xattrs, inline tails, chunk address arrays),
+//!        interleaved with full directory and symlink blocks
 //! C      chunk table (80-byte records sorted by digest), padded to 4 KiB
 //! ```
 //!
@@ -113,6 +113,20 @@ pub fn write_bootstrap(
         )?;
     }
 
+    // A chunk shared by several files records the offset of its last use in upstream's
+    // breadth-first dump order, as upstream's table (a map overwritten per use) ends up with.
+    let cs = u64::from(opts.chunk_size);
+    for &i in &lay.bfs {
+        let t = super::layout::target(tree, i);
+        if let Content::File { chunks, .. } = &tree.nodes[t as usize].content {
+            for (k, c) in chunks.iter().enumerate() {
+                let key = (*c.digest.bytes(), c.blob_index, c.index_in_blob);
+                if let Some(e) = chunk_table.get_mut(&key) {
+                    e.1 = k as u64 * cs;
+                }
+            }
+        }
+    }
     let chunk_table_offset = align(out.len() as u64, BLOCK);
     let chunk_table_size = chunk_table.len() as u64 * CHUNK_RECORD_SIZE;
     let total = align(chunk_table_offset + chunk_table_size, BLOCK);
@@ -337,9 +351,7 @@ fn write_inode(
                 );
                 put32(a, 4, (c.uncompressed_offset / BLOCK) as u32);
                 let key = (*c.digest.bytes(), c.blob_index, c.index_in_blob);
-                chunk_table
-                    .entry(key)
-                    .or_insert((*c, k as u64 * u64::from(opts.chunk_size)));
+                chunk_table.entry(key).or_insert((*c, 0));
             }
         }
         _ => {}

@@ -1,8 +1,10 @@
-//! Where every inode and directory block of a bootstrap goes. Inodes are numbered and placed in
-//! upstream nydus-image's order: the root, then each directory's entries sorted by name, the
-//! children of a directory's subdirectories after them, depth first. Directory and symlink
-//! tails are inlined after their inode when they fit in its block; full directory blocks follow
-//! the inode area.
+//! Where every inode and directory block of a bootstrap goes, decided exactly as upstream
+//! nydus-image decides it, so our bootstraps are upstream's byte for byte: inodes are numbered
+//! in entry order (the root, each directory's entries sorted by name, subdirectories depth
+//! first; hard links share the first entry's number) and placed in the same order by the same
+//! allocator: a cursor plus the free tails of blocks left behind, which later small inodes fill.
+//! Directory and symlink tails are inlined after their inode when inode and tail fit in one
+//! block (EROFS requires the tail not to cross a block); full data blocks are block aligned.
 
 use super::validate::file_type;
 use super::{xattr, Content, Tree};
@@ -67,6 +69,9 @@ pub(crate) struct Layout {
     pub inos: u64,
     /// End of the inode and directory block area.
     pub end: u64,
+    /// Every entry in breadth-first order, each directory's entries sorted by name: the order
+    /// upstream dumps inodes in (it decides which file a shared chunk's `file_offset` names).
+    pub bfs: Vec<u32>,
 }
 
 fn too_big(what: &str) -> RafsError {
@@ -133,6 +138,52 @@ fn dir_blocks(entries: Vec<Entry>) -> (Vec<Vec<Entry>>, u64) {
 
 fn align(v: u64, to: u64) -> u64 {
     v.div_ceil(to) * to
+}
+
+/// Upstream nydus-image's metadata allocator: a cursor, and the unused tails of blocks it left
+/// behind, queued by how many 32-byte slots each has free, so later small inodes fill them.
+struct Allocator {
+    cursor: u64,
+    free: Vec<std::collections::VecDeque<u64>>,
+}
+
+impl Allocator {
+    fn new(cursor: u64) -> Self {
+        Allocator {
+            cursor,
+            free: vec![std::collections::VecDeque::new(); (BLOCK / 32) as usize],
+        }
+    }
+
+    /// Remember the free tail of the block holding `offset` (nothing when it is a boundary).
+    fn leave(&mut self, offset: u64) {
+        if !offset.is_multiple_of(BLOCK) {
+            let slots = ((BLOCK - offset % BLOCK) / 32) as usize;
+            self.free[slots].push_back(offset - offset % BLOCK);
+        }
+    }
+
+    /// Leave the rest of the current block free and move to the next one.
+    fn skip_to_block(&mut self) {
+        self.leave(self.cursor);
+        self.cursor = align(self.cursor, BLOCK);
+    }
+
+    /// Room for `size` bytes in a block left behind earlier, first fit by free slots.
+    fn take(&mut self, size: u64) -> Option<u64> {
+        if size >= BLOCK {
+            return None;
+        }
+        let need = size.div_ceil(32) as usize;
+        for slots in need..self.free.len() {
+            if let Some(block) = self.free[slots].pop_front() {
+                let at = block + BLOCK - slots as u64 * 32;
+                self.leave(at + need as u64 * 32);
+                return Some(at);
+            }
+        }
+        None
+    }
 }
 
 /// Place every inode of `tree` starting at byte `start` (the root's offset).
@@ -220,53 +271,61 @@ pub(crate) fn layout(tree: &Tree, chunk_size: u32, start: u64) -> Result<Layout>
         }
     }
     let cs = u64::from(chunk_size);
-    let mut cursor = start;
+    let mut a = Allocator::new(start);
     for &s in &place {
         let slot = &mut slots[s as usize];
         let head = INODE_SIZE + slot.xattr_size;
         match slot.data {
             Data::None => {
-                slot.offset = cursor;
-                cursor += head;
+                slot.offset = a.cursor;
+                a.cursor += head;
             }
             Data::Chunks => {
-                slot.offset = cursor;
-                cursor = align(cursor + head, 8) + 8 * slot.size.div_ceil(cs);
+                let total = align(head, 8) + 8 * slot.size.div_ceil(cs);
+                slot.offset = a.take(total).unwrap_or_else(|| {
+                    let at = a.cursor;
+                    a.cursor += total;
+                    at
+                });
             }
             Data::Inline | Data::Plain => {
                 let tail = slot.size % BLOCK;
-                if tail != 0 && head + tail <= BLOCK {
-                    if cursor % BLOCK + head + tail > BLOCK {
-                        cursor = align(cursor, BLOCK);
-                    }
+                let data_at = if tail != 0 && head + tail <= BLOCK {
                     slot.data = Data::Inline;
-                    slot.offset = cursor;
-                    cursor += head + tail;
+                    slot.offset = a.take(head + tail).unwrap_or_else(|| {
+                        if BLOCK - a.cursor % BLOCK < head + tail {
+                            a.skip_to_block();
+                        }
+                        let at = a.cursor;
+                        a.cursor += head + tail;
+                        at
+                    });
+                    if slot.size != tail {
+                        a.skip_to_block();
+                    }
+                    let at = a.cursor;
+                    a.cursor += slot.size - tail;
+                    at
                 } else {
                     slot.data = Data::Plain;
-                    slot.offset = cursor;
-                    cursor += head;
-                }
+                    slot.offset = a.take(head).unwrap_or_else(|| {
+                        let at = a.cursor;
+                        a.cursor += head;
+                        at
+                    });
+                    a.skip_to_block();
+                    let at = a.cursor;
+                    a.cursor = align(a.cursor + slot.size, BLOCK);
+                    at
+                };
+                // Upstream records the data's block even when all of it is inline.
+                slot.blkaddr =
+                    u32::try_from(data_at / BLOCK).map_err(|_| too_big("directory blocks"))?;
             }
         }
-        cursor = align(cursor, 32);
+        a.cursor = align(a.cursor, 32);
     }
-    // Full data blocks of directories and symlinks, in placement order.
-    let mut blocks_at = align(cursor, BLOCK);
-    for &s in &place {
-        let slot = &mut slots[s as usize];
-        let full = match slot.data {
-            Data::Inline => slot.size / BLOCK,
-            Data::Plain => slot.size.div_ceil(BLOCK),
-            _ => continue,
-        };
-        if full > 0 {
-            slot.blkaddr =
-                u32::try_from(blocks_at / BLOCK).map_err(|_| too_big("directory blocks"))?;
-            blocks_at += full * BLOCK;
-        }
-    }
-    let end = blocks_at.max(cursor);
+    let end = a.cursor;
     let inos = order.len() as u64;
     // Put slots in placement order so the writer emits them sequentially.
     let mut remap = vec![0u32; slots.len()];
@@ -287,10 +346,19 @@ pub(crate) fn layout(tree: &Tree, chunk_size: u32, start: u64) -> Result<Layout>
     for i in 0..nodes.len() as u32 {
         slot_of[i as usize] = slot_of[target(tree, i) as usize];
     }
+    let mut bfs = Vec::with_capacity(nodes.len());
+    bfs.push(0u32);
+    let mut k = 0;
+    while k < bfs.len() {
+        let d = bfs[k] as usize;
+        bfs.extend_from_slice(&sorted[d]);
+        k += 1;
+    }
     Ok(Layout {
         slots,
         slot_of,
         inos,
         end,
+        bfs,
     })
 }
