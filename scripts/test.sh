@@ -16,3 +16,5 @@ echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --workspace -- --test-threads=2
+echo "== e2e: Debian rootfs through dfagent build, a registry and a FUSE mount"
+scripts/e2e-debian.sh

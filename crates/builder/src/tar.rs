@@ -560,9 +560,12 @@ fn hexval(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
+/// One PAX record: key and value bytes.
+pub type PaxRecord = (Vec<u8>, Vec<u8>);
+
 /// Split a PAX extended header into `(key, value)` records by their length prefixes; values
 /// may hold any bytes, newlines included.
-pub fn parse_pax(data: &[u8]) -> std::result::Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+pub fn parse_pax(data: &[u8]) -> std::result::Result<Vec<PaxRecord>, String> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while pos < data.len() {
