@@ -930,3 +930,71 @@ fn blob_writer_refuses_what_v1_records_cannot_express() {
     assert_eq!(spec.ci_compression, Compression::None);
     assert_eq!(bytes.len(), 5 + 32 + 4096);
 }
+
+#[test]
+fn two_blobs_with_a_file_spanning_both() {
+    // Blob 0 holds chunks a and b, blob 1 (lz4, as a chunk dictionary from another build might
+    // be) holds c; one file uses a, c, b in that order. Device slots map each blob after the
+    // bootstrap at 512 KiB boundaries, as upstream does.
+    let algo = DigestAlgo::Blake3;
+    let chunk = |seed| pseudo_random(CS as usize, seed);
+    let (a, b, c) = (chunk(10), chunk(11), chunk(12));
+    let mut w0 = BlobWriter::new(Vec::new(), CS, Compression::None, algo);
+    let pa = w0.add_chunk(algo.digest(&a), CS, &a, false).unwrap();
+    let pb = w0.add_chunk(algo.digest(&b), CS, &b, false).unwrap();
+    let (blob0, spec0) = w0.finish().unwrap();
+    let mut w1 = BlobWriter::new(Vec::new(), CS, Compression::Lz4Block, algo);
+    let packed = lz4_flex::block::compress(&c);
+    let compressed = packed.len() < c.len();
+    let stored = if compressed { packed } else { c.clone() };
+    let mut pc = w1
+        .add_chunk(algo.digest(&c), CS, &stored, compressed)
+        .unwrap();
+    let (blob1, spec1) = w1.finish().unwrap();
+    pc.blob_index = 1;
+    let mut tree = Tree {
+        nodes: vec![node(b"", 0, DIR | 0o755, Content::None)],
+    };
+    tree.nodes.push(node(
+        b"mixed",
+        0,
+        REG | 0o644,
+        Content::File {
+            size: 3 * u64::from(CS),
+            chunks: vec![pa, pc, pb],
+        },
+    ));
+    tree.nodes[0].children.push(1);
+    let opts = BootstrapOptions {
+        chunk_size: CS,
+        digest_algo: algo,
+        compression: Compression::None,
+        prefetch: vec![1],
+    };
+    let boot = write_bootstrap(&tree, &[spec0.clone(), spec1.clone()], &opts).unwrap();
+    let img = Image::from_bytes(boot.clone()).unwrap();
+    assert_eq!(img.blobs().len(), 2);
+    assert_eq!(img.blobs()[1].compression, Compression::Lz4Block);
+    let nid = img.lookup(img.root(), b"mixed").unwrap().unwrap().nid;
+    assert_eq!(img.prefetch_nids().unwrap(), vec![nid]);
+    let inode = img.inode(nid).unwrap();
+    let mut got = Vec::new();
+    for fc in img.chunks(&inode, 0, inode.size).unwrap() {
+        let r = fc.chunk;
+        let blob = if r.blob == spec0.id { &blob0 } else { &blob1 };
+        let at = r.compressed_offset as usize;
+        got.extend(decode_chunk(&r, &blob[at..at + r.compressed_size as usize]).unwrap());
+    }
+    assert!(got == [a, c, b].concat(), "file content across two blobs");
+    // Device slots: blocks and 512 KiB-aligned mapping addresses.
+    let le32 = |at: usize| u32::from_le_bytes(boot[at..at + 4].try_into().unwrap());
+    let first = (boot.len() as u32).div_ceil(0x8_0000) * 0x8_0000 / 4096;
+    assert_eq!((le32(1408 + 64), le32(1408 + 68)), (2 * CS / 4096, first));
+    let second = ((first + 2 * CS / 4096) * 4096).div_ceil(0x8_0000) * 0x8_0000 / 4096;
+    assert_eq!(
+        (le32(1408 + 128 + 64), le32(1408 + 128 + 68)),
+        (CS / 4096, second)
+    );
+    assert_eq!(le32(1024 + 36), 3 * CS / 4096, "superblock block count");
+    assert_upstream_rules(&boot, &img);
+}
