@@ -256,10 +256,11 @@ async fn pipe(
         while let Some((due, piece)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
             pacer.take(piece.len()).await;
+            // Counted before the write, so a reader never holds bytes the counter lacks.
+            count(piece.len() as u64);
             if to.write_all(&piece).await.is_err() {
                 return;
             }
-            count(piece.len() as u64);
         }
         let _ = to.shutdown().await;
     };

@@ -7,7 +7,7 @@
 //! alternating rounds: the mount's files, then the local copies, each read sequentially with
 //! the same buffer, reopened in a loop until at least 1 GiB was read. Nothing is dropped
 //! between rounds. Prints one summary line with the medians and writes the per-round table to
-//! `bench/results/seq-read.md`.
+//! `bench/results/seq-read-warm.md` (`dfagent-bench seq-read` writes the cold variant).
 //!
 //! usage: fuse-seq-read [IMAGE]   (a folder of `$DFAGENT_SHARED/fixtures/rafs`, default
 //! v6-zstd-blake3). Needs root (or fusermount3) and /dev/fuse. Run it in release mode.
@@ -255,7 +255,7 @@ fn main() -> anyhow::Result<()> {
         kernel.trim()
     )?;
     writeln!(md, "```\n{summary}\n```")?;
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/seq-read.md");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/seq-read-warm.md");
     std::fs::create_dir_all(out.parent().unwrap())?;
     std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
 

@@ -13,15 +13,13 @@ use crate::env::{Env, LONG, TAG};
 use crate::outcome::{mb, Outcome};
 use crate::procs;
 
-fn dir_bytes(dir: &Path) -> anyhow::Result<(u64, Vec<String>)> {
-    let mut total = 0;
+/// Names of the files in `dir`.
+fn names(dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut names = Vec::new();
     for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let e = e?;
-        total += e.metadata()?.len();
-        names.push(e.file_name().to_string_lossy().into_owned());
+        names.push(e?.file_name().to_string_lossy().into_owned());
     }
-    Ok((total, names))
+    Ok(names)
 }
 
 /// `dfagent build oci:LAYOUT:v1 --output-dir OUT --json [args]`: seconds and the JSON summary.
@@ -128,20 +126,39 @@ pub fn run(env: &mut Env) -> anyhow::Result<Outcome> {
     } else {
         std::path::PathBuf::from("/usr/share/doc")
     };
-    let layout2 = env.scratch("oci-layout-2");
+    // One layer holding the tree and the extra one, so that nothing is shared by layer
+    // identity: whatever the second image reuses comes from chunk-level dedup.
+    let combined = env.scratch("tree-2");
     procs::run(
-        Command::new("cp").arg("-a").arg(&layout).arg(&layout2),
+        Command::new("cp")
+            .arg("-a")
+            .arg(&env.workload.tree)
+            .arg(&combined),
         LONG,
     )?;
     procs::run(
-        Command::new("umoci")
-            .arg("insert")
-            .arg("--image")
-            .arg(format!("{}:{TAG}", layout2.display()))
+        Command::new("cp")
+            .arg("-a")
             .arg(&extra)
-            .arg("/extra"),
+            .arg(combined.join("extra")),
         LONG,
     )?;
+    let layout2 = env.scratch("oci-layout-2");
+    let image2 = format!("{}:{TAG}", layout2.display());
+    for args in [
+        vec!["init", "--layout", &*layout2.to_string_lossy()],
+        vec!["new", "--image", &image2],
+        vec![
+            "insert",
+            "--image",
+            &image2,
+            &*combined.to_string_lossy(),
+            "/",
+        ],
+    ] {
+        procs::run(Command::new("umoci").args(&args), LONG)?;
+    }
+    std::fs::remove_dir_all(&combined).ok();
     let first = env.work.join("nydus-build");
     let plain = env.scratch("v2-plain");
     let dict = env.scratch("v2-dict");
@@ -155,15 +172,19 @@ pub fn run(env: &mut Env) -> anyhow::Result<Outcome> {
             format!("bootstrap={}", first.join("bootstrap").display()),
         ],
     )?;
-    let (_, first_blobs) = dir_bytes(&first.join("blobs"))?;
-    let (plain_bytes, _) = dir_bytes(&plain.join("blobs"))?;
-    let mut new_bytes = 0;
-    let (_, dict_blobs) = dir_bytes(&dict.join("blobs"))?;
-    for b in &dict_blobs {
-        if !first_blobs.contains(b) {
-            new_bytes += std::fs::metadata(dict.join("blobs").join(b))?.len();
+    let first_blobs = names(&first.join("blobs"))?;
+    let new_blob_bytes = |dir: &Path| -> anyhow::Result<u64> {
+        let mut n = 0;
+        for b in names(&dir.join("blobs"))?
+            .iter()
+            .filter(|b| !first_blobs.contains(b))
+        {
+            n += std::fs::metadata(dir.join("blobs").join(b))?.len();
         }
-    }
+        Ok(n)
+    };
+    let plain_bytes = new_blob_bytes(&plain)?;
+    let new_bytes = new_blob_bytes(&dict)?;
     let mut dedup = Table::new(&[
         "second image",
         "blob bytes it needs beyond the first image",
@@ -192,8 +213,8 @@ pub fn run(env: &mut Env) -> anyhow::Result<Outcome> {
              - **baseline**: `gzip -dc LAYER | zstd -T0 -3 -q -o FILE`: the same input decompressed and recompressed \
              with zstd on every core, without chunking, hashing or metadata. It is the floor of any conversion of \
              this layer.\n\n\
-             Dedup: the second image is the first plus one more layer (`umoci insert` of {} at /extra). \
-             Built alone it needs {plain_bytes} blob bytes; built with the first image's bootstrap as chunk \
+             Dedup: the second image is the first plus one more layer (one layer: the tree with a copy of {} at /extra). \
+             Built alone it needs {plain_bytes} bytes of blobs the first image does not have; built with the first image's bootstrap as chunk \
              dictionary it needs {new_bytes} new blob bytes (ratio {}).\n\n\
              `--json` of the last default build: `{json_default}`\n\n\
              `--json` of the second image alone: `{json_plain}`; with the dictionary: `{json_dict}`",

@@ -18,6 +18,7 @@ pub struct Mount {
     service: Option<Service>,
     mp: PathBuf,
     unmount_reg: u64,
+    log: PathBuf,
 }
 
 /// Whether the kernel lists a FUSE mount at `mp` (read from /proc/self/mountinfo, so the
@@ -51,15 +52,24 @@ pub struct MountSpec<'a> {
     pub log: &'a Path,
 }
 
+/// Whether mounts run with `-v` and their exit counters are echoed (`DFAGENT_BENCH_VERBOSE=1`):
+/// for finding where time goes, not for measured runs.
+fn verbose() -> bool {
+    std::env::var_os("DFAGENT_BENCH_VERBOSE").is_some_and(|v| v == "1")
+}
+
 impl Mount {
     /// Start `dfagent mount` and wait until the mount is there.
     pub fn start(spec: &MountSpec<'_>) -> anyhow::Result<Mount> {
         std::fs::create_dir_all(spec.mp)?;
         let mp = spec.mp.canonicalize()?;
         let unmount_reg = cleanup::register(Action::Unmount(mp.clone()));
+        let mut cmd = Command::new(spec.dfagent);
+        if verbose() {
+            cmd.arg("-v");
+        }
         let mut service = Service::start(
-            Command::new(spec.dfagent)
-                .arg("mount")
+            cmd.arg("mount")
                 .arg("--store")
                 .arg(spec.store)
                 .arg("--prefetch")
@@ -100,6 +110,7 @@ impl Mount {
             service: Some(service),
             mp,
             unmount_reg,
+            log: spec.log.to_path_buf(),
         })
     }
 
@@ -124,6 +135,16 @@ impl Mount {
             cleanup::detach(&self.mp);
         }
         cleanup::deregister(self.unmount_reg);
+        if verbose() {
+            for l in std::fs::read_to_string(&self.log)
+                .unwrap_or_default()
+                .lines()
+            {
+                if l.starts_with("dfagent: ") {
+                    eprintln!("  [mount] {l}");
+                }
+            }
+        }
         match ended {
             Some(st) if !still && st.success() => Ok(()),
             Some(st) => bail!(
