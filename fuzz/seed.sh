@@ -2,6 +2,8 @@
 # Seed the fuzz corpora from the RAFS fixtures (corpus/ is not committed):
 #   corpus/bootstrap/  every fixture bootstrap
 #   corpus/blob_meta/  the tails of every fixture blob (chunk-info array and header, TOC)
+#   corpus/tar_layer/  the fixture layer tar (whiteouts, opaque dir), gzip'd and zstd'd too, and a
+#                      GNU PAX tar with xattrs (binary and empty), long names, links, a fifo
 # The fixtures are found at ../../shared/fixtures/rafs from this folder, or at $DFAGENT_FIXTURES.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -30,4 +32,21 @@ for dir in "$fixtures"/v6-*/; do
   done
   n=$((n + 1))
 done
-echo "seeded $n bootstraps into corpus/bootstrap and $(ls "$here/corpus/blob_meta" | wc -l) blob tails into corpus/blob_meta"
+mkdir -p "$here/corpus/tar_layer"
+layer2=$fixtures/v6-nydusify-2layer/layer2.tar
+cp "$layer2" "$here/corpus/tar_layer/layer2.tar"
+chmod u+w "$here/corpus/tar_layer/layer2.tar"
+gzip -n -c "$layer2" > "$here/corpus/tar_layer/layer2.tar.gz"
+if command -v zstd >/dev/null; then zstd -q -c "$layer2" > "$here/corpus/tar_layer/layer2.tar.zst"; fi
+tmp=$(mktemp -d)
+mkdir -p "$tmp/t/d"
+printf 'x' > "$tmp/t/d/$(printf 'n%.0s' $(seq 120))"
+printf 'hello\n' > "$tmp/t/f"
+ln "$tmp/t/f" "$tmp/t/hard"
+ln -s f "$tmp/t/sym"
+mkfifo "$tmp/t/fifo"
+python3 -c 'import os,sys; os.setxattr(sys.argv[1], "user.bin", bytes(range(256))); os.setxattr(sys.argv[1], "user.empty", b"")' "$tmp/t/f" 2>/dev/null || true
+tar --format=pax --xattrs --xattrs-include='*' -C "$tmp/t" -cf "$here/corpus/tar_layer/gnu-pax.tar" .
+tar --format=gnu -C "$tmp/t" -cf "$here/corpus/tar_layer/gnu.tar" .
+rm -rf "$tmp"
+echo "seeded $n bootstraps into corpus/bootstrap and $(ls "$here/corpus/blob_meta" | wc -l) blob tails into corpus/blob_meta, $(ls "$here/corpus/tar_layer" | wc -l) layers into corpus/tar_layer"

@@ -55,6 +55,7 @@ pub enum Error {
     #[error("rafs: {0}")]
     Rafs(#[from] dfagent_rafs::RafsError),
     /// The registry failed.
+    #[cfg(feature = "registry")]
     #[error("registry: {0}")]
     Registry(#[from] dfagent_registry::Error),
     /// A worker thread died.

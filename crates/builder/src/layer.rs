@@ -134,19 +134,33 @@ pub fn open(
     let mut f = std::fs::File::open(&layer.file).map_err(|e| Error::io(layer.file.display(), e))?;
     f.seek(SeekFrom::Start(layer.offset))
         .map_err(|e| Error::io(layer.file.display(), e))?;
+    open_reader(
+        f.take(layer.size),
+        layer.digest.clone(),
+        layer.diff_id.clone(),
+        count,
+        what,
+    )
+}
+
+/// Open a layer read from `raw` (its stored bytes); `digest` and `diff_id`, when known, are
+/// checked by [`OpenLayer::finish`].
+pub fn open_reader<R: Read>(
+    raw: R,
+    digest: Option<String>,
+    diff_id: Option<String>,
+    count: Arc<AtomicU64>,
+    what: String,
+) -> Result<OpenLayer<R>> {
     let state = Rc::new(RefCell::new(sha2::Sha256::new()));
     let hashing = Hashing {
-        inner: f.take(layer.size),
+        inner: raw,
         state: state.clone(),
         count,
     };
     let mut raw = BufReader::with_capacity(1 << 20, hashing);
-    let head = raw
-        .fill_buf()
-        .map_err(|e| Error::io(&what, e))?
-        .get(..6.min(layer.size as usize))
-        .unwrap_or(&[])
-        .to_vec();
+    let buffered = raw.fill_buf().map_err(|e| Error::io(&what, e))?;
+    let head = buffered[..buffered.len().min(6)].to_vec();
     let compression = detect(&head)?;
     let decoder = match compression {
         LayerCompression::None => Decoder::Plain(raw),
@@ -159,10 +173,8 @@ pub fn open(
     };
     // A compressed layer's tar is hashed (for its diff id) only when nothing else checks the
     // layer: hashing every decompressed byte costs the reader thread time.
-    let tar_hash = (compression != LayerCompression::None
-        && layer.digest.is_none()
-        && layer.diff_id.is_some())
-    .then(sha2::Sha256::new);
+    let tar_hash = (compression != LayerCompression::None && digest.is_none() && diff_id.is_some())
+        .then(sha2::Sha256::new);
     Ok(OpenLayer {
         stream: TarStream {
             decoder,
@@ -171,8 +183,8 @@ pub fn open(
         },
         compression,
         raw_hash: state,
-        expected: layer.digest.clone(),
-        expected_diff_id: layer.diff_id.clone(),
+        expected: digest,
+        expected_diff_id: diff_id,
         what,
     })
 }

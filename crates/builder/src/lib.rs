@@ -17,6 +17,8 @@ pub mod chunker;
 pub mod dict;
 mod error;
 pub mod layer;
+#[cfg(feature = "registry")]
+pub mod oci_layout;
 pub mod output;
 pub mod overlay;
 pub mod source;

@@ -479,6 +479,7 @@ pub fn open_docker_archive(
     })
 }
 
+#[cfg(feature = "registry")]
 /// Fetch an image from a registry: manifest (an index is resolved to the platform's
 /// manifest), config, and every layer downloaded into `work_dir` (streamed, digest-checked).
 pub async fn open_registry(

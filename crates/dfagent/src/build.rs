@@ -183,7 +183,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let mut result = serde_json::to_value(&built.summary)?;
     if let Some((dir, tag)) = &layout {
         let boot = std::fs::read(&built.bootstrap)?;
-        let digest = output::write_oci_layout(
+        let digest = dfagent_builder::oci_layout::write_oci_layout(
             dir,
             tag,
             &boot,
