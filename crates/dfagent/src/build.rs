@@ -29,8 +29,9 @@ pub struct BuildArgs {
     /// Push the Nydus image to a registry in nydusify's layout.
     #[arg(long, value_name = "REF")]
     pub push: Option<String>,
-    /// With --oci-layout: tag an index holding the source manifest and the Nydus manifest
-    /// (marked `os.features: ["nydus.remoteimage.v1"]`), as `nydusify --merge-platform`.
+    /// Tag an index holding the source manifest and the Nydus manifest (marked
+    /// `os.features: ["nydus.remoteimage.v1"]`), as `nydusify --merge-platform`, in the OCI
+    /// layout and/or the registry (the source image is copied there too).
     #[arg(long)]
     pub merge_platform: bool,
     /// Chunk size: a power of two from 4 KiB to 16 MiB (`0x100000`, `1048576`, `1M`, `64K`).
@@ -87,8 +88,8 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     if args.output_dir.is_none() && args.oci_layout.is_none() && args.push.is_none() {
         bail!("say where the Nydus image goes: --output-dir DIR, --oci-layout DIR or --push REF");
     }
-    if args.merge_platform && args.oci_layout.is_none() {
-        bail!("--merge-platform writes an index into the OCI layout: add --oci-layout DIR");
+    if args.merge_platform && args.oci_layout.is_none() && args.push.is_none() {
+        bail!("--merge-platform writes an index: add --oci-layout DIR or --push REF");
     }
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -178,7 +179,6 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let built = dfagent_builder::build(&src, &opts, &progress)
         .with_context(|| format!("building {}", args.source))?;
     progress.0.finish_and_clear();
-    drop(downloads);
 
     let mut result = serde_json::to_value(&built.summary)?;
     if let Some((dir, tag)) = &layout {
@@ -200,6 +200,12 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .block_on(registry.push_nydus(reference, &built.bootstrap, &built.blob_dir))
             .with_context(|| format!("pushing to {reference}"))?;
         result["pushed"] = serde_json::json!({"reference": reference, "digest": digest});
+        if args.merge_platform {
+            let index = rt
+                .block_on(push_merged_index(&registry, reference, &digest, &src))
+                .with_context(|| format!("pushing the merged index to {reference}"))?;
+            result["pushed"]["index_digest"] = serde_json::json!(index);
+        }
         if !args.json {
             println!("{reference}@{digest}");
         }
@@ -221,5 +227,42 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             s.mib_per_s
         );
     }
+    drop(downloads);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--merge-platform --push`: put the source image (blobs and manifest) into the target
+/// repository too, then tag an index holding both manifests, the Nydus one marked with
+/// `os.features: ["nydus.remoteimage.v1"]`. Returns the index digest.
+async fn push_merged_index(
+    registry: &dfagent_registry::Registry,
+    reference: &str,
+    nydus_digest: &str,
+    src: &SourceImage,
+) -> anyhow::Result<String> {
+    let m = src.manifest.as_ref().context(
+        "--merge-platform needs a source with a manifest (an OCI layout or a registry image, \
+         not a docker archive)",
+    )?;
+    let files: Vec<(String, u64, PathBuf)> = src
+        .blob_files
+        .iter()
+        .map(|(d, (p, _, size))| (d.clone(), *size, p.clone()))
+        .collect();
+    registry.push_blob_files(reference, &files).await?;
+    let by_digest = |d: &str| dfagent_registry::reference_with_digest(reference, d);
+    registry
+        .push_manifest(&by_digest(&m.digest)?, m.bytes.clone(), &m.media_type)
+        .await?;
+    let nydus = registry
+        .fetch_manifest_raw(&by_digest(nydus_digest)?)
+        .await?;
+    let index = dfagent_builder::oci_layout::merged_index(
+        (&m.media_type, &m.digest, m.bytes.len() as u64),
+        (nydus_digest, nydus.bytes.len() as u64),
+        (&src.platform.0, &src.platform.1),
+    );
+    Ok(registry
+        .push_manifest(reference, index, "application/vnd.oci.image.index.v1+json")
+        .await?)
 }

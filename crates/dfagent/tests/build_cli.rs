@@ -683,6 +683,25 @@ fn push_and_registry_source_mount_from_the_registry() {
     assert_eq!(listing(&mp), expected("texture.expected.jsonl"));
     m.stop();
 
+    // --merge-platform: the tag names an index of the source and the Nydus manifests; the
+    // mount picks the Nydus one.
+    let merged = format!("127.0.0.1:{}/built/merged:v1", reg.port);
+    ok(&["build", &src_ref, "--push", &merged, "--merge-platform", "-q"]);
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{merged}"))
+        .output()
+        .unwrap();
+    assert!(raw.status.success(), "{}", String::from_utf8_lossy(&raw.stderr));
+    let index: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{index}");
+    assert_eq!(entries[1]["platform"]["os.features"][0], "nydus.remoteimage.v1");
+    let store4 = w.path().join("store4");
+    let m = Mount::start(&merged, &mp, &store4, "none");
+    assert_eq!(listing(&mp), expected("texture.expected.jsonl"));
+    m.stop();
+
     // An OCI layout we wrote, copied to the registry by skopeo, mounts too.
     let ol = w.path().join("oci-out");
     ok(&[

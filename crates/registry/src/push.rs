@@ -272,32 +272,82 @@ impl Registry {
             Upload::Memory(Bytes::from(docs.config)),
         ));
 
-        // Upload what the registry lacks.
+        let uploaded = self.upload_missing(&r, &uploads).await?;
+        let digest = docs.manifest_digest;
+        self.put_manifest(
+            &r,
+            docs.manifest,
+            http::HeaderValue::from_static(OCI_IMAGE_MEDIA_TYPE),
+        )
+        .await?;
+        info!(reference, %digest, uploaded, blobs = uploads.len(), "pushed Nydus image");
+        Ok(digest)
+    }
+
+    /// Upload the blob files `files` (`digest`, size, path; whole files) that the repository
+    /// of `reference` lacks. Returns how many were uploaded.
+    pub async fn push_blob_files(
+        &self,
+        reference: &str,
+        files: &[(String, u64, PathBuf)],
+    ) -> Result<usize> {
+        let r = parse_reference(reference)?;
+        let uploads: Vec<(String, u64, Upload)> = files
+            .iter()
+            .map(|(d, s, p)| (d.clone(), *s, Upload::File(p.clone())))
+            .collect();
+        self.upload_missing(&r, &uploads).await
+    }
+
+    /// Push a manifest or index `body` of `media_type` under `reference` (a tag, or the body's
+    /// digest). Returns the body's digest.
+    pub async fn push_manifest(
+        &self,
+        reference: &str,
+        body: Vec<u8>,
+        media_type: &str,
+    ) -> Result<String> {
+        let r = parse_reference(reference)?;
+        let digest = sha256_digest(&body);
+        let content_type = http::HeaderValue::from_str(media_type)
+            .map_err(|_| Error::InvalidRequest(format!("media type {media_type:?}")))?;
+        self.put_manifest(&r, body, content_type).await?;
+        Ok(digest)
+    }
+
+    async fn upload_missing(
+        &self,
+        r: &Reference,
+        uploads: &[(String, u64, Upload)],
+    ) -> Result<usize> {
         let mut uploaded = 0usize;
-        for (digest, size, source) in &uploads {
-            if self.blob_exists(&r, digest).await? {
+        for (digest, size, source) in uploads {
+            if self.blob_exists(r, digest).await? {
                 debug!(%digest, "blob already in the registry");
                 continue;
             }
             let what = format!("upload blob {digest} ({size} bytes)");
             self.with_retries(&what, || {
-                self.attempt_upload(&r, digest, *size, source, &what)
+                self.attempt_upload(r, digest, *size, source, &what)
             })
             .await?;
             uploaded += 1;
         }
+        Ok(uploaded)
+    }
 
-        // The manifest.
-        let body = docs.manifest;
-        let digest = docs.manifest_digest;
+    async fn put_manifest(
+        &self,
+        r: &Reference,
+        body: Vec<u8>,
+        content_type: http::HeaderValue,
+    ) -> Result<()> {
         let body = Bytes::from(body);
         let what = format!("push manifest {}", r.whole());
         self.with_retries(&what, || {
-            self.attempt_push_manifest(&r, body.clone(), &what)
+            self.attempt_push_manifest(r, body.clone(), content_type.clone(), &what)
         })
-        .await?;
-        info!(reference, %digest, uploaded, blobs = uploads.len(), "pushed Nydus image");
-        Ok(digest)
+        .await
     }
 
     /// Whether the repository of `r` already has blob `digest`.
@@ -345,10 +395,10 @@ impl Registry {
         &self,
         r: &Reference,
         body: Bytes,
+        content_type: http::HeaderValue,
         what: &str,
     ) -> std::result::Result<(), Failure> {
         let (host, client) = self.prepare(r, crate::client::Op::Push).await?;
-        let content_type = http::HeaderValue::from_static(OCI_IMAGE_MEDIA_TYPE);
         client
             .push_manifest_raw(r, body, content_type)
             .await
