@@ -125,6 +125,9 @@ pub fn split_path(path: &[u8]) -> Result<Vec<&[u8]>> {
                     "a `..` component would escape the image root",
                 ))
             }
+            c if c.contains(&0) => {
+                return Err(Error::entry(path, "a NUL byte in a path component"))
+            }
             c => out.push(c),
         }
     }
@@ -302,8 +305,11 @@ impl Overlay {
                 },
             ),
             EntryKind::Symlink => {
-                if e.link.is_empty() {
-                    return Err(Error::entry(&e.path, "symlink with an empty target"));
+                if e.link.is_empty() || e.link.contains(&0) {
+                    return Err(Error::entry(
+                        &e.path,
+                        "symlink target is empty or holds a NUL byte",
+                    ));
                 }
                 (S_IFLNK, Data::Symlink(e.link.clone()))
             }

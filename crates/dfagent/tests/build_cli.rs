@@ -259,6 +259,25 @@ fn texture_round_trips_through_inspect_mount_and_check_byte_identically() {
     build(&format!("oci:{}", p(&layout3)), &out3, &["--threads", "3"]);
     assert_eq!(files(&out), files(&out3));
 
+    // --prefetch-patterns fills the prefetch table with those paths, in order; missing paths
+    // are skipped.
+    let patterns = w.path().join("prefetch.txt");
+    std::fs::write(&patterns, "/hello.txt\n# comment\n/text\n/does/not/exist\n").unwrap();
+    let out4 = w.path().join("out4");
+    build(&src, &out4, &["--prefetch-patterns", p(&patterns)]);
+    let img = dfagent_rafs::Image::open(out4.join("bootstrap")).unwrap();
+    let root = img.root();
+    let nid = |name: &[u8]| img.lookup(root, name).unwrap().unwrap().nid;
+    assert_eq!(
+        img.prefetch_nids().unwrap(),
+        vec![nid(b"hello.txt"), nid(b"text")]
+    );
+    assert!(dfagent_rafs::Image::open(out.join("bootstrap"))
+        .unwrap()
+        .prefetch_nids()
+        .unwrap()
+        .is_empty());
+
     // The OCI layout output is deterministic and in nydusify's layout.
     let (o1, o2) = (w.path().join("oci1"), w.path().join("oci2"));
     for o in [&o1, &o2] {
@@ -686,17 +705,31 @@ fn push_and_registry_source_mount_from_the_registry() {
     // --merge-platform: the tag names an index of the source and the Nydus manifests; the
     // mount picks the Nydus one.
     let merged = format!("127.0.0.1:{}/built/merged:v1", reg.port);
-    ok(&["build", &src_ref, "--push", &merged, "--merge-platform", "-q"]);
+    ok(&[
+        "build",
+        &src_ref,
+        "--push",
+        &merged,
+        "--merge-platform",
+        "-q",
+    ]);
     let raw = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{merged}"))
         .output()
         .unwrap();
-    assert!(raw.status.success(), "{}", String::from_utf8_lossy(&raw.stderr));
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
     let index: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
     let entries = index["manifests"].as_array().unwrap();
     assert_eq!(entries.len(), 2, "{index}");
-    assert_eq!(entries[1]["platform"]["os.features"][0], "nydus.remoteimage.v1");
+    assert_eq!(
+        entries[1]["platform"]["os.features"][0],
+        "nydus.remoteimage.v1"
+    );
     let store4 = w.path().join("store4");
     let m = Mount::start(&merged, &mp, &store4, "none");
     assert_eq!(listing(&mp), expected("texture.expected.jsonl"));
