@@ -659,6 +659,109 @@ mod tests {
         assert!(TarReader::new(&short[..]).next_entry().is_err());
     }
 
+    fn all(data: &[u8]) -> Vec<(TarEntry, Vec<u8>)> {
+        let mut r = TarReader::new(data);
+        let mut out = Vec::new();
+        while let Some(e) = r.next_entry().unwrap() {
+            let mut d = vec![0u8; e.size as usize];
+            r.read_data_exact(&mut d).unwrap();
+            out.push((e, d));
+        }
+        out
+    }
+
+    #[test]
+    fn reads_what_the_tar_crate_writes() {
+        let long = format!("{}/{}", "d".repeat(120), "f".repeat(150));
+        let mut b = ::tar::Builder::new(Vec::new());
+        let mut h = ::tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o4755);
+        h.set_uid(1000);
+        h.set_gid(33);
+        h.set_mtime(1_700_000_001);
+        h.set_entry_type(::tar::EntryType::Regular);
+        b.append_data(&mut h, &long, &b"hello"[..]).unwrap();
+        let mut h = ::tar::Header::new_gnu();
+        h.set_entry_type(::tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "sym", "t".repeat(300)).unwrap();
+        let mut h = ::tar::Header::new_ustar();
+        h.set_entry_type(::tar::EntryType::Char);
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+        h.set_size(0);
+        b.append_data(&mut h, "dev/null", &b""[..]).unwrap();
+        let mut h = ::tar::Header::new_ustar();
+        h.set_entry_type(::tar::EntryType::Link);
+        h.set_size(0);
+        b.append_link(&mut h, "hard", &long).unwrap();
+        b.append_pax_extensions([
+            ("path", &b"pax/path/name"[..]),
+            ("mtime", &b"1700000002.25"[..]),
+            (
+                "SCHILY.xattr.security.capability",
+                &[1u8, 0, 0, 2, b'\n', b'='][..],
+            ),
+            ("SCHILY.xattr.user.empty", &b""[..]),
+        ])
+        .unwrap();
+        let mut h = ::tar::Header::new_ustar();
+        h.set_size(3);
+        h.set_entry_type(::tar::EntryType::Regular);
+        b.append_data(&mut h, "short", &b"abc"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        let got = all(&data);
+        assert_eq!(got.len(), 5);
+        let (f, d) = &got[0];
+        assert_eq!(f.path, long.as_bytes());
+        assert_eq!(
+            (f.kind, f.mode, f.uid, f.gid, f.mtime),
+            (EntryKind::Regular, 0o4755, 1000, 33, 1_700_000_001)
+        );
+        assert_eq!(d, b"hello");
+        assert_eq!(got[1].0.kind, EntryKind::Symlink);
+        assert_eq!(got[1].0.link, "t".repeat(300).as_bytes());
+        assert_eq!(
+            (got[2].0.kind, got[2].0.dev_major, got[2].0.dev_minor),
+            (EntryKind::CharDev, 1, 3)
+        );
+        assert_eq!(got[3].0.kind, EntryKind::HardLink);
+        assert_eq!(got[3].0.link, long.as_bytes());
+        let (p, d) = &got[4];
+        assert_eq!(p.path, b"pax/path/name");
+        assert_eq!((p.mtime, p.mtime_nsec), (1_700_000_002, 250_000_000));
+        assert_eq!(
+            p.xattrs,
+            vec![
+                (
+                    b"security.capability".to_vec(),
+                    vec![1u8, 0, 0, 2, b'\n', b'=']
+                ),
+                (b"user.empty".to_vec(), Vec::new())
+            ]
+        );
+        assert_eq!(d, b"abc");
+        // Every truncation of the archive is an error or a clean end, never a panic, and a
+        // cut inside a header or data is an error.
+        for cut in (0..data.len()).step_by(97) {
+            let mut r = TarReader::new(&data[..cut]);
+            let mut buf = [0u8; 64];
+            loop {
+                match r.next_entry() {
+                    Ok(Some(_)) => {
+                        while let Ok(n) = r.read_data(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
+
     #[test]
     fn percent_names() {
         assert_eq!(percent_decode(b"user.a%3Db"), b"user.a=b");
