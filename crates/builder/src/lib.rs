@@ -83,18 +83,23 @@ pub struct BuildOptions {
 impl BuildOptions {
     /// Check the options that can be wrong.
     pub fn validate(&self) -> Result<()> {
-        let cs = self.chunk.chunk_size;
-        if !cs.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
-            return Err(Error::Option(format!(
-                "chunk size {cs:#x} must be a power of two from 4 KiB (0x1000) to 16 MiB \
-                 (0x1000000)"
-            )));
-        }
-        if self.chunk.threads == 0 || self.chunk.threads > 256 {
-            return Err(Error::Option("--threads must be 1..=256".into()));
-        }
-        Ok(())
+        validate_chunk_options(&self.chunk)
     }
+}
+
+/// Check chunk size (a power of two, 4 KiB ..= 16 MiB) and thread count (1 ..= 256).
+pub fn validate_chunk_options(c: &ChunkOptions) -> Result<()> {
+    let cs = c.chunk_size;
+    if !cs.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
+        return Err(Error::Option(format!(
+            "chunk size {cs:#x} must be a power of two from 4 KiB (0x1000) to 16 MiB \
+             (0x1000000)"
+        )));
+    }
+    if c.threads == 0 || c.threads > 256 {
+        return Err(Error::Option("--threads must be 1..=256".into()));
+    }
+    Ok(())
 }
 
 /// Parse a chunk size (`1048576`, `0x100000`, `1M`, `64K`).

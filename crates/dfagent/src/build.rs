@@ -102,6 +102,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         compression: dfagent_builder::parse_compressor(&args.compressor)?,
         threads,
     };
+    dfagent_builder::validate_chunk_options(&chunk)?;
     let prefetch = match &args.prefetch_patterns {
         Some(p) => dfagent_builder::read_prefetch_patterns(p)?,
         None => Vec::new(),

@@ -571,6 +571,62 @@ fn docker_archive_source_gives_the_same_image() {
     assert_eq!(files(&a), files(&b));
 }
 
+fn zstd(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("zstd")
+        .args(["-q", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let w = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    w.join().unwrap().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[test]
+fn zstd_layers_and_every_compressor_digester_and_chunk_size() {
+    let w = work();
+    let t = texture(w.path(), 1);
+    let layout = w.path().join("L");
+    // A zstd-compressed layer (stored as given; the compression is found from the bytes).
+    oci_layout(&layout, "v1", &[zstd(&gnu_tar(&t))], false);
+    let src = format!("oci:{}:v1", p(&layout));
+    let want = expected("texture.expected.jsonl");
+    for (i, opts) in [
+        &["--compressor", "lz4_block", "--digester", "sha256"][..],
+        &["--compressor", "none", "--chunk-size", "64K"][..],
+        &["--chunk-size", "0x1000", "--threads", "1"][..],
+        &["--chunk-size", "16M"][..],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = w.path().join(format!("out{i}"));
+        let s = build(&src, &out, opts);
+        check(&out);
+        assert_eq!(inspect(&out), want, "{opts:?}");
+        assert_eq!(s["layers"], 1);
+    }
+    for bad in [
+        ["--compressor", "gzip"],
+        ["--digester", "md5"],
+        ["--chunk-size", "32M"],
+    ] {
+        let never = w.path().join("never");
+        let mut args = vec!["build", &src, "--output-dir", p(&never)];
+        args.extend_from_slice(&bad);
+        let o = run(&args);
+        assert!(!o.status.success(), "{bad:?}");
+        assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
+        assert!(!never.exists(), "{bad:?}: the output dir was created");
+    }
+}
+
 /// A ustar header for `name` with a raw `size` field (12 bytes) and a valid checksum.
 fn header(name: &str, size_field: [u8; 12], typeflag: u8) -> Vec<u8> {
     let mut h = vec![0u8; 512];
@@ -644,7 +700,7 @@ fn malformed_layers_fail_cleanly_and_write_nothing() {
     // An absurd chunk size is an option error.
     let o = run(&[
         "build",
-        "oci:/nonexistent",
+        &format!("oci:{}", p(&w.path().join("no-layout"))),
         "--output-dir",
         p(&w.path().join("o")),
         "--chunk-size",
