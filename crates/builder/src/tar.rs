@@ -200,7 +200,7 @@ impl<R: Read> TarReader<R> {
         if self.finished {
             return Ok(None);
         }
-        let rest = self.remaining + self.padding;
+        let rest = self.remaining.saturating_add(self.padding);
         self.remaining = 0;
         self.padding = 0;
         self.skip(rest)?;
@@ -257,6 +257,9 @@ impl<R: Read> TarReader<R> {
                 }
                 b'V' => {
                     // A volume label: no file.
+                    if size > MAX_FILE_SIZE {
+                        return Err(self.err(format!("volume label of absurd size {size}")));
+                    }
                     self.skip(size + padding_of(size))?;
                 }
                 _ => {
@@ -370,7 +373,7 @@ impl<R: Read> TarReader<R> {
                 )))
             }
         };
-        if e.kind == EntryKind::Regular && e.size > MAX_FILE_SIZE {
+        if e.size > MAX_FILE_SIZE {
             return Err(Error::entry(
                 &e.path,
                 format!("absurd size {} (limit {MAX_FILE_SIZE})", e.size),
@@ -646,6 +649,31 @@ mod tests {
         );
         assert_eq!(parse_pax_time(b"-3.2").unwrap(), (0, 0));
         assert!(parse_pax_time(b"x").is_none());
+    }
+
+    fn header(name: &str, size: [u8; 12], flag: u8) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[124..136].copy_from_slice(&size);
+        h[156] = flag;
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+
+    #[test]
+    fn absurd_sizes_of_any_entry_type_are_errors() {
+        let huge = [
+            0x80, 0x3f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ];
+        for flag in [b'0', b'5', b'2', b'V', b'x', b'L', b'g', b'3'] {
+            let mut data = header("d", huge, flag);
+            data.extend_from_slice(&[0u8; 1024]);
+            let r = TarReader::new(&data[..]).next_entry();
+            assert!(r.is_err(), "type {:?}: {r:?}", flag as char);
+        }
     }
 
     #[test]
