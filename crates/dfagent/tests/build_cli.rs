@@ -461,8 +461,9 @@ fn py_tar(dest: &Path, script: &str) {
     let prog = format!(
         "import tarfile, io, sys\n\
          t = tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT)\n\
-         def add(name, kind=tarfile.REGTYPE, data=b'', mode=0o644, link='', mtime=1700000500):\n\
+         def add(name, kind=tarfile.REGTYPE, data=b'', mode=0o644, link='', mtime=1700000500, x={{}}):\n\
          \x20   i = tarfile.TarInfo(name); i.type = kind; i.mode = mode; i.mtime = mtime\n\
+         \x20   i.pax_headers = {{'SCHILY.xattr.' + k: v.decode('utf-8', 'surrogateescape') for k, v in x.items()}}\n\
          \x20   i.linkname = link; i.size = len(data) if kind == tarfile.REGTYPE else 0\n\
          \x20   t.addfile(i, io.BytesIO(data) if kind == tarfile.REGTYPE else None)\n\
          {script}\n\
@@ -506,7 +507,9 @@ fn overlay_of_two_layers_matches_applying_them_to_a_directory() {
          add('attrs', tarfile.DIRTYPE, mode=0o711, mtime=1700000999)\n\
          add('keep-link', tarfile.LNKTYPE, link='keep.txt')\n\
          add('big-copy.bin', data=b'0123456789abcdef' * 200000)\n\
-         add('.wh.never-existed')\n",
+         add('.wh.never-existed')\n\
+         acl = bytes.fromhex('02000000' '0100060000000000' '02000400e8030000' '0400040000000000' '1000040000000000' '2000040000000000')\n\
+         add('xattrs.bin', data=b'x', x={'security.capability': bytes.fromhex('0100000200200000000000000000000000000000'), 'trusted.bin': b'\\x00\\xff\\n=', 'system.posix_acl_access': acl})\n",
     );
     let lower_tar = gnu_tar(&lower);
     let layout = w.path().join("L");
@@ -545,6 +548,20 @@ fn overlay_of_two_layers_matches_applying_them_to_a_directory() {
     let want = listing(&exp);
     assert_eq!(inspect(&out), want);
     assert_eq!(mounted_listing(&out, &w.path().join("mnt")), want);
+    // Xattrs of every namespace, binary values included, reach the image.
+    let img = dfagent_rafs::Image::open(out.join("bootstrap")).unwrap();
+    let nid = img.lookup(img.root(), b"xattrs.bin").unwrap().unwrap().nid;
+    let get = |n: &str| img.getxattr(nid, n.as_bytes()).unwrap().unwrap();
+    assert_eq!(
+        hex::encode(get("security.capability")),
+        "0100000200200000000000000000000000000000"
+    );
+    assert_eq!(get("trusted.bin"), b"\x00\xff\n=");
+    assert_eq!(
+        hex::encode(get("system.posix_acl_access")),
+        "02000000010006000000000002000400e80300000400040000000000100004000000000020000400\
+         00000000"
+    );
     // The old hard-link partner of hello.txt keeps the old bytes with nlink 1.
     assert!(want
         .iter()
