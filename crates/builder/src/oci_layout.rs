@@ -11,24 +11,31 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::output::{copy_blob, copy_range, write_atomic};
 use crate::source::{digest_hex, sha256_digest, SourceImage, ANNOTATION_REF_NAME};
+use crate::BuildOutput;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-/// Write the Nydus image (`bootstrap` and `blobs` from `blob_dir`) into the OCI image layout
-/// `dir` under `tag`. With `merge`, the tag names an index holding the source image's manifest
-/// and the Nydus one (with `os.features: ["nydus.remoteimage.v1"]`), and the source image's
-/// blobs are copied into the layout too. Entries of `index.json` with other tags are kept.
-/// Returns the digest the tag points to.
+/// Write the Nydus image `built` (made from `src`) into the OCI image layout `dir` under
+/// `tag`. Its config is the source's (entrypoint, env, ... carry over), as nydusify does.
+/// With `merge`, the tag names an index holding the source image's manifest and the Nydus one
+/// (with `os.features: ["nydus.remoteimage.v1"]`), and the source image's blobs are copied
+/// into the layout too. Entries of `index.json` with other tags are kept. Returns the digest
+/// the tag points to.
 pub fn write_oci_layout(
     dir: &Path,
     tag: &str,
-    bootstrap: &[u8],
-    blobs: &[(BlobId, u64)],
-    blob_dir: &Path,
-    platform: (&str, &str),
-    merge: Option<&SourceImage>,
+    built: &BuildOutput,
+    src: &SourceImage,
+    merge: bool,
 ) -> Result<String> {
+    let bootstrap =
+        std::fs::read(&built.bootstrap).map_err(|e| Error::io(built.bootstrap.display(), e))?;
+    let blobs: &[(BlobId, u64)] = &built.blobs;
+    let blob_dir = &built.blob_dir;
+    let platform = (src.platform.0.as_str(), src.platform.1.as_str());
+    let base_config = src.config.as_ref().map(|c| c.bytes.as_slice());
+    let merge = merge.then_some(src);
     let bdir = dir.join("blobs").join("sha256");
     std::fs::create_dir_all(&bdir).map_err(|e| Error::io(bdir.display(), e))?;
     write_atomic(
@@ -38,7 +45,7 @@ pub fn write_oci_layout(
     for (id, _) in blobs {
         copy_blob(&blob_dir.join(id.hex()), &bdir.join(id.hex()))?;
     }
-    let docs = dfagent_registry::nydus_manifest(bootstrap, blobs, platform)?;
+    let docs = dfagent_registry::nydus_manifest(&bootstrap, blobs, platform, base_config)?;
     let put = |digest: &str, data: &[u8]| -> Result<()> {
         let p = bdir.join(digest_hex(digest)?);
         if p.exists() {

@@ -183,15 +183,12 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
 
     let mut result = serde_json::to_value(&built.summary)?;
     if let Some((dir, tag)) = &layout {
-        let boot = std::fs::read(&built.bootstrap)?;
         let digest = dfagent_builder::oci_layout::write_oci_layout(
             dir,
             tag,
-            &boot,
-            &built.blobs,
-            &built.blob_dir,
-            (&src.platform.0, &src.platform.1),
-            args.merge_platform.then_some(&src),
+            &built,
+            &src,
+            args.merge_platform,
         )
         .with_context(|| format!("writing the OCI layout {}", dir.display()))?;
         result["oci_layout"] = serde_json::json!({"dir": dir, "tag": tag, "digest": digest});

@@ -131,6 +131,8 @@ fn oci_layout(dir: &Path, tag: &str, layers: &[Vec<u8>], gz: bool) {
     }
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": ["/bin/sh"], "Env": ["A=1"]},
+        "history": [{"created_by": "test"}],
         "rootfs": {"type": "layers", "diff_ids": diff_ids}}))
     .unwrap();
     let (cd, cs) = put(&config);
@@ -315,6 +317,25 @@ fn texture_round_trips_through_inspect_mount_and_check_byte_identically() {
         layers[1]["annotations"]["containerd.io/snapshot/nydus-bootstrap"],
         "true"
     );
+    let ids: Vec<String> = serde_json::from_str(
+        layers[1]["annotations"]["containerd.io/snapshot/nydus-blob-ids"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        ids,
+        vec![layers[0]["digest"].as_str().unwrap()[7..].to_string()]
+    );
+    // The config is the source's (entrypoint, env) with the Nydus layers' diff ids and no
+    // history, as nydusify makes it.
+    let cd = manifest["config"]["digest"].as_str().unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(o1.join("blobs/sha256").join(&cd[7..])).unwrap())
+            .unwrap();
+    assert_eq!(config["config"]["Entrypoint"][0], "/bin/sh");
+    assert!(config.get("history").is_none());
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
     // No stray temporary files anywhere.
     for (f, _) in files(&o1).iter().chain(files(&out).iter()) {
         assert!(!f.to_string_lossy().contains(".tmp-"), "{f:?}");

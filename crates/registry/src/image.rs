@@ -20,6 +20,9 @@ use crate::error::{Error, Result};
 pub const MEDIA_TYPE_NYDUS_BLOB: &str = "application/vnd.oci.image.layer.nydus.blob.v1";
 /// Layer annotation marking a Nydus data blob.
 pub const ANNOTATION_NYDUS_BLOB: &str = "containerd.io/snapshot/nydus-blob";
+/// Bootstrap layer annotation listing the data blob ids (JSON array of hex sha256s), as
+/// nydusify writes it.
+pub const ANNOTATION_NYDUS_BLOB_IDS: &str = "containerd.io/snapshot/nydus-blob-ids";
 /// Layer annotation marking the Nydus bootstrap layer.
 pub const ANNOTATION_NYDUS_BOOTSTRAP: &str = "containerd.io/snapshot/nydus-bootstrap";
 /// Layer annotation giving the RAFS version of the bootstrap (`"5"` or `"6"`).

@@ -30,9 +30,9 @@ pub use config::RegistryConfig;
 pub use error::{Error, Result};
 pub use fetch::reference_with_digest;
 pub use image::{
-    Descriptor, NydusImage, ANNOTATION_NYDUS_BLOB, ANNOTATION_NYDUS_BOOTSTRAP,
-    ANNOTATION_NYDUS_FS_VERSION, ANNOTATION_UNCOMPRESSED, BOOTSTRAP_PATH_IN_LAYER,
-    MEDIA_TYPE_NYDUS_BLOB, OS_FEATURE_NYDUS,
+    Descriptor, NydusImage, ANNOTATION_NYDUS_BLOB, ANNOTATION_NYDUS_BLOB_IDS,
+    ANNOTATION_NYDUS_BOOTSTRAP, ANNOTATION_NYDUS_FS_VERSION, ANNOTATION_UNCOMPRESSED,
+    BOOTSTRAP_PATH_IN_LAYER, MEDIA_TYPE_NYDUS_BLOB, OS_FEATURE_NYDUS,
 };
 pub use push::{nydus_manifest, NydusManifest};
 pub use source::{RegistrySource, DEFAULT_MAX_MERGE, MAX_MERGE_GAP};

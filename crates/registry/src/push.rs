@@ -16,8 +16,9 @@ use tracing::{debug, info};
 use crate::client::{parse_reference, sha256_digest, Registry, MAX_BOOTSTRAP_SIZE};
 use crate::error::{Error, Failure, Result};
 use crate::image::{
-    ANNOTATION_NYDUS_BLOB, ANNOTATION_NYDUS_BOOTSTRAP, ANNOTATION_NYDUS_FS_VERSION,
-    ANNOTATION_UNCOMPRESSED, BOOTSTRAP_PATH_IN_LAYER, MEDIA_TYPE_NYDUS_BLOB,
+    ANNOTATION_NYDUS_BLOB, ANNOTATION_NYDUS_BLOB_IDS, ANNOTATION_NYDUS_BOOTSTRAP,
+    ANNOTATION_NYDUS_FS_VERSION, ANNOTATION_UNCOMPRESSED, BOOTSTRAP_PATH_IN_LAYER,
+    MEDIA_TYPE_NYDUS_BLOB,
 };
 
 /// Size of the pieces a blob file is streamed in (one chunked-upload PATCH each).
@@ -136,10 +137,14 @@ pub struct NydusManifest {
 
 /// Build the manifest, config and bootstrap layer of a Nydus image whose data blobs are
 /// `blobs` (id and size, in the bootstrap's blob table order) for platform `(os, arch)`.
+/// With `base_config` (the source image's config, as nydusify does) the config keeps
+/// everything the source says (entrypoint, env, ...) except `rootfs` (replaced) and
+/// `history` (dropped); without, it is a minimal config.
 pub fn nydus_manifest(
     bootstrap: &[u8],
     blobs: &[(BlobId, u64)],
     platform: (&str, &str),
+    base_config: Option<&[u8]>,
 ) -> Result<NydusManifest> {
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
@@ -158,6 +163,8 @@ pub fn nydus_manifest(
         });
         diff_ids.push(digest);
     }
+    let blob_ids = serde_json::to_string(&blobs.iter().map(|(id, _)| id.hex()).collect::<Vec<_>>())
+        .map_err(|e| Error::Protocol(format!("cannot serialize blob ids: {e}")))?;
     let boot = bootstrap_layer(bootstrap)?;
     let boot_diff_id = sha256_digest(&boot.tar);
     let boot_digest = sha256_digest(&boot.compressed);
@@ -168,19 +175,41 @@ pub fn nydus_manifest(
         annotations: Some(BTreeMap::from([
             (ANNOTATION_NYDUS_BOOTSTRAP.to_string(), "true".to_string()),
             (ANNOTATION_NYDUS_FS_VERSION.to_string(), "6".to_string()),
+            (ANNOTATION_NYDUS_BLOB_IDS.to_string(), blob_ids),
             (ANNOTATION_UNCOMPRESSED.to_string(), boot_diff_id.clone()),
         ])),
         ..OciDescriptor::default()
     });
     diff_ids.push(boot_diff_id);
-    let config = serde_json::to_vec(&ImageConfig {
-        architecture: platform.1,
-        os: platform.0,
-        rootfs: RootFs {
-            kind: "layers",
-            diff_ids,
-        },
-    })
+    let rootfs = RootFs {
+        kind: "layers",
+        diff_ids,
+    };
+    let base = base_config.and_then(|b| {
+        match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(b) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(error = %e, "source image config is not a JSON object; writing a minimal one");
+                None
+            }
+        }
+    });
+    let config = match base {
+        Some(mut m) => {
+            m.remove("history");
+            m.insert(
+                "rootfs".into(),
+                serde_json::to_value(&rootfs)
+                    .map_err(|e| Error::Protocol(format!("cannot serialize rootfs: {e}")))?,
+            );
+            serde_json::to_vec(&m)
+        }
+        None => serde_json::to_vec(&ImageConfig {
+            architecture: platform.1,
+            os: platform.0,
+            rootfs,
+        }),
+    }
     .map_err(|e| Error::Protocol(format!("cannot serialize the image config: {e}")))?;
     let config_digest = sha256_digest(&config);
     let manifest = OciImageManifest {
@@ -220,6 +249,19 @@ impl Registry {
         bootstrap: &Path,
         blob_dir: &Path,
     ) -> Result<String> {
+        self.push_nydus_with_config(reference, bootstrap, blob_dir, None)
+            .await
+    }
+
+    /// [`Registry::push_nydus`] with the source image's config as the base of the Nydus
+    /// image's config (see [`nydus_manifest`]).
+    pub async fn push_nydus_with_config(
+        &self,
+        reference: &str,
+        bootstrap: &Path,
+        blob_dir: &Path,
+        base_config: Option<Vec<u8>>,
+    ) -> Result<String> {
         let r = parse_reference(reference)?;
         let image = dfagent_rafs::Image::open(bootstrap)?;
         let boot_bytes = std::fs::read(bootstrap).map_err(|source| Error::Io {
@@ -257,7 +299,12 @@ impl Registry {
 
         let platform = self.config().platform.clone();
         let docs = tokio::task::spawn_blocking(move || {
-            nydus_manifest(&boot_bytes, &blobs, (&platform.0, &platform.1))
+            nydus_manifest(
+                &boot_bytes,
+                &blobs,
+                (&platform.0, &platform.1),
+                base_config.as_deref(),
+            )
         })
         .await
         .map_err(|e| Error::Protocol(format!("bootstrap packing task failed: {e}")))??;
