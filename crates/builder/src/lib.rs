@@ -13,6 +13,7 @@
 //! Same input and options give the same bytes: chunks are placed in input order whatever the
 //! thread count, and no wall-clock time is written anywhere.
 
+mod acl;
 pub mod chunker;
 pub mod dict;
 mod error;

@@ -428,6 +428,25 @@ impl<R: Read> TarReader<R> {
                 let name = key[b"SCHILY.xattr.".len()..].to_vec();
                 set_xattr(&mut e.xattrs, name, value);
             }
+            b"SCHILY.acl.access" | b"SCHILY.acl.default" => {
+                let name: &[u8] = if key == b"SCHILY.acl.access" {
+                    b"system.posix_acl_access"
+                } else {
+                    b"system.posix_acl_default"
+                };
+                match crate::acl::text_to_xattr(&value) {
+                    // An xattr record for the same name (Docker's form) wins.
+                    Some(v) if !e.xattrs.iter().any(|(n, _)| n == name) => {
+                        e.xattrs.push((name.to_vec(), v))
+                    }
+                    Some(_) => {}
+                    None => tracing::warn!(
+                        path = %lossy(&e.path),
+                        acl = %lossy(&value),
+                        "ACL text that cannot be converted (named entries need numeric ids); dropped"
+                    ),
+                }
+            }
             _ if key.starts_with(b"LIBARCHIVE.xattr.") => {
                 use base64::Engine as _;
                 let name = percent_decode(&key[b"LIBARCHIVE.xattr.".len()..]);
@@ -732,6 +751,10 @@ mod tests {
                 &[1u8, 0, 0, 2, b'\n', b'='][..],
             ),
             ("SCHILY.xattr.user.empty", &b""[..]),
+            (
+                "SCHILY.acl.access",
+                &b"user::rw-\nuser:4242:r--\ngroup::r--\nmask::r--\nother::r--\n"[..],
+            ),
         ])
         .unwrap();
         let mut h = ::tar::Header::new_ustar();
@@ -766,7 +789,15 @@ mod tests {
                     b"security.capability".to_vec(),
                     vec![1u8, 0, 0, 2, b'\n', b'=']
                 ),
-                (b"user.empty".to_vec(), Vec::new())
+                (b"user.empty".to_vec(), Vec::new()),
+                (
+                    b"system.posix_acl_access".to_vec(),
+                    hex::decode(
+                        "0200000001000600ffffffff020004009210000004000400ffffffff\
+                         10000400ffffffff20000400ffffffff"
+                    )
+                    .unwrap()
+                ),
             ]
         );
         assert_eq!(d, b"abc");
