@@ -12,6 +12,7 @@
 //!
 //! Same input and options give the same bytes: chunks are placed in input order whatever the
 //! thread count, and no wall-clock time is written anywhere.
+#![deny(missing_docs)]
 
 mod acl;
 pub mod chunker;
