@@ -168,8 +168,9 @@ impl Table {
         }
     }
 
-    /// Add a row.
+    /// Add a row (as many cells as the header has columns).
     pub fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(cells.len(), self.header.len(), "row {cells:?}");
         self.rows.push(cells);
     }
 

@@ -219,6 +219,7 @@ pub fn warm(env: &mut Env) -> anyhow::Result<Outcome> {
     let mut time = Series::new("cold-start-warm", "s", false);
     let mut table = Table::new(&[
         "round",
+        "dfagent: mount ready, s",
         "start alone on an unpacked dir, s",
         "dfagent MB fetched",
     ]);
