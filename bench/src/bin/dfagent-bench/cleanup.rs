@@ -4,7 +4,7 @@
 //! SIGHUP (a watcher thread runs every registered action, then exits the process).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,15 +21,35 @@ pub enum Action {
 
 static ACTIONS: Mutex<Vec<(u64, Action)>> = Mutex::new(Vec::new());
 static NEXT: AtomicU64 = AtomicU64::new(1);
+/// Set once teardown began: nothing new may start, and whatever registers now is undone at once.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Whether the harness is being torn down (after a signal).
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+/// Fail if the harness is being torn down (called before starting anything).
+pub fn check_not_stopping() -> anyhow::Result<()> {
+    anyhow::ensure!(!stopping(), "interrupted");
+    Ok(())
+}
 
 fn actions() -> std::sync::MutexGuard<'static, Vec<(u64, Action)>> {
     ACTIONS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Register `a`; the id deregisters it.
+/// Register `a`; the id deregisters it. During teardown `a` is carried out at once instead
+/// (teardown drained the list under the same lock, so nothing slips between the two).
 pub fn register(a: Action) -> u64 {
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    actions().push((id, a));
+    let mut list = actions();
+    if stopping() {
+        drop(list);
+        undo(&[a]);
+        return id;
+    }
+    list.push((id, a));
     id
 }
 
@@ -79,20 +99,29 @@ pub fn detach(mp: &std::path::Path) {
     }
 }
 
-/// Run every registered action: processes first, then mounts, then directories.
+/// Stop further starts and run every registered action.
 pub fn run_all() {
-    let all: Vec<Action> = actions().drain(..).map(|(_, a)| a).collect();
-    for a in &all {
+    let all: Vec<Action> = {
+        let mut list = actions();
+        STOPPING.store(true, Ordering::SeqCst);
+        list.drain(..).map(|(_, a)| a).collect()
+    };
+    undo(&all);
+}
+
+/// Carry out `actions`: processes first, then mounts, then directories.
+fn undo(actions: &[Action]) {
+    for a in actions {
         if let Action::Kill(pid) = a {
             stop_pid(*pid, Duration::from_secs(3));
         }
     }
-    for a in &all {
+    for a in actions {
         if let Action::Unmount(mp) = a {
             detach(mp);
         }
     }
-    for a in &all {
+    for a in actions {
         if let Action::RemoveDir(d) = a {
             let _ = std::fs::remove_dir_all(d);
         }
@@ -124,7 +153,20 @@ pub fn install_signal_handler() -> anyhow::Result<()> {
                 }
             });
             eprintln!("dfagent-bench: interrupted; stopping everything it started");
+            let dirs: Vec<PathBuf> = actions()
+                .iter()
+                .filter_map(|(_, a)| match a {
+                    Action::RemoveDir(d) => Some(d.clone()),
+                    _ => None,
+                })
+                .collect();
             run_all();
+            // The main thread may have written into a scratch directory meanwhile (it fails
+            // fast now that nothing may start): remove them once more, then leave.
+            std::thread::sleep(Duration::from_millis(200));
+            for d in dirs {
+                let _ = std::fs::remove_dir_all(d);
+            }
             std::process::exit(130);
         })?;
     Ok(())

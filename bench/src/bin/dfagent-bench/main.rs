@@ -172,6 +172,9 @@ fn run(command: Scenario, opts: Opts) -> anyhow::Result<bool> {
     let mut lines = Vec::new();
     let mut ok = true;
     for s in list {
+        if cleanup::stopping() {
+            break;
+        }
         eprintln!("dfagent-bench: == {s:?}");
         match run_one(&mut env, s).and_then(|o| outcome::write(&o, &results, &context)) {
             Ok(l) => {

@@ -38,6 +38,7 @@ fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
 /// when it exits non-zero, naming the command and quoting its stderr.
 pub fn run(cmd: &mut Command, timeout: Duration) -> anyhow::Result<Output> {
     let what = describe(cmd);
+    cleanup::check_not_stopping()?;
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -93,6 +94,7 @@ pub struct Service {
 impl Service {
     /// Start `cmd` with stdout and stderr appended to `log`.
     pub fn start(cmd: &mut Command, name: &str, log: &Path) -> anyhow::Result<Service> {
+        cleanup::check_not_stopping()?;
         let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
