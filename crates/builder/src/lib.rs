@@ -240,6 +240,21 @@ pub fn build(
     opts: &BuildOptions,
     progress: &dyn Progress,
 ) -> Result<BuildOutput> {
+    build_with(source, opts, progress, None)
+}
+
+/// Fetches a chunk-dictionary blob the image uses into the given path (for a dictionary whose
+/// blobs are not local, e.g. an image in a registry).
+pub type FetchBlob<'a> = &'a dyn Fn(&BlobId, &Path) -> Result<()>;
+
+/// [`build`], with `fetch_dict_blob` called for each dictionary blob the image uses that is
+/// not in the dictionary's blob directory.
+pub fn build_with(
+    source: &SourceImage,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+    fetch_dict_blob: Option<FetchBlob<'_>>,
+) -> Result<BuildOutput> {
     opts.validate()?;
     let started = Instant::now();
     let out = &opts.output_dir;
@@ -409,7 +424,24 @@ pub fn build(
             .iter()
             .filter(|b| d.blobs.iter().any(|x| x.id == b.id))
         {
-            output::copy_blob(&src.join(spec.id.hex()), &blob_dir.join(spec.id.hex()))?;
+            let from = src.join(spec.id.hex());
+            let dest = blob_dir.join(spec.id.hex());
+            if from.is_file() {
+                output::copy_blob(&from, &dest)?;
+            } else if !dest.is_file() {
+                match fetch_dict_blob {
+                    Some(fetch) => fetch(&spec.id, &dest)?,
+                    None => {
+                        return Err(Error::Option(format!(
+                            "the image uses chunks of dictionary blob {} but {} does not \
+                             exist; give the dictionary's blob directory with \
+                             --chunk-dict-blobs DIR",
+                            spec.id,
+                            from.display()
+                        )))
+                    }
+                }
+            }
         }
     }
 

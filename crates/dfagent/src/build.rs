@@ -43,8 +43,9 @@ pub struct BuildArgs {
     /// Chunk compressor: zstd, lz4_block or none (chunks that do not shrink are stored raw).
     #[arg(long, default_value = "zstd")]
     pub compressor: String,
-    /// Chunk dictionary: the bootstrap of an earlier image (`bootstrap=PATH` or `PATH`); chunks
-    /// it has are referenced instead of stored again.
+    /// Chunk dictionary: the bootstrap of an earlier image (`bootstrap=PATH` or `PATH`), or a
+    /// Nydus image in a registry (`REF`); chunks it has are referenced instead of stored again
+    /// (the dictionary blobs the new image uses are put beside its own blobs).
     #[arg(long, value_name = "[bootstrap=]PATH")]
     pub chunk_dict: Option<String>,
     /// Directory of the chunk dictionary's blobs (default: `blobs/` beside its bootstrap); the
@@ -130,13 +131,9 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
 
-    let opts = BuildOptions {
+    let mut opts = BuildOptions {
         chunk,
-        chunk_dict: args
-            .chunk_dict
-            .as_deref()
-            .map(dfagent_builder::dict::parse_arg)
-            .transpose()?,
+        chunk_dict: None,
         chunk_dict_blobs: args.chunk_dict_blobs.clone(),
         prefetch,
         output_dir: out_dir.clone(),
@@ -177,7 +174,45 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("fetching {r}"))?,
     };
 
-    let built = dfagent_builder::build(&src, &opts, &progress)
+    // The chunk dictionary: a local bootstrap, or a Nydus image in a registry (its bootstrap
+    // is downloaded now, the blobs the new image uses after the build).
+    let mut dict_image = None;
+    if let Some(arg) = args.chunk_dict.as_deref() {
+        let path = dfagent_builder::dict::parse_arg(arg)?;
+        if path.is_file() || arg.starts_with("bootstrap=") {
+            opts.chunk_dict = Some(path);
+        } else {
+            let img = rt
+                .block_on(registry.resolve(arg))
+                .with_context(|| format!("--chunk-dict {arg}: not a file, nor a Nydus image"))?;
+            let boot = rt.block_on(registry.fetch_bootstrap(&img))?;
+            let p = downloads.path().join("chunk-dict.boot");
+            std::fs::write(&p, boot)?;
+            opts.chunk_dict = Some(p);
+            if opts.chunk_dict_blobs.is_none() {
+                opts.chunk_dict_blobs = Some(downloads.path().join("no-local-dict-blobs"));
+            }
+            dict_image = Some(img);
+        }
+    }
+    let fetch =
+        |id: &dfagent_core::BlobId, dest: &std::path::Path| -> dfagent_builder::Result<()> {
+            let img = dict_image.as_ref().ok_or_else(|| {
+                dfagent_builder::Error::Option(format!(
+                    "dictionary blob {id} is not in the dictionary's blob directory; give it with \
+                 --chunk-dict-blobs DIR"
+                ))
+            })?;
+            let size = img.blob_size(id).ok_or_else(|| {
+                dfagent_builder::Error::Source(format!(
+                    "dictionary image {} does not list blob {id}",
+                    img.reference
+                ))
+            })?;
+            rt.block_on(registry.download_blob(&img.reference, &id.oci_digest(), size, dest))?;
+            Ok(())
+        };
+    let built = dfagent_builder::build_with(&src, &opts, &progress, Some(&fetch))
         .with_context(|| format!("building {}", args.source))?;
     progress.0.finish_and_clear();
 
@@ -195,7 +230,12 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(reference) = &args.push {
         let digest = rt
-            .block_on(registry.push_nydus(reference, &built.bootstrap, &built.blob_dir))
+            .block_on(registry.push_nydus_with_config(
+                reference,
+                &built.bootstrap,
+                &built.blob_dir,
+                src.config.as_ref().map(|c| c.bytes.clone()),
+            ))
             .with_context(|| format!("pushing to {reference}"))?;
         result["pushed"] = serde_json::json!({"reference": reference, "digest": digest});
         if args.merge_platform {

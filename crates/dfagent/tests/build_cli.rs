@@ -432,6 +432,25 @@ fn chunk_dict_leaves_only_new_chunks_in_the_new_blob() {
     assert!(s["dict_chunks"].as_u64().unwrap() > 0);
     // The dictionary blob it uses is in the output, so the image mounts from OUT alone.
     assert!(out2.join("blobs").join(blobs[0].id.hex()).is_file());
+    // A dictionary whose blobs cannot be found is a clear error.
+    let lone = w.path().join("lone");
+    std::fs::create_dir_all(&lone).unwrap();
+    std::fs::copy(out1.join("bootstrap"), lone.join("dict.boot")).unwrap();
+    let o = run(&[
+        "build",
+        &format!("oci:{}:v1", p(&l2)),
+        "--output-dir",
+        p(&w.path().join("out3")),
+        "--chunk-dict",
+        &format!("bootstrap={}", p(&lone.join("dict.boot"))),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--chunk-dict-blobs"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!w.path().join("out3/bootstrap").exists());
 }
 
 #[test]
@@ -776,6 +795,36 @@ fn push_and_registry_source_mount_from_the_registry() {
     std::fs::create_dir_all(&mp).unwrap();
     let m = Mount::start(&nydus_ref, &mp, &store, "none");
     assert_eq!(listing(&mp), expected("texture.expected.jsonl"));
+    m.stop();
+
+    // A Nydus image in the registry as the chunk dictionary: the new blob holds only what the
+    // dictionary lacks, and the dictionary blob the image uses is fetched next to it.
+    let t2 = texture(w.path(), 2);
+    let layout2 = w.path().join("L2");
+    oci_layout(&layout2, "v1", &[gnu_tar(&t2)], true);
+    let out2 = w.path().join("out2");
+    let s = build(
+        &format!("oci:{}:v1", p(&layout2)),
+        &out2,
+        &["--chunk-dict", &nydus_ref],
+    );
+    check(&out2);
+    assert_eq!(inspect(&out2), expected("texture2.expected.jsonl"));
+    assert!(s["dict_chunks"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["blobs"].as_array().unwrap().len(), 2, "{s}");
+    let t2_ref = format!("127.0.0.1:{}/built/texture2:v1", reg.port);
+    ok(&[
+        "build",
+        &format!("oci:{}:v1", p(&layout2)),
+        "--chunk-dict",
+        &nydus_ref,
+        "--push",
+        &t2_ref,
+        "-q",
+    ]);
+    let store5 = w.path().join("store5");
+    let m = Mount::start(&t2_ref, &mp, &store5, "none");
+    assert_eq!(listing(&mp), expected("texture2.expected.jsonl"));
     m.stop();
 
     // The source itself in the registry (as skopeo pushes it), converted from there.
