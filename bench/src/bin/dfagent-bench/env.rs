@@ -61,8 +61,8 @@ pub struct Env {
     pub dfagent: PathBuf,
     /// Runs the proxy.
     pub rt: tokio::runtime::Runtime,
-    /// The registry process.
-    _registry: Service,
+    /// The registry process (stopped before the scratch directory is removed).
+    registry_process: Option<Service>,
     /// Where the registry listens (direct, unshaped: used to set images up).
     pub registry: SocketAddr,
     /// The shaping proxy in front of it (every measured transfer goes through it).
@@ -199,7 +199,7 @@ impl Env {
             work,
             dfagent,
             rt,
-            _registry: reg,
+            registry_process: Some(reg),
             registry,
             proxy,
             workload,
@@ -380,7 +380,10 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        // The registry and proxy stop with their fields; the scratch directory goes last.
+        // The registry first (the proxy stops with its field); the scratch directory last.
+        if let Some(mut r) = self.registry_process.take() {
+            r.stop(Duration::from_secs(10));
+        }
         cleanup::deregister(self.work_reg);
         let _ = std::fs::remove_dir_all(&self.work);
     }
