@@ -19,6 +19,7 @@ use fuser::{
 
 use crate::attr::{file_attr, ino_of, kind, nid_of};
 use crate::metrics::FsMetrics;
+use crate::readahead::ReadAhead;
 
 /// How long the kernel may cache the root's attributes (see `getattr`).
 const ROOT_ATTR_TTL: Duration = Duration::from_secs(1);
@@ -30,6 +31,8 @@ pub struct FsConfig {
     pub ttl: Duration,
     /// Largest read the kernel sends in one request.
     pub max_read: u32,
+    /// Bytes of file data fetched ahead of a sequential reader (0: no read-ahead).
+    pub readahead: u64,
 }
 
 impl Default for FsConfig {
@@ -37,6 +40,7 @@ impl Default for FsConfig {
         Self {
             ttl: Duration::from_secs(3600),
             max_read: 1 << 20,
+            readahead: 8 << 20,
         }
     }
 }
@@ -53,6 +57,7 @@ pub struct NydusFs {
     metrics: Arc<FsMetrics>,
     /// Parent and name of every node the kernel looked up, to name files in error logs.
     names: Names,
+    readahead: ReadAhead,
 }
 
 fn errno(e: &RafsError) -> Errno {
@@ -75,9 +80,10 @@ impl NydusFs {
             image,
             reader,
             rt,
-            config,
             metrics: Arc::new(FsMetrics::default()),
             names: Arc::new(Mutex::new(HashMap::new())),
+            readahead: ReadAhead::new(config.readahead),
+            config,
         }
     }
 
@@ -131,6 +137,41 @@ impl NydusFs {
                 errno(&e)
             })?;
         failed.map_or(Ok(()), Err)
+    }
+
+    /// After a read of `[offset, end)` touching `chunks`: if the file is being read
+    /// sequentially, fetch the chunks after them in the background.
+    fn read_ahead(
+        &self,
+        inode: &dfagent_rafs::Inode,
+        offset: u64,
+        end: u64,
+        chunks: &[dfagent_rafs::FileChunk],
+    ) {
+        let Some(last) = chunks.last() else {
+            return;
+        };
+        let chunks_end = last.file_offset + u64::from(last.chunk.uncompressed_size);
+        let Some((from, to)) = self
+            .readahead
+            .after_read(inode.nid, offset, end, chunks_end, inode.size)
+        else {
+            return;
+        };
+        let ahead = match self.image.chunks(inode, from, to - from) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(nid = inode.nid, error = %e, "no read-ahead");
+                return;
+            }
+        };
+        let refs: Vec<_> = ahead.iter().map(|fc| fc.chunk).collect();
+        self.metrics.readahead(refs.len());
+        let reader = self.reader.clone();
+        // Failures surface (and are logged) when a reader actually asks for those chunks.
+        self.rt.spawn(async move {
+            let _ = reader.read_chunks(&refs).await;
+        });
     }
 
     fn xattr_reply(data: Vec<u8>, size: u32, reply: ReplyXattr) {
@@ -273,6 +314,7 @@ impl Filesystem for NydusFs {
             }
         };
         let end = offset.saturating_add(u64::from(size)).min(inode.size);
+        self.read_ahead(&inode, offset, end, &chunks);
         let reader = self.reader.clone();
         let metrics = self.metrics.clone();
         let names = self.names.clone();

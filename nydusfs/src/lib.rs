@@ -10,6 +10,7 @@ mod attr;
 mod fs;
 mod metrics;
 mod mount;
+mod readahead;
 
 pub use fs::{FsConfig, NydusFs};
 pub use metrics::{FsMetrics, FsStats, LATENCY_BUCKETS_US};

@@ -13,6 +13,7 @@ pub struct FsMetrics {
     reads: AtomicU64,
     bytes_served: AtomicU64,
     read_errors: AtomicU64,
+    readahead_chunks: AtomicU64,
     latency: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
 }
 
@@ -27,6 +28,8 @@ pub struct FsStats {
     pub bytes_served: u64,
     /// Reads answered with an error (EIO).
     pub read_errors: u64,
+    /// Chunks asked for ahead of sequential readers.
+    pub readahead_chunks: u64,
     /// Read latency counts per bucket of [`LATENCY_BUCKETS_US`] (plus one overflow bucket).
     pub read_latency: Vec<u64>,
 }
@@ -34,6 +37,10 @@ pub struct FsStats {
 impl FsMetrics {
     pub(crate) fn request(&self) {
         self.requests.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn readahead(&self, chunks: usize) {
+        self.readahead_chunks.fetch_add(chunks as u64, Relaxed);
     }
 
     pub(crate) fn read_done(&self, bytes: Option<usize>, took: Duration) {
@@ -61,6 +68,7 @@ impl FsMetrics {
             reads: self.reads.load(Relaxed),
             bytes_served: self.bytes_served.load(Relaxed),
             read_errors: self.read_errors.load(Relaxed),
+            readahead_chunks: self.readahead_chunks.load(Relaxed),
             read_latency: self.latency.iter().map(|c| c.load(Relaxed)).collect(),
         }
     }

@@ -146,3 +146,71 @@ fn metadata_operations_fetch_nothing() {
     );
     m.unmount();
 }
+
+#[test]
+fn a_sequential_reader_gets_the_next_chunks_fetched_ahead() {
+    // multi-chunk.bin: 2109497 bytes in 64 KiB chunks (33), well inside the 8 MiB window.
+    let image = "v6-none-64k";
+    let path = "multi-chunk.bin";
+    let tier = CountingSource::new(image);
+    let m = TestMount::with_tier(image, tier.clone());
+    let own = digests(&file_chunk_refs(&m.image, path));
+    assert!(own.len() > 30);
+    let p = m.join(path);
+    let head = bounded(
+        "reading the first 4 KiB",
+        Duration::from_secs(10),
+        move || {
+            use std::io::Read;
+            let mut f = std::fs::File::open(p)?;
+            let mut buf = vec![0u8; 4096];
+            f.read_exact(&mut buf).map(|_| buf)
+        },
+    )
+    .unwrap();
+    assert_eq!(head.len(), 4096);
+    // The rest of the file is fetched in the background, each chunk once, nothing else.
+    let done = common::wait_until(Duration::from_secs(10), || {
+        tier.requested().iter().collect::<HashSet<_>>().len() == own.len()
+    });
+    let requested = tier.requested();
+    assert!(
+        done,
+        "only {} of {} chunks fetched ahead",
+        requested.len(),
+        own.len()
+    );
+    assert!(requested.iter().all(|d| own.contains(d)));
+    assert!(m.metrics.snapshot().readahead_chunks > 0);
+    m.unmount();
+}
+
+#[test]
+fn random_reads_get_no_read_ahead() {
+    let image = "v6-none-64k";
+    let path = "multi-chunk.bin";
+    let tier = CountingSource::new(image);
+    let m = TestMount::with_tier(image, tier.clone());
+    let p = m.join(path);
+    bounded("random reads", Duration::from_secs(10), move || {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(p).unwrap();
+        // posix_fadvise(RANDOM) turns the kernel's own read-ahead off for this file.
+        unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+                0,
+                libc::POSIX_FADV_RANDOM,
+            )
+        };
+        let mut buf = [0u8; 4096];
+        for off in [1_500_000u64, 300_000, 1_900_000, 800_000] {
+            f.read_exact_at(&mut buf, off).unwrap();
+        }
+    });
+    assert_eq!(m.metrics.snapshot().readahead_chunks, 0);
+    // Each 4 KiB read touches one chunk, or two where it straddles a boundary.
+    assert!(tier.requested().len() <= 8, "{:?}", tier.requested());
+    m.unmount();
+}

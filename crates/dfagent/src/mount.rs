@@ -32,6 +32,9 @@ pub struct MountArgs {
     /// Size of the in-memory cache of decoded, verified chunks, in MiB.
     #[arg(long, default_value_t = 256)]
     pub cache_mib: u64,
+    /// File data fetched ahead of a sequential reader, in MiB (0: only what is read).
+    #[arg(long, default_value_t = 8)]
+    pub readahead_mib: u64,
     /// What a registry mount fetches in the background: `none`, `table` (the image's prefetch
     /// table) or `all` (the table, then the whole image, so the node keeps working offline).
     #[arg(long, default_value = "all")]
@@ -132,7 +135,10 @@ pub fn run(args: MountArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         image,
         resolver.clone(),
         rt.handle().clone(),
-        FsConfig::default(),
+        FsConfig {
+            readahead: args.readahead_mib << 20,
+            ..FsConfig::default()
+        },
     );
     let fs_metrics = fs.metrics();
     let mut mounted = dfagent_nydusfs::mount(fs, mp, &fsname)
@@ -187,8 +193,8 @@ pub fn run(args: MountArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         let f = fs_metrics.snapshot();
         let r = resolver.metrics().snapshot();
         eprintln!(
-            "dfagent: requests {}, reads {}, bytes served {}, read errors {}, read latency buckets (<=50us,200us,1ms,5ms,20ms,100ms,1s,>1s) {:?}",
-            f.requests, f.reads, f.bytes_served, f.read_errors, f.read_latency
+            "dfagent: requests {}, reads {}, bytes served {}, read errors {}, read-ahead chunks {}, read latency buckets (<=50us,200us,1ms,5ms,20ms,100ms,1s,>1s) {:?}",
+            f.requests, f.reads, f.bytes_served, f.read_errors, f.readahead_chunks, f.read_latency
         );
         eprintln!(
             "dfagent: chunk fetches {}, cache hits {}, coalesced {}, bytes fetched {}, verification failures {}, unavailable {}",
