@@ -140,38 +140,34 @@ impl NydusFs {
     }
 
     /// After a read of `[offset, end)` touching `chunks`: if the file is being read
-    /// sequentially, fetch the chunks after them in the background.
+    /// sequentially, the chunks after them to fetch in the background.
     fn read_ahead(
         &self,
         inode: &dfagent_rafs::Inode,
         offset: u64,
         end: u64,
         chunks: &[dfagent_rafs::FileChunk],
-    ) {
+    ) -> Vec<dfagent_core::ChunkRef> {
         let Some(last) = chunks.last() else {
-            return;
+            return Vec::new();
         };
         let chunks_end = last.file_offset + u64::from(last.chunk.uncompressed_size);
-        let Some((from, to)) = self
-            .readahead
-            .after_read(inode.nid, offset, end, chunks_end, inode.size)
+        let Some((from, to)) =
+            self.readahead
+                .after_read(inode.nid, offset, end, chunks_end, inode.size)
         else {
-            return;
+            return Vec::new();
         };
-        let ahead = match self.image.chunks(inode, from, to - from) {
-            Ok(c) => c,
+        match self.image.chunks(inode, from, to - from) {
+            Ok(c) => {
+                self.metrics.readahead(c.len());
+                c.into_iter().map(|fc| fc.chunk).collect()
+            }
             Err(e) => {
                 tracing::debug!(nid = inode.nid, error = %e, "no read-ahead");
-                return;
+                Vec::new()
             }
-        };
-        let refs: Vec<_> = ahead.iter().map(|fc| fc.chunk).collect();
-        self.metrics.readahead(refs.len());
-        let reader = self.reader.clone();
-        // Failures surface (and are logged) when a reader actually asks for those chunks.
-        self.rt.spawn(async move {
-            let _ = reader.read_chunks(&refs).await;
-        });
+        }
     }
 
     fn xattr_reply(data: Vec<u8>, size: u32, reply: ReplyXattr) {
@@ -314,7 +310,7 @@ impl Filesystem for NydusFs {
             }
         };
         let end = offset.saturating_add(u64::from(size)).min(inode.size);
-        self.read_ahead(&inode, offset, end, &chunks);
+        let ahead = self.read_ahead(&inode, offset, end, &chunks);
         let reader = self.reader.clone();
         let metrics = self.metrics.clone();
         let names = self.names.clone();
@@ -353,6 +349,12 @@ impl Filesystem for NydusFs {
             } else {
                 metrics.read_done(Some(buf.len()), started.elapsed());
                 reply.data(&buf);
+            }
+            // Read-ahead starts once the reader has its bytes, so it never competes with
+            // them for the link. Its failures surface (and are logged) when a reader asks
+            // for those chunks.
+            if !ahead.is_empty() {
+                let _ = reader.read_chunks(&ahead).await;
             }
         });
     }
