@@ -40,7 +40,7 @@ impl Default for FsConfig {
         Self {
             ttl: Duration::from_secs(3600),
             max_read: 1 << 20,
-            readahead: 8 << 20,
+            readahead: 16 << 20,
         }
     }
 }
@@ -152,9 +152,9 @@ impl NydusFs {
             return Vec::new();
         };
         let chunks_end = last.file_offset + u64::from(last.chunk.uncompressed_size);
-        let Some((from, to)) =
-            self.readahead
-                .after_read(inode.nid, offset, end, chunks_end, inode.size)
+        let Some((from, to)) = self
+            .readahead
+            .after_read(inode.nid, offset, end, chunks_end, inode.size)
         else {
             return Vec::new();
         };
@@ -350,13 +350,16 @@ impl Filesystem for NydusFs {
                 metrics.read_done(Some(buf.len()), started.elapsed());
                 reply.data(&buf);
             }
-            // Read-ahead starts once the reader has its bytes, so it never competes with
-            // them for the link. Its failures surface (and are logged) when a reader asks
-            // for those chunks.
-            if !ahead.is_empty() {
-                let _ = reader.read_chunks(&ahead).await;
-            }
         });
+        if !ahead.is_empty() {
+            // Read-ahead runs beside the read (waiting for the read first halved cold
+            // sequential throughput: it kept one batch in flight instead of two). Its
+            // failures surface (and are logged) when a reader asks for those chunks.
+            let reader = self.reader.clone();
+            self.rt.spawn(async move {
+                let _ = reader.read_chunks(&ahead).await;
+            });
+        }
     }
 
     fn write(

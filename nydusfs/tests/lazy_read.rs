@@ -149,7 +149,7 @@ fn metadata_operations_fetch_nothing() {
 
 #[test]
 fn a_sequential_reader_gets_the_next_chunks_fetched_ahead() {
-    // multi-chunk.bin: 2109497 bytes in 64 KiB chunks (33), well inside the 8 MiB window.
+    // multi-chunk.bin: 2109497 bytes in 64 KiB chunks (33), well inside the 16 MiB window.
     let image = "v6-none-64k";
     let path = "multi-chunk.bin";
     let tier = CountingSource::new(image);

@@ -33,7 +33,7 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 256)]
     pub cache_mib: u64,
     /// File data fetched ahead of a sequential reader, in MiB (0: only what is read).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, env = "DFAGENT_READAHEAD_MIB", default_value_t = 16)]
     pub readahead_mib: u64,
     /// What a registry mount fetches in the background: `none`, `table` (the image's prefetch
     /// table) or `all` (the table, then the whole image, so the node keeps working offline).
