@@ -360,10 +360,9 @@ mod tests {
         assert_eq!(proxy.counters().connections, 2);
     }
 
-    /// How close the achieved rate comes to the setting on this machine (prints; run with
-    /// `--ignored --nocapture`). Only the lower bound is asserted.
+    /// Large transfers never beat the configured rate (the shaper's correctness); how close
+    /// they come is printed (`--nocapture`) but not asserted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore]
     async fn achieved_rate() {
         for (total, rate) in [(50_000_000usize, 100e6), (10_000_000, 20e6)] {
             let up = upstream_sending(total).await;
