@@ -93,10 +93,11 @@ fn gnu_tar(dir: &Path) -> Vec<u8> {
     out.stdout
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
+/// `data` through a compressor command (`gzip -n -c`, `zstd -q -c`) reading stdin.
+fn pipe_through(program: &str, args: &[&str], data: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    let mut child = Command::new("gzip")
-        .args(["-n", "-c"])
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -106,8 +107,16 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     let w = std::thread::spawn(move || stdin.write_all(&data));
     let out = child.wait_with_output().unwrap();
     w.join().unwrap().unwrap();
-    assert!(out.status.success());
+    assert!(out.status.success(), "{program} failed");
     out.stdout
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    pipe_through("gzip", &["-n", "-c"], data)
+}
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    pipe_through("zstd", &["-q", "-c"], data)
 }
 
 /// An OCI image layout at `dir` holding one image tagged `tag` with `layers` (tar, or tar.gz
@@ -626,23 +635,6 @@ fn docker_archive_source_gives_the_same_image() {
     assert_eq!(inspect(&b), expected("texture.expected.jsonl"));
     // skopeo stores the layer uncompressed; the tar inside is the same, so is the image.
     assert_eq!(files(&a), files(&b));
-}
-
-fn zstd(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut child = Command::new("zstd")
-        .args(["-q", "-c"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let data = data.to_vec();
-    let w = std::thread::spawn(move || stdin.write_all(&data));
-    let out = child.wait_with_output().unwrap();
-    w.join().unwrap().unwrap();
-    assert!(out.status.success());
-    out.stdout
 }
 
 #[test]

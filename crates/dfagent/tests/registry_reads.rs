@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::PathBuf;
 
 use common::proxy::{Corrupt, Proxy, Seen};
 use common::{dfagent, expected, fixture, listing, push, stat_json, Mount, Registry};
@@ -13,16 +13,43 @@ use sha2::Digest as _;
 const IMAGE: &str = "v6-chunkdict";
 const LISTING: &str = "texture2.expected.jsonl";
 
-/// Publish the fixture to a fresh registry; returns it and the repository path.
-fn published(store: &Path) -> (Registry, String) {
-    let reg = Registry::start();
-    let repo = format!("test/{IMAGE}:v1");
-    push(
-        &fixture(IMAGE),
-        &format!("127.0.0.1:{}/{repo}", reg.port),
-        store,
-    );
-    (reg, repo)
+/// A registry holding the fixture, a work directory with an empty store and a mount point.
+struct Setup {
+    reg: Registry,
+    repo: String,
+    store: PathBuf,
+    mp: PathBuf,
+    _work: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let work = tempfile::tempdir().unwrap();
+        let store = work.path().join("store");
+        let mp = work.path().join("mnt");
+        std::fs::create_dir(&mp).unwrap();
+        let reg = Registry::start();
+        let repo = format!("test/{IMAGE}:v1");
+        push(
+            &fixture(IMAGE),
+            &format!("127.0.0.1:{}/{repo}", reg.port),
+            &work.path().join("push-store"),
+        );
+        Setup {
+            reg,
+            repo,
+            store,
+            mp,
+            _work: work,
+        }
+    }
+
+    /// A proxy in front of the registry, and the image's reference through it.
+    fn proxied(&self, corrupt: Corrupt) -> (Proxy, String) {
+        let proxy = Proxy::start(self.reg.port, corrupt);
+        let reference = format!("127.0.0.1:{}/{}", proxy.port, self.repo);
+        (proxy, reference)
+    }
 }
 
 /// `(blob digest, first byte, last byte)` of every chunk of `path` in the fixture.
@@ -69,13 +96,9 @@ fn expected_sha256(path: &str) -> String {
 
 #[test]
 fn a_cold_mount_fetches_only_the_bootstrap_and_the_ranges_it_reads() {
-    let work = tempfile::tempdir().unwrap();
-    let store = work.path().join("store");
-    let mp = work.path().join("mnt");
-    std::fs::create_dir(&mp).unwrap();
-    let (reg, repo) = published(&work.path().join("push-store"));
-    let proxy = Proxy::start(reg.port, Corrupt::Never);
-    let reference = format!("127.0.0.1:{}/{repo}", proxy.port);
+    let s = Setup::new();
+    let (store, mp) = (s.store.clone(), s.mp.clone());
+    let (proxy, reference) = s.proxied(Corrupt::Never);
 
     let m = Mount::start(&reference, &mp, &store, "none");
     let data = std::fs::read(mp.join("hello.txt")).unwrap();
@@ -131,13 +154,9 @@ fn a_cold_mount_fetches_only_the_bootstrap_and_the_ranges_it_reads() {
 
 #[test]
 fn a_restarted_agent_asks_the_registry_for_nothing_it_has() {
-    let work = tempfile::tempdir().unwrap();
-    let store = work.path().join("store");
-    let mp = work.path().join("mnt");
-    std::fs::create_dir(&mp).unwrap();
-    let (reg, repo) = published(&work.path().join("push-store"));
-    let proxy = Proxy::start(reg.port, Corrupt::Never);
-    let reference = format!("127.0.0.1:{}/{repo}", proxy.port);
+    let s = Setup::new();
+    let (store, mp) = (s.store.clone(), s.mp.clone());
+    let (proxy, reference) = s.proxied(Corrupt::Never);
 
     // First run: a mount that reads everything, so every chunk lands in the store.
     let m = Mount::start(&reference, &mp, &store, "none");
@@ -156,13 +175,9 @@ fn a_restarted_agent_asks_the_registry_for_nothing_it_has() {
 
 #[test]
 fn a_flipped_byte_is_retried_and_permanent_corruption_is_eio() {
-    let work = tempfile::tempdir().unwrap();
-    let store = work.path().join("store");
-    let mp = work.path().join("mnt");
-    std::fs::create_dir(&mp).unwrap();
-    let (reg, repo) = published(&work.path().join("push-store"));
-    let proxy = Proxy::start(reg.port, Corrupt::FirstOfEachRange);
-    let reference = format!("127.0.0.1:{}/{repo}", proxy.port);
+    let s = Setup::new();
+    let (store, mp) = (s.store.clone(), s.mp.clone());
+    let (proxy, reference) = s.proxied(Corrupt::FirstOfEachRange);
 
     // Each range's first answer is corrupted: the resolver asks again and readers see only
     // the right bytes.
@@ -202,12 +217,9 @@ fn a_flipped_byte_is_retried_and_permanent_corruption_is_eio() {
 
 #[test]
 fn a_store_smaller_than_the_image_still_serves_all_of_it() {
-    let work = tempfile::tempdir().unwrap();
-    let store = work.path().join("store");
-    let mp = work.path().join("mnt");
-    std::fs::create_dir(&mp).unwrap();
-    let (reg, repo) = published(&work.path().join("push-store"));
-    let reference = format!("127.0.0.1:{}/{repo}", reg.port);
+    let s = Setup::new();
+    let (store, mp) = (s.store.clone(), s.mp.clone());
+    let reference = format!("127.0.0.1:{}/{}", s.reg.port, s.repo);
     let image_bytes: u64 = dfagent_rafs::Image::open(fixture(IMAGE).join("bootstrap"))
         .unwrap()
         .all_chunks()
