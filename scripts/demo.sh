@@ -8,8 +8,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 fixtures=${DFAGENT_SHARED:-$here/../shared}/fixtures/rafs
 img=$fixtures/${1:-v6-zstd-blake3}
 target=${CARGO_TARGET_DIR:-/var/cache/dfagent/target}
-bin=${DFAGENT:-$target/release/dfagent}
-[ -x "$bin" ] || bin=$target/debug/dfagent
+# The build setup.sh made (dev profile); DFAGENT=PATH picks another (e.g. target/release/dfagent).
+bin=${DFAGENT:-$target/debug/dfagent}
 [ -x "$bin" ] || { echo "demo.sh: no dfagent binary; run scripts/setup.sh first" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/dfagent-demo.XXXXXX)
