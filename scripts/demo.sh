@@ -23,7 +23,10 @@ cleanup() {
     kill "$mount_pid" 2>/dev/null || true
     wait "$mount_pid" 2>/dev/null || true
   fi
-  [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null && wait "$reg_pid" 2>/dev/null
+  if [ -n "$reg_pid" ]; then
+    kill "$reg_pid" 2>/dev/null || true
+    wait "$reg_pid" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
