@@ -96,6 +96,20 @@ pub struct Layer {
     pub diff_id: Option<String>,
 }
 
+impl Layer {
+    /// A layer that is a whole blob file, described by `desc` (digest and size checked while
+    /// reading).
+    fn whole_file(file: PathBuf, desc: &Descriptor, diff_id: Option<String>) -> Layer {
+        Layer {
+            file,
+            offset: 0,
+            size: desc.size,
+            digest: Some(desc.digest.clone()),
+            diff_id,
+        }
+    }
+}
+
 /// A JSON document of the source image as stored (manifest or config).
 #[derive(Clone, Debug)]
 pub struct Doc {
@@ -360,13 +374,7 @@ pub fn open_oci_layout(
         check_layer_type(d)?;
         let file = blob(d)?;
         blob_files.insert(d.digest.clone(), (file.clone(), 0, d.size));
-        layers.push(Layer {
-            file,
-            offset: 0,
-            size: d.size,
-            digest: Some(d.digest.clone()),
-            diff_id: diff_ids.get(i).cloned(),
-        });
+        layers.push(Layer::whole_file(file, d, diff_ids.get(i).cloned()));
     }
     Ok(SourceImage {
         layers,
@@ -531,13 +539,7 @@ pub async fn open_registry(
         done += d.size;
         progress.position(done);
         blob_files.insert(d.digest.clone(), (path.clone(), 0, d.size));
-        layers.push(Layer {
-            file: path,
-            offset: 0,
-            size: d.size,
-            digest: Some(d.digest.clone()),
-            diff_id: diff_ids.get(i).cloned(),
-        });
+        layers.push(Layer::whole_file(path, d, diff_ids.get(i).cloned()));
     }
     Ok(SourceImage {
         layers,

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{expected, listing, shared, Mount, Registry};
+use common::{expected, listing, shared, succeeded, Mount, Registry};
 use sha2::Digest as _;
 
 fn bin() -> &'static str {
@@ -21,22 +21,11 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn ok(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "dfagent {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    succeeded(run(args))
 }
 
 fn sh(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(cmd.output().unwrap());
 }
 
 fn p(path: &Path) -> &str {
@@ -85,12 +74,7 @@ fn gnu_tar(dir: &Path) -> Vec<u8> {
         .args(["-cf", "-", "."])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    succeeded(out).stdout
 }
 
 /// `data` through a compressor command (`gzip -n -c`, `zstd -q -c`) reading stdin.

@@ -2,21 +2,18 @@
 //! FUSE mount, ended by `umount`, by SIGTERM, or killed (leaving a stale mount that `--force`
 //! recovers). Needs root and /dev/fuse.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{mounts_at, shared, wait_until};
+
 const IMAGE: &str = "v6-zstd-blake3";
 
-fn shared_dir() -> PathBuf {
-    match std::env::var_os("DFAGENT_SHARED") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    }
-}
-
 fn fixture() -> PathBuf {
-    let d = shared_dir().join("fixtures/rafs").join(IMAGE);
+    let d = shared().join("fixtures/rafs").join(IMAGE);
     assert!(
         d.join("bootstrap").is_file(),
         "fixture {} not found (set DFAGENT_SHARED to the shared folder)",
@@ -28,7 +25,7 @@ fn fixture() -> PathBuf {
 /// sha256 of hello.txt per the expected listing.
 fn hello_sha256() -> String {
     let listing =
-        std::fs::read_to_string(shared_dir().join("fixtures/rafs/texture.expected.jsonl")).unwrap();
+        std::fs::read_to_string(shared().join("fixtures/rafs/texture.expected.jsonl")).unwrap();
     let line = listing
         .lines()
         .find(|l| l.contains("\"path\": \"hello.txt\""))
@@ -40,49 +37,6 @@ fn hello_sha256() -> String {
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(data))
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// How many mounts /proc/self/mountinfo lists at `path`.
-fn mounts_at(path: &Path) -> usize {
-    let target = path.to_string_lossy();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|mp| unescape(mp) == target)
-        .count()
-}
-
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A temporary directory with a mount point in it. Dropping it kills any child still running

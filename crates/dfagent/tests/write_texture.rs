@@ -5,21 +5,17 @@
 //! output (zstd, none) and its bootstrap byte for byte (but for three documented fields), and
 //! show the same tree through a real FUSE mount.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{mounts_at, shared, wait_until};
 use dfagent_core::{Compression, DigestAlgo};
 use dfagent_rafs::write::{tree_from_dir, write_bootstrap, BlobWriter, BootstrapOptions};
 use dfagent_rafs::Image;
 use serde_json::Value;
-
-fn shared_dir() -> PathBuf {
-    match std::env::var_os("DFAGENT_SHARED") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    }
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -41,7 +37,7 @@ fn texture() -> tempfile::TempDir {
         .unwrap();
     let src = dir.path().join("src");
     let out = Command::new("python3")
-        .arg(shared_dir().join("tools/make-texture.py"))
+        .arg(shared().join("tools/make-texture.py"))
         .arg(&src)
         .arg("1")
         .output()
@@ -81,7 +77,7 @@ fn without_mtime(line: &str) -> Value {
 /// Compare a listing with the expected texture listing (the root's mtime is not meaningful).
 fn assert_listing(what: &str, got: &str) {
     let want =
-        std::fs::read_to_string(shared_dir().join("fixtures/rafs/texture.expected.jsonl")).unwrap();
+        std::fs::read_to_string(shared().join("fixtures/rafs/texture.expected.jsonl")).unwrap();
     let got: Vec<&str> = got.lines().collect();
     let want: Vec<&str> = want.lines().collect();
     assert_eq!(got.len(), want.len(), "{what}: number of lines");
@@ -98,7 +94,7 @@ fn assert_listing(what: &str, got: &str) {
 fn texture_round_trips_in_every_configuration() {
     let tmp = texture();
     let src = tmp.path().join("src");
-    let upstream = shared_dir().join("fixtures/rafs");
+    let upstream = shared().join("fixtures/rafs");
     for compression in [Compression::Zstd, Compression::Lz4Block, Compression::None] {
         for digest_algo in [DigestAlgo::Blake3, DigestAlgo::Sha256] {
             for chunk_size in [64 << 10, 1 << 20] {
@@ -182,7 +178,7 @@ fn texture_bootstrap_matches_upstream_byte_for_byte() {
         build(&tmp.path().join("src"), &out, &opts);
         let ours = std::fs::read(out.join("bootstrap")).unwrap();
         let theirs = std::fs::read(
-            shared_dir()
+            shared()
                 .join("fixtures/rafs")
                 .join(fixture)
                 .join("bootstrap"),
@@ -248,30 +244,6 @@ fn compare_with_upstream(fixture: &str, ours: Vec<u8>, theirs: Vec<u8>) {
     );
 }
 
-/// How many mounts /proc/self/mountinfo lists at `path`.
-fn mounts_at(path: &Path) -> usize {
-    let target = path.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|mp| *mp == target)
-        .count()
-}
-
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A running mount, torn down on drop even when the test fails.
 struct Mounted {
     child: Child,
@@ -334,7 +306,7 @@ fn written_image_mounts_over_fuse() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     let listing = Command::new("python3")
-        .arg(shared_dir().join("tools/list-tree.py"))
+        .arg(shared().join("tools/list-tree.py"))
         .arg(&mp)
         .output()
         .unwrap();

@@ -10,7 +10,7 @@ use anyhow::{ensure, Context};
 use dfagent_bench::report::{fmt_ratio, fmt_value, Series, Table};
 
 use crate::env::{Env, LONG, TAG};
-use crate::outcome::{mb, Outcome};
+use crate::outcome::{alternate, mb, Outcome};
 use crate::procs;
 
 /// Names of the files in `dir`.
@@ -84,15 +84,11 @@ pub fn run(env: &mut Env) -> anyhow::Result<Outcome> {
             std::fs::remove_dir_all(&out).ok();
             Ok((mb(tar_bytes) / secs, json))
         };
-        let (d, d1, b) = if r % 2 == 0 {
-            let b = baseline(env)?;
-            let d = dfagent(env, None)?;
-            (d, dfagent(env, Some(1))?, b)
-        } else {
-            let d = dfagent(env, None)?;
-            let d1 = dfagent(env, Some(1))?;
-            (d, d1, baseline(env)?)
-        };
+        let ((d, d1), b) = alternate(
+            r,
+            || Ok((dfagent(env, None)?, dfagent(env, Some(1))?)),
+            || baseline(env),
+        )?;
         series.push(d.0, b);
         one_thread.push(d1.0);
         json_default = d.1;

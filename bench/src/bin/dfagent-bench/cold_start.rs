@@ -19,7 +19,7 @@ use dfagent_bench::report::{fmt_value, Series, Table};
 
 use crate::env::{drop_caches, umoci_unpack, Env, NYDUS_REPO, OCI_REPO, TAG};
 use crate::mount::{Mount, MountSpec};
-use crate::outcome::{hash_files, mb, Outcome};
+use crate::outcome::{alternate, hash_files, mb, Outcome};
 use crate::procs;
 
 const START_TIMEOUT: Duration = Duration::from_secs(600);
@@ -144,14 +144,11 @@ pub fn cold(env: &mut Env) -> anyhow::Result<Outcome> {
     let mut rounds = Vec::new();
     for r in 0..env.opts.rounds {
         let store = env.scratch("empty-store");
-        // Alternate which side goes first.
-        let (d, b) = if r % 2 == 0 {
-            let b = baseline_cold(env)?;
-            (dfagent_start(env, &store, &reference)?, b)
-        } else {
-            let d = dfagent_start(env, &store, &reference)?;
-            (d, baseline_cold(env)?)
-        };
+        let (d, b) = alternate(
+            r,
+            || dfagent_start(env, &store, &reference),
+            || baseline_cold(env),
+        )?;
         std::fs::remove_dir_all(&store).ok();
         same("cold-start", &d, &b)?;
         ensure!(
@@ -244,13 +241,11 @@ pub fn warm(env: &mut Env) -> anyhow::Result<Outcome> {
                 mount_secs: 0.0,
             })
         };
-        let (d, b) = if r % 2 == 0 {
-            let b = baseline(env)?;
-            (dfagent_start(env, &store, &reference)?, b)
-        } else {
-            let d = dfagent_start(env, &store, &reference)?;
-            (d, baseline(env)?)
-        };
+        let (d, b) = alternate(
+            r,
+            || dfagent_start(env, &store, &reference),
+            || baseline(env),
+        )?;
         same("cold-start-warm", &d, &b)?;
         drop_caches()?;
         let t0 = Instant::now();

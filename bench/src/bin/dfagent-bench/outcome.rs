@@ -139,3 +139,19 @@ pub fn hash_files(root: &Path, files: &[String]) -> anyhow::Result<String> {
 pub fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
+
+/// Run both sides of round `round`, the baseline first in even rounds and dfagent first in odd
+/// ones, so neither side always meets a warmer or cooler machine. Returns (dfagent, baseline).
+pub fn alternate<D, B>(
+    round: usize,
+    dfagent: impl FnOnce() -> anyhow::Result<D>,
+    baseline: impl FnOnce() -> anyhow::Result<B>,
+) -> anyhow::Result<(D, B)> {
+    if round.is_multiple_of(2) {
+        let b = baseline()?;
+        Ok((dfagent()?, b))
+    } else {
+        let d = dfagent()?;
+        Ok((d, baseline()?))
+    }
+}

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::env::{drop_caches, Env, NYDUS_REPO};
 use crate::mount::{Mount, MountSpec};
-use crate::outcome::{mb, Outcome};
+use crate::outcome::{alternate, mb, Outcome};
 
 /// Smallest file the sequential and random reads use.
 const BIG_FILE: u64 = 1 << 20;
@@ -218,13 +218,7 @@ pub fn seq(env: &mut Env) -> anyhow::Result<Outcome> {
             drop_caches()?;
             seq_read(root, &s.files)
         };
-        let (d, b) = if r % 2 == 0 {
-            let b = run(&s.local)?;
-            (run(m.path())?, b)
-        } else {
-            let d = run(m.path())?;
-            (d, run(&s.local)?)
-        };
+        let (d, b) = alternate(r, || run(m.path()), || run(&s.local))?;
         m.unmount()?;
         ensure!(
             d.0 == b.0 && d.2 == b.2,
@@ -275,13 +269,7 @@ pub fn rand(env: &mut Env) -> anyhow::Result<Outcome> {
             drop_caches()?;
             rand_read(root, &s.files, &plan)
         };
-        let (d, b) = if r % 2 == 0 {
-            let b = run(&s.local)?;
-            (run(m.path())?, b)
-        } else {
-            let d = run(m.path())?;
-            (d, run(&s.local)?)
-        };
+        let (d, b) = alternate(r, || run(m.path()), || run(&s.local))?;
         m.unmount()?;
         ensure!(
             d.1 == b.1,
@@ -324,13 +312,7 @@ pub fn metadata(env: &mut Env) -> anyhow::Result<Outcome> {
             drop_caches()?;
             metadata_walk(root)
         };
-        let (d, b) = if r % 2 == 0 {
-            let b = run(&s.local)?;
-            (run(m.path())?, b)
-        } else {
-            let d = run(m.path())?;
-            (d, run(&s.local)?)
-        };
+        let (d, b) = alternate(r, || run(m.path()), || run(&s.local))?;
         m.unmount()?;
         ensure!(
             d.0 == b.0,

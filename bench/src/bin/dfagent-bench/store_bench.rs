@@ -12,7 +12,7 @@ use dfagent_core::{ChunkDigest, Compression, DigestAlgo};
 use dfagent_store::{Store, StoreConfig};
 
 use crate::env::Env;
-use crate::outcome::{mb, Outcome};
+use crate::outcome::{alternate, mb, Outcome};
 
 struct Case {
     chunk: usize,
@@ -128,13 +128,11 @@ pub fn run(env: &mut Env) -> anyhow::Result<Outcome> {
             let data = chunks(case, (ci * 1000 + r) as u64);
             let sdir = env.scratch("store");
             let fdir = env.scratch("files");
-            let (s, f) = if r % 2 == 0 {
-                let f = file_side(&fdir, case, &data)?;
-                (store_side(&sdir, case, &data)?, f)
-            } else {
-                let s = store_side(&sdir, case, &data)?;
-                (s, file_side(&fdir, case, &data)?)
-            };
+            let (s, f) = alternate(
+                r,
+                || store_side(&sdir, case, &data),
+                || file_side(&fdir, case, &data),
+            )?;
             std::fs::remove_dir_all(&sdir).ok();
             std::fs::remove_dir_all(&fdir).ok();
             medians.0.push(s.0, f.0);

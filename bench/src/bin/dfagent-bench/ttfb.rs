@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::env::{drop_caches, Env, NYDUS_REPO};
 use crate::mount::{Mount, MountSpec};
-use crate::outcome::Outcome;
+use crate::outcome::{alternate, Outcome};
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -180,13 +180,7 @@ pub fn run(env: &mut Env) -> anyhow::Result<Outcome> {
                 bytes,
             ))
         };
-        let (d, b) = if r % 2 == 0 {
-            let b = baseline(env)?;
-            (dfagent(env)?, b)
-        } else {
-            let d = dfagent(env)?;
-            (d, baseline(env)?)
-        };
+        let (d, b) = alternate(r, || dfagent(env), || baseline(env))?;
         ensure!(
             d.2 == b.2,
             "ttfb: {} read through the mount has sha256 {}, the registry's ranges decode to {}",

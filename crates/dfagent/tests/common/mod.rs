@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The shared folder (fixtures, tools): `DFAGENT_SHARED`, or `../shared` beside the clone.
 pub fn shared() -> PathBuf {
     std::env::var_os("DFAGENT_SHARED")
         .map(PathBuf::from)
@@ -19,6 +20,62 @@ pub fn shared() -> PathBuf {
 
 pub fn fixture(name: &str) -> PathBuf {
     shared().join("fixtures/rafs").join(name)
+}
+
+/// A mountinfo field with its octal escapes (`\040` for a space) decoded.
+pub fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How many mounts /proc/self/mountinfo lists at `path`.
+pub fn mounts_at(path: &Path) -> usize {
+    let target = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|mp| unescape(mp) == target)
+        .count()
+}
+
+/// Poll `cond` every 20 ms until it holds or `timeout` passes; whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `out` after checking that its command succeeded (else fail with its stderr).
+pub fn succeeded(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "command failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// A docker-registry process on a free loopback port, killed on drop.
@@ -100,11 +157,7 @@ pub fn push(img: &Path, reference: &str, store: &Path) {
         ],
         store,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(out);
 }
 
 /// A `dfagent mount` child, unmounted and reaped on drop.
@@ -163,11 +216,7 @@ impl Mount {
             .arg(&self.mp)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(out);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
@@ -219,11 +268,6 @@ pub fn expected(name: &str) -> Vec<String> {
 }
 
 pub fn stat_json(store: &Path) -> serde_json::Value {
-    let out = dfagent(&["cache", "stat", "--json"], store);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeded(dfagent(&["cache", "stat", "--json"], store));
     serde_json::from_slice(&out.stdout).unwrap()
 }
