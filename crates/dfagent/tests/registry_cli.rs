@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{dfagent, expected, fixture, listing, push, stat_json, Mount, Registry};
+use common::{
+    assert_store_verifies, dfagent, expected, fixture, listing, push, stat_json, Mount, Registry,
+};
 
 #[test]
 fn push_mount_pull_and_offline_mount() {
@@ -35,12 +37,7 @@ fn push_mount_pull_and_offline_mount() {
     let m = Mount::start(&reference, &mp, &store, "none");
     assert_eq!(listing(&mp), expected("texture2.expected.jsonl"));
     m.stop();
-    let out = dfagent(&["cache", "verify"], &store);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_store_verifies(&store);
 }
 
 #[test]

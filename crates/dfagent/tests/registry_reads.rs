@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use common::proxy::{Corrupt, Proxy, Seen};
-use common::{dfagent, expected, fixture, listing, push, stat_json, Mount, Registry};
+use common::{assert_store_verifies, expected, fixture, listing, push, stat_json, Mount, Registry};
 use sha2::Digest as _;
 
 const IMAGE: &str = "v6-chunkdict";
@@ -207,12 +207,7 @@ fn a_flipped_byte_is_retried_and_permanent_corruption_is_eio() {
     m.stop();
 
     // Nothing that failed verification was stored.
-    let out = dfagent(&["cache", "verify"], &store);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_store_verifies(&store);
 }
 
 #[test]

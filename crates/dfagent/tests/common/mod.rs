@@ -267,6 +267,16 @@ pub fn expected(name: &str) -> Vec<String> {
         .collect()
 }
 
+/// `dfagent cache verify` of `store` finds every chunk intact (its report on failure).
+pub fn assert_store_verifies(store: &Path) {
+    let out = dfagent(&["cache", "verify"], store);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 pub fn stat_json(store: &Path) -> serde_json::Value {
     let out = succeeded(dfagent(&["cache", "stat", "--json"], store));
     serde_json::from_slice(&out.stdout).unwrap()
