@@ -6,10 +6,11 @@
 
 use std::sync::OnceLock;
 
-use dfagent_core::Compression;
+use dfagent_core::{Compression, MAX_CHUNK_SIZE};
 use dfagent_rafs::blob_meta::{
     self, BlobMetaHeader, META_HEADER_SIZE, META_MAGIC, TAR_HEADER_SIZE,
 };
+use dfagent_rafs::layout::blob_meta_header;
 use dfagent_rafs::{BlobInfo, Image};
 use libfuzzer_sys::fuzz_target;
 
@@ -48,19 +49,15 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// A blob table entry agreeing with the header `h` (so `BlobMetaHeader::parse` gets past its
 /// consistency checks), or `None` when the header names no compression this reader knows.
 fn matching_blob(base: &BlobInfo, h: &[u8]) -> Option<BlobInfo> {
-    let ci_compression = match u32_at(h, 8) {
-        0 => Compression::None,
-        1 => Compression::Lz4Block,
-        3 => Compression::Zstd,
-        _ => return None,
-    };
+    let ci_compression =
+        Compression::from_rafs_id(u32_at(h, blob_meta_header::CI_COMPRESSOR)).ok()?;
     Some(BlobInfo {
-        chunk_count: u32_at(h, 12),
-        ci_offset: u64_at(h, 16),
-        ci_compressed_size: u64_at(h, 24),
-        ci_uncompressed_size: u64_at(h, 32),
+        chunk_count: u32_at(h, blob_meta_header::CI_ENTRIES),
+        ci_offset: u64_at(h, blob_meta_header::CI_OFFSET),
+        ci_compressed_size: u64_at(h, blob_meta_header::CI_COMPRESSED_SIZE),
+        ci_uncompressed_size: u64_at(h, blob_meta_header::CI_UNCOMPRESSED_SIZE),
         ci_compression,
-        features: u32_at(h, 4),
+        features: u32_at(h, blob_meta_header::FEATURES),
         ..base.clone()
     })
 }
@@ -78,7 +75,7 @@ fn header_and_array(h: &[u8], before: &[u8], blob: &BlobInfo) {
         if let Ok(infos) = blob_meta::parse_chunk_infos(&hdr, stored) {
             assert_eq!(infos.len() as u64, u64::from(hdr.ci_entries));
             for i in &infos {
-                assert!(i.uncompressed_size >= 1 && i.uncompressed_size <= 16 << 20);
+                assert!(i.uncompressed_size >= 1 && i.uncompressed_size <= MAX_CHUNK_SIZE);
             }
         }
     }
@@ -122,7 +119,9 @@ fuzz_target!(|data: &[u8]| {
         for blob in blobs {
             header_and_array(h, before, blob);
         }
-        if u32_at(h, 0) == META_MAGIC && u32_at(h, hs - 4) == META_MAGIC {
+        if u32_at(h, blob_meta_header::MAGIC) == META_MAGIC
+            && u32_at(h, blob_meta_header::MAGIC_END) == META_MAGIC
+        {
             if let Some(blob) = matching_blob(&blobs[0], h) {
                 header_and_array(h, before, &blob);
             }

@@ -1,17 +1,33 @@
-//! nydusfs: a read-only FUSE filesystem over a RAFS v6 [`Image`](dfagent_rafs::Image). Metadata
-//! comes straight from the bootstrap; file data is read lazily, chunk by chunk, through the
-//! [`ChunkReader`](dfagent_core::ChunkReader) it is handed (the resolver), so only chunks that
-//! are read are ever fetched, and only verified bytes reach a reader.
+//! nydusfs: a read-only filesystem over a RAFS v6 [`Image`](dfagent_rafs::Image), mounted with
+//! FUSE. Metadata comes straight from the bootstrap; file data is read lazily, chunk by chunk,
+//! through the [`ChunkReader`](dfagent_core::ChunkReader) it is handed (the resolver), so only
+//! chunks that are read are ever fetched, and only verified bytes reach a reader.
 //!
-//! Requests that may wait on a chunk run as tasks on a tokio runtime and reply from there, so a
-//! slow fetch never stalls the FUSE session loop.
+//! Two layers:
+//! - [`NydusOps`] (`ops.rs`): every filesystem operation (lookup, getattr, readdir(plus),
+//!   readlink, xattrs, statfs, open, access, read) as a plain function over the image and the
+//!   reader, with types of our own ([`Attr`], [`Entry`], [`DirEntry`], [`StatFs`], [`Errno`]).
+//!   It knows no FUSE crate, so it can be tested and fuzzed without a kernel; `read` is a future
+//!   that runs on any tokio runtime.
+//! - [`NydusFs`] (`fuse.rs`): the thin `fuser` adapter, which converts requests and replies and
+//!   runs reads as tasks on a tokio runtime that reply from there, so a slow fetch never
+//!   stalls the FUSE session loop. [`mount`] serves it at a mount point.
+//!
+//! The crate must not know where chunks come from: not the resolver, the store or the registry.
+//! It reads only through `ChunkReader`, which yields decoded, verified bytes.
 
 mod attr;
-mod fs;
+mod fuse;
 mod metrics;
 mod mount;
+mod ops;
 mod readahead;
 
-pub use fs::{FsConfig, NydusFs};
-pub use metrics::{FsMetrics, FsStats, LATENCY_BUCKETS_US};
+pub use attr::{Attr, ROOT_INO};
+pub use fuse::NydusFs;
+pub use metrics::{FsMetrics, FsStats, LATENCY_BUCKETS_US, OPS};
 pub use mount::{mount, mount_state, unmount, MountState, Mounted};
+pub use ops::{
+    DirEntry, DirEntryPlus, Entry, Errno, FsConfig, NydusOps, Opened, PendingRead, StatFs,
+    XattrReply,
+};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL, SessionUnmounter};
 
-use crate::fs::NydusFs;
+use crate::fuse::NydusFs;
 
 /// What is at a mount point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

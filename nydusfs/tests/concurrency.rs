@@ -13,8 +13,8 @@ use common::{
     bounded, digests, expected_file, expected_files, file_chunk_refs, fixture, inode_at,
     sha256_hex, wait_until, ExpectedFile, TestMount,
 };
-use dfagent_core::{BoxFuture, ChunkDigest, ChunkRef, ChunkSource, SourceError, StoredChunk};
-use dfagent_resolver::BlobDirSource;
+use dfagent_core::{BoxFuture, ChunkDigest, ChunkTier, Slot, TierError, TierErrorKind};
+use dfagent_resolver::BlobDirTier;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -84,43 +84,44 @@ fn sixteen_readers_none_64k() {
 }
 
 /// A tier that holds back one chunk until the test opens the gate.
-struct GatedSource {
-    inner: BlobDirSource,
+struct GatedTier {
+    inner: BlobDirTier,
     gated: ChunkDigest,
     hits: AtomicUsize,
     open: tokio::sync::watch::Sender<bool>,
 }
 
-impl GatedSource {
+impl GatedTier {
     fn open_gate(&self) {
         self.open.send_replace(true);
     }
 }
 
-impl ChunkSource for GatedSource {
+impl ChunkTier for GatedTier {
     fn name(&self) -> &str {
         "gated"
     }
 
-    fn fetch<'a>(
-        &'a self,
-        chunks: &'a [ChunkRef],
-    ) -> BoxFuture<'a, Result<Vec<StoredChunk>, SourceError>> {
+    fn fetch<'a>(&'a self, slots: &'a mut [Slot]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if chunks.iter().any(|c| c.digest == self.gated) {
+            if slots.iter().any(|s| s.chunk().digest == self.gated) {
                 let mut open = self.open.subscribe();
                 self.hits.fetch_add(1, Ordering::SeqCst);
-                open.wait_for(|o| *o)
-                    .await
-                    .map_err(|_| SourceError::new("gated", "gate dropped"))?;
+                if open.wait_for(|o| *o).await.is_err() {
+                    let e = TierError::new("gated", TierErrorKind::Other, "gate dropped");
+                    for s in slots.iter_mut() {
+                        s.failed(e.clone());
+                    }
+                    return;
+                }
             }
-            self.inner.fetch(chunks).await
+            self.inner.fetch(slots).await
         })
     }
 }
 
 /// Opens the gate when dropped, so a failing test never leaves a reader stuck in the kernel.
-struct OpenOnDrop(Arc<GatedSource>);
+struct OpenOnDrop(Arc<GatedTier>);
 
 impl Drop for OpenOnDrop {
     fn drop(&mut self) {
@@ -134,8 +135,8 @@ fn a_stuck_chunk_blocks_only_its_own_reader() {
     let img = common::open_image(image);
     let multi = file_chunk_refs(&img, "multi-chunk.bin");
     let gated = multi[0].digest;
-    let tier = Arc::new(GatedSource {
-        inner: BlobDirSource::new(fixture(image).join("blobs")),
+    let tier = Arc::new(GatedTier {
+        inner: BlobDirTier::new(fixture(image).join("blobs")),
         gated,
         hits: AtomicUsize::new(0),
         open: tokio::sync::watch::channel(false).0,

@@ -12,7 +12,7 @@ use common::{
     TestMount, TEXTURE_IMAGES,
 };
 use dfagent_core::decode_chunk;
-use dfagent_resolver::BlobDirSource;
+use dfagent_resolver::BlobDirTier;
 
 fn corrupt_chunk_gives_eio(image: &str) {
     let img = common::open_image(image);
@@ -57,7 +57,7 @@ fn corrupt_chunk_gives_eio(image: &str) {
         "{image}"
     );
 
-    let m = TestMount::with_tier(image, Arc::new(BlobDirSource::new(&blobs)));
+    let m = TestMount::with_tier(image, Arc::new(BlobDirTier::new(&blobs)));
     let p = m.join("multi-chunk.bin");
     let errs = bounded(
         "reading the corrupted file",
@@ -84,7 +84,7 @@ fn corrupt_chunk_gives_eio(image: &str) {
 
     // The intact first chunk of the same file still reads (a positioned read inside it).
     let first = chunks[0];
-    let stored = BlobDirSource::new(fixture(image).join("blobs"))
+    let stored = BlobDirTier::new(fixture(image).join("blobs"))
         .read_stored(&first)
         .unwrap()
         .unwrap();
@@ -152,7 +152,7 @@ fn missing_blob_gives_eio() {
     // A blob directory without the blob: the tier answers nothing, the read fails with EIO.
     let image = "v6-zstd-blake3";
     let dir = tmp_dir("nydusfs-noblob-");
-    let m = TestMount::with_tier(image, Arc::new(BlobDirSource::new(dir.path())));
+    let m = TestMount::with_tier(image, Arc::new(BlobDirTier::new(dir.path())));
     let p = m.join("hello.txt");
     let r = bounded(
         "reading without the blob",

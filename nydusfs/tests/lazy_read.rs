@@ -8,19 +8,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{bounded, digests, expected_file, file_chunk_refs, fixture, sha256_hex, TestMount};
-use dfagent_core::{BoxFuture, ChunkDigest, ChunkRef, ChunkSource, SourceError, StoredChunk};
-use dfagent_resolver::BlobDirSource;
+use dfagent_core::{BoxFuture, ChunkDigest, ChunkTier, Slot};
+use dfagent_resolver::BlobDirTier;
 
 /// A tier that records every chunk it is asked for, then lets a blob directory answer.
-struct CountingSource {
-    inner: BlobDirSource,
+struct CountingTier {
+    inner: BlobDirTier,
     requested: Mutex<Vec<ChunkDigest>>,
 }
 
-impl CountingSource {
+impl CountingTier {
     fn new(image: &str) -> Arc<Self> {
         Arc::new(Self {
-            inner: BlobDirSource::new(fixture(image).join("blobs")),
+            inner: BlobDirTier::new(fixture(image).join("blobs")),
             requested: Mutex::new(Vec::new()),
         })
     }
@@ -30,27 +30,24 @@ impl CountingSource {
     }
 }
 
-impl ChunkSource for CountingSource {
+impl ChunkTier for CountingTier {
     fn name(&self) -> &str {
         "counting"
     }
 
-    fn fetch<'a>(
-        &'a self,
-        chunks: &'a [ChunkRef],
-    ) -> BoxFuture<'a, Result<Vec<StoredChunk>, SourceError>> {
+    fn fetch<'a>(&'a self, slots: &'a mut [Slot]) -> BoxFuture<'a, ()> {
         self.requested
             .lock()
             .unwrap()
-            .extend(chunks.iter().map(|c| c.digest));
-        self.inner.fetch(chunks)
+            .extend(slots.iter().map(|s| s.chunk().digest));
+        self.inner.fetch(slots)
     }
 }
 
 /// Mount `image`, read only `path` (lookups, no listing), and check that exactly its chunks
 /// were fetched, each once.
 fn read_fetches_only_that_file(image: &str, path: &str) {
-    let tier = CountingSource::new(image);
+    let tier = CountingTier::new(image);
     let m = TestMount::with_tier(image, tier.clone());
     assert!(
         tier.requested().is_empty(),
@@ -118,7 +115,7 @@ fn reading_a_file_of_the_second_layer_fetches_only_its_chunks() {
 
 #[test]
 fn metadata_operations_fetch_nothing() {
-    let tier = CountingSource::new("v6-zstd-blake3");
+    let tier = CountingTier::new("v6-zstd-blake3");
     let m = TestMount::with_tier("v6-zstd-blake3", tier.clone());
     let root = m.path().to_path_buf();
     bounded("metadata walk", Duration::from_secs(30), move || {
@@ -152,7 +149,7 @@ fn a_sequential_reader_gets_the_next_chunks_fetched_ahead() {
     // multi-chunk.bin: 2109497 bytes in 64 KiB chunks (33), well inside the 16 MiB window.
     let image = "v6-none-64k";
     let path = "multi-chunk.bin";
-    let tier = CountingSource::new(image);
+    let tier = CountingTier::new(image);
     let m = TestMount::with_tier(image, tier.clone());
     let own = digests(&file_chunk_refs(&m.image, path));
     assert!(own.len() > 30);
@@ -189,7 +186,7 @@ fn a_sequential_reader_gets_the_next_chunks_fetched_ahead() {
 fn random_reads_get_no_read_ahead() {
     let image = "v6-none-64k";
     let path = "multi-chunk.bin";
-    let tier = CountingSource::new(image);
+    let tier = CountingTier::new(image);
     let m = TestMount::with_tier(image, tier.clone());
     let p = m.join(path);
     bounded("random reads", Duration::from_secs(10), move || {

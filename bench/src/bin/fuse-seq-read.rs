@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use dfagent_nydusfs::{FsConfig, NydusFs};
 use dfagent_rafs::{FileType, Image};
-use dfagent_resolver::{BlobDirSource, Resolver, ResolverConfig};
+use dfagent_resolver::{BlobDirTier, Resolver, ResolverConfig};
 
 const ROUNDS: usize = 5;
 const MIN_BYTES_PER_ROUND: u64 = 1 << 30;
@@ -115,8 +115,8 @@ fn main() -> anyhow::Result<()> {
         .thread_name("bench-io")
         .enable_all()
         .build()?;
-    let resolver = Arc::new(Resolver::new(
-        vec![Arc::new(BlobDirSource::new(fixture.join("blobs")))],
+    let resolver = Arc::new(Resolver::standalone(
+        vec![Arc::new(BlobDirTier::new(fixture.join("blobs")))],
         ResolverConfig::default(),
     ));
     let fs = NydusFs::new(

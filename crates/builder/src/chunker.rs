@@ -16,13 +16,10 @@ use std::io::Write;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 
-use dfagent_core::{ChunkDigest, Compression, DigestAlgo};
+use dfagent_core::{ChunkDigest, ChunkEncoder, Compression, DigestAlgo};
 use dfagent_rafs::write::{BlobSpec, BlobWriter, ChunkPlacement};
 
-use crate::error::{Error, Result};
-
-/// zstd level for chunks: nydus-image's choice is speed over ratio too.
-const ZSTD_LEVEL: i32 = 3;
+use crate::error::{BuildError, Result};
 
 /// How chunks are made.
 #[derive(Clone, Copy, Debug)]
@@ -90,31 +87,13 @@ pub struct WriterOutput {
     pub stats: ChunkStats,
 }
 
-fn compress(
-    c: Compression,
-    zstd: &mut Option<zstd::bulk::Compressor<'static>>,
-    data: &[u8],
-) -> Result<Option<Vec<u8>>> {
-    let out = match c {
-        Compression::None => return Ok(None),
-        Compression::Lz4Block => lz4_flex::block::compress(data),
-        Compression::Zstd => {
-            if zstd.is_none() {
-                *zstd = Some(
-                    zstd::bulk::Compressor::new(ZSTD_LEVEL)
-                        .map_err(|e| Error::Internal(format!("zstd: {e}")))?,
-                );
-            }
-            match zstd.as_mut() {
-                Some(z) => z
-                    .compress(data)
-                    .map_err(|e| Error::Internal(format!("zstd: {e}")))?,
-                None => return Ok(None),
-            }
-        }
-    };
-    // Store raw when compression does not pay.
-    Ok((out.len() < data.len()).then_some(out))
+/// The compressed bytes of `data`, or `None` when it is stored raw (compression off, or it does
+/// not pay: see [`dfagent_core::encode_chunk`]).
+fn compress(c: Compression, enc: &mut ChunkEncoder, data: &[u8]) -> Result<Option<Vec<u8>>> {
+    let (stored, used) = enc
+        .encode(c, data)
+        .map_err(|e| BuildError::Internal(e.to_string()))?;
+    Ok((used != Compression::None).then(|| stored.into_owned()))
 }
 
 impl<'scope> LayerChunker<'scope> {
@@ -136,7 +115,7 @@ impl<'scope> LayerChunker<'scope> {
         for _ in 0..pool_size {
             pool_tx
                 .send(Vec::with_capacity(opts.chunk_size as usize))
-                .map_err(|_| Error::Internal("buffer pool closed".into()))?;
+                .map_err(|_| BuildError::Internal("buffer pool closed".into()))?;
         }
         let job_rx = Arc::new(Mutex::new(job_rx));
         let mut workers = Vec::with_capacity(threads);
@@ -147,7 +126,7 @@ impl<'scope> LayerChunker<'scope> {
             let h = std::thread::Builder::new()
                 .name(format!("chunk-{i}"))
                 .spawn_scoped(scope, move || worker(opts, rx, tx, known))
-                .map_err(|e| Error::Internal(format!("cannot start a worker: {e}")))?;
+                .map_err(|e| BuildError::Internal(format!("cannot start a worker: {e}")))?;
             workers.push(h);
         }
         drop(done_tx);
@@ -156,7 +135,7 @@ impl<'scope> LayerChunker<'scope> {
             .spawn_scoped(scope, move || {
                 writer(opts, done_rx, pool_tx, known, blob_out, blob_index)
             })
-            .map_err(|e| Error::Internal(format!("cannot start the blob writer: {e}")))?;
+            .map_err(|e| BuildError::Internal(format!("cannot start the blob writer: {e}")))?;
         Ok(Self {
             jobs: Some(job_tx),
             pool: pool_rx,
@@ -193,20 +172,20 @@ impl<'scope> LayerChunker<'scope> {
                     first_err.get_or_insert(e);
                 }
                 Err(_) => {
-                    first_err.get_or_insert(Error::Internal("a chunk worker panicked".into()));
+                    first_err.get_or_insert(BuildError::Internal("a chunk worker panicked".into()));
                 }
             }
         }
         let out = match self.writer.join() {
             Ok(r) => r,
-            Err(_) => Err(Error::Internal("the blob writer panicked".into())),
+            Err(_) => Err(BuildError::Internal("the blob writer panicked".into())),
         };
         match (out, first_err) {
             (Err(e), _) => Err(e),
             (Ok(_), Some(e)) => Err(e),
             (Ok(o), None) => {
                 if o.placements.len() as u64 != self.next_seq {
-                    return Err(Error::Internal(format!(
+                    return Err(BuildError::Internal(format!(
                         "{} chunks queued, {} placed",
                         self.next_seq,
                         o.placements.len()
@@ -224,12 +203,12 @@ fn worker(
     tx: SyncSender<Done>,
     known: Arc<RwLock<ChunkMap>>,
 ) -> Result<()> {
-    let mut zstd = None;
+    let mut enc = ChunkEncoder::new();
     loop {
         let job = {
             let guard = rx
                 .lock()
-                .map_err(|_| Error::Internal("job queue poisoned".into()))?;
+                .map_err(|_| BuildError::Internal("job queue poisoned".into()))?;
             match guard.recv() {
                 Ok(j) => j,
                 Err(_) => return Ok(()),
@@ -238,12 +217,12 @@ fn worker(
         let digest = opts.digest.digest(&job.buf);
         let is_known = known
             .read()
-            .map_err(|_| Error::Internal("chunk map poisoned".into()))?
+            .map_err(|_| BuildError::Internal("chunk map poisoned".into()))?
             .contains_key(&digest);
         let compressed = if is_known {
             None
         } else {
-            compress(opts.compression, &mut zstd, &job.buf)?
+            compress(opts.compression, &mut enc, &job.buf)?
         };
         let done = Done {
             seq: job.seq,
@@ -272,20 +251,20 @@ fn writer<W: Write>(
     let mut next: u64 = 0;
     let mut placements = Vec::new();
     let mut stats = ChunkStats::default();
-    let mut zstd = None;
-    let io = |e| Error::io("data blob", e);
+    let mut enc = ChunkEncoder::new();
+    let io = |e| BuildError::io("data blob", e);
     while let Ok(d) = rx.recv() {
         pending.insert(d.seq, d);
         while let Some(mut d) = pending.remove(&next) {
             next += 1;
             let len = d.buf.len();
             let size = u32::try_from(len)
-                .map_err(|_| Error::Internal("chunk larger than 4 GiB".into()))?;
+                .map_err(|_| BuildError::Internal("chunk larger than 4 GiB".into()))?;
             stats.chunks += 1;
             stats.bytes += len as u64;
             let found = known
                 .read()
-                .map_err(|_| Error::Internal("chunk map poisoned".into()))?
+                .map_err(|_| BuildError::Internal("chunk map poisoned".into()))?
                 .get(&d.digest)
                 .copied();
             let placement = match found {
@@ -293,7 +272,7 @@ fn writer<W: Write>(
                 None => {
                     if d.skipped {
                         // Not reachable (the map only grows), but cheap to handle.
-                        d.compressed = compress(opts.compression, &mut zstd, &d.buf)?;
+                        d.compressed = compress(opts.compression, &mut enc, &d.buf)?;
                     }
                     let mut p = match &d.compressed {
                         Some(c) => blob.add_chunk(d.digest, size, c, true).map_err(io)?,
@@ -305,7 +284,7 @@ fn writer<W: Write>(
                     stats.stored_bytes += u64::from(p.compressed_size);
                     known
                         .write()
-                        .map_err(|_| Error::Internal("chunk map poisoned".into()))?
+                        .map_err(|_| BuildError::Internal("chunk map poisoned".into()))?
                         .insert(d.digest, p);
                     p
                 }
@@ -318,7 +297,7 @@ fn writer<W: Write>(
         }
     }
     if !pending.is_empty() {
-        return Err(Error::Internal(format!(
+        return Err(BuildError::Internal(format!(
             "{} chunks never arrived in order",
             pending.len()
         )));

@@ -7,7 +7,7 @@ use dfagent_rafs::chunk_flags;
 use dfagent_rafs::write::{BlobSpec, ChunkPlacement};
 
 use crate::chunker::{ChunkMap, ChunkOptions};
-use crate::error::{Error, Result};
+use crate::error::{BuildError, Result};
 
 /// A loaded chunk dictionary.
 pub struct ChunkDict {
@@ -23,7 +23,7 @@ pub struct ChunkDict {
 pub fn parse_arg(arg: &str) -> Result<PathBuf> {
     match arg.split_once('=') {
         Some(("bootstrap", p)) => Ok(PathBuf::from(p)),
-        Some((kind, _)) if !kind.contains('/') => Err(Error::Option(format!(
+        Some((kind, _)) if !kind.contains('/') => Err(BuildError::Option(format!(
             "--chunk-dict {arg:?}: only bootstrap=PATH (or a path) is supported"
         ))),
         _ => Ok(PathBuf::from(arg)),
@@ -37,7 +37,7 @@ impl ChunkDict {
         let image = dfagent_rafs::Image::open(bootstrap)?;
         let sb = image.superblock();
         if sb.digest_algo != opts.digest {
-            return Err(Error::Option(format!(
+            return Err(BuildError::Option(format!(
                 "chunk dictionary {} uses {} digests, the build {}",
                 bootstrap.display(),
                 sb.digest_algo,
@@ -47,33 +47,20 @@ impl ChunkDict {
         let mut blobs = Vec::new();
         for b in image.blobs() {
             if b.chunk_size != opts.chunk_size {
-                return Err(Error::Option(format!(
+                return Err(BuildError::Option(format!(
                     "chunk dictionary {} has {}-byte chunks, the build {}",
                     bootstrap.display(),
                     b.chunk_size,
                     opts.chunk_size
                 )));
             }
-            blobs.push(BlobSpec {
-                id: b.id,
-                chunk_size: b.chunk_size,
-                chunk_count: b.chunk_count,
-                compression: b.compression,
-                digest_algo: b.digest_algo,
-                compressed_size: b.compressed_size,
-                uncompressed_size: b.uncompressed_size,
-                features: b.features,
-                ci_offset: b.ci_offset,
-                ci_compressed_size: b.ci_compressed_size,
-                ci_uncompressed_size: b.ci_uncompressed_size,
-                ci_compression: b.ci_compression,
-            });
+            blobs.push(BlobSpec::from(b));
         }
         let mut chunks = ChunkMap::new();
         for i in 0..image.chunk_record_count() {
             let r = image.chunk_record(i)?;
             if r.blob_index as usize >= blobs.len() {
-                return Err(Error::Source(format!(
+                return Err(BuildError::Source(format!(
                     "chunk dictionary {}: chunk {} names blob {} of {}",
                     bootstrap.display(),
                     r.digest,

@@ -1,11 +1,11 @@
 //! Errors of the builder: what went wrong and where (layer, tar entry, file).
 
 /// Result of builder operations.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = BuildError> = std::result::Result<T, E>;
 
 /// Everything that can stop a build.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum BuildError {
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -57,24 +57,24 @@ pub enum Error {
     /// The registry failed.
     #[cfg(feature = "registry")]
     #[error("registry: {0}")]
-    Registry(#[from] dfagent_registry::Error),
+    Registry(#[from] dfagent_registry::RegistryError),
     /// A worker thread died.
     #[error("internal: {0}")]
     Internal(String),
 }
 
-impl Error {
-    /// An [`Error::Io`] for `path`.
+impl BuildError {
+    /// A [`BuildError::Io`] for `path`.
     pub fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
-        Error::Io {
+        BuildError::Io {
             path: path.to_string(),
             source,
         }
     }
 
-    /// An [`Error::Entry`] for the tar path `path`.
+    /// An [`BuildError::Entry`] for the tar path `path`.
     pub fn entry(path: &[u8], detail: impl Into<String>) -> Self {
-        Error::Entry {
+        BuildError::Entry {
             path: String::from_utf8_lossy(path).into_owned(),
             detail: detail.into(),
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use sha2::Digest as _;
 
-use crate::error::{Error, Result};
+use crate::error::{BuildError, Result};
 use crate::source::Layer;
 
 /// Compression of a layer, from its magic bytes.
@@ -31,9 +31,9 @@ pub fn detect(head: &[u8]) -> Result<LayerCompression> {
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Ok(LayerCompression::Zstd)
     } else if head.starts_with(b"BZh") {
-        Err(Error::Unsupported("bzip2-compressed layer".into()))
+        Err(BuildError::Unsupported("bzip2-compressed layer".into()))
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Err(Error::Unsupported("xz-compressed layer".into()))
+        Err(BuildError::Unsupported("xz-compressed layer".into()))
     } else {
         Ok(LayerCompression::None)
     }
@@ -131,9 +131,10 @@ pub fn open(
             .as_deref()
             .unwrap_or(&layer.file.display().to_string())
     );
-    let mut f = std::fs::File::open(&layer.file).map_err(|e| Error::io(layer.file.display(), e))?;
+    let mut f =
+        std::fs::File::open(&layer.file).map_err(|e| BuildError::io(layer.file.display(), e))?;
     f.seek(SeekFrom::Start(layer.offset))
-        .map_err(|e| Error::io(layer.file.display(), e))?;
+        .map_err(|e| BuildError::io(layer.file.display(), e))?;
     open_reader(
         f.take(layer.size),
         layer.digest.clone(),
@@ -159,7 +160,7 @@ pub fn open_reader<R: Read>(
         count,
     };
     let mut raw = BufReader::with_capacity(1 << 20, hashing);
-    let buffered = raw.fill_buf().map_err(|e| Error::io(&what, e))?;
+    let buffered = raw.fill_buf().map_err(|e| BuildError::io(&what, e))?;
     let head = buffered[..buffered.len().min(6)].to_vec();
     let compression = detect(&head)?;
     let decoder = match compression {
@@ -168,7 +169,7 @@ pub fn open_reader<R: Read>(
             Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(raw)))
         }
         LayerCompression::Zstd => Decoder::Zstd(Box::new(
-            zstd::Decoder::with_buffer(raw).map_err(|e| Error::io(&what, e))?,
+            zstd::Decoder::with_buffer(raw).map_err(|e| BuildError::io(&what, e))?,
         )),
     };
     // A compressed layer's tar is hashed (for its diff id) only when nothing else checks the
@@ -195,10 +196,10 @@ impl<R: Read> OpenLayer<R> {
     pub fn finish(mut self) -> Result<()> {
         let what = self.what.clone();
         std::io::copy(&mut self.stream, &mut std::io::sink())
-            .map_err(|e| Error::io(format!("{what} (decompressing)"), e))?;
+            .map_err(|e| BuildError::io(format!("{what} (decompressing)"), e))?;
         let tar_hash = self.stream.tar_hash.take();
         let mut raw = self.stream.decoder.into_raw();
-        std::io::copy(&mut raw, &mut std::io::sink()).map_err(|e| Error::io(&what, e))?;
+        std::io::copy(&mut raw, &mut std::io::sink()).map_err(|e| BuildError::io(&what, e))?;
         drop(raw);
         let raw_digest = format!(
             "sha256:{}",
@@ -206,7 +207,7 @@ impl<R: Read> OpenLayer<R> {
         );
         if let Some(exp) = &self.expected {
             if *exp != raw_digest {
-                return Err(Error::Digest {
+                return Err(BuildError::Digest {
                     what,
                     expected: exp.clone(),
                     actual: raw_digest,
@@ -220,7 +221,7 @@ impl<R: Read> OpenLayer<R> {
         };
         if let (Some(exp), Some(actual)) = (&self.expected_diff_id, diff_id) {
             if *exp != actual {
-                return Err(Error::Digest {
+                return Err(BuildError::Digest {
                     what: format!("{what} (uncompressed, the config's diff id)"),
                     expected: exp.clone(),
                     actual,

@@ -37,16 +37,12 @@ use dfagent_core::{BlobId, Compression, DigestAlgo};
 use dfagent_rafs::write::{BlobSpec, BootstrapOptions, Content};
 
 pub use chunker::ChunkOptions;
-pub use error::{Error, Result};
+pub use error::{BuildError, Result};
 pub use source::{SourceImage, SourceSpec};
 
 use crate::chunker::{ChunkMap, LayerChunker};
 use crate::overlay::{Applied, Overlay};
 
-/// Smallest chunk size accepted (4 KiB).
-pub const MIN_CHUNK_SIZE: u32 = 4 << 10;
-/// Largest chunk size accepted (16 MiB).
-pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
 /// Default chunk size (1 MiB, as nydus-image).
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 
@@ -92,21 +88,21 @@ impl BuildOptions {
 /// Check chunk size (a power of two, 4 KiB ..= 16 MiB) and thread count (1 ..= 256).
 pub fn validate_chunk_options(c: &ChunkOptions) -> Result<()> {
     let cs = c.chunk_size;
-    if !cs.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
-        return Err(Error::Option(format!(
+    if !dfagent_rafs::layout::is_valid_chunk_size(cs) {
+        return Err(BuildError::Option(format!(
             "chunk size {cs:#x} must be a power of two from 4 KiB (0x1000) to 16 MiB \
              (0x1000000)"
         )));
     }
     if c.threads == 0 || c.threads > 256 {
-        return Err(Error::Option("--threads must be 1..=256".into()));
+        return Err(BuildError::Option("--threads must be 1..=256".into()));
     }
     Ok(())
 }
 
 /// Parse a chunk size (`1048576`, `0x100000`, `1M`, `64K`).
 pub fn parse_chunk_size(s: &str) -> Result<u32> {
-    let bad = || Error::Option(format!("chunk size {s:?} is not a size"));
+    let bad = || BuildError::Option(format!("chunk size {s:?} is not a size"));
     let t = s.trim();
     let v: u64 = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
         u64::from_str_radix(h, 16).map_err(|_| bad())?
@@ -124,16 +120,13 @@ pub fn parse_chunk_size(s: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| bad())
 }
 
-/// Parse `--compressor`.
+/// Parse `--compressor` (`zstd`, `lz4_block` or `lz4`, `none`).
 pub fn parse_compressor(s: &str) -> Result<Compression> {
-    match s {
-        "zstd" => Ok(Compression::Zstd),
-        "lz4_block" | "lz4" => Ok(Compression::Lz4Block),
-        "none" => Ok(Compression::None),
-        _ => Err(Error::Option(format!(
+    s.parse().map_err(|_| {
+        BuildError::Option(format!(
             "compressor {s:?}: expected zstd, lz4_block or none"
-        ))),
-    }
+        ))
+    })
 }
 
 /// Parse `--digester`.
@@ -141,7 +134,7 @@ pub fn parse_digester(s: &str) -> Result<DigestAlgo> {
     match s {
         "blake3" => Ok(DigestAlgo::Blake3),
         "sha256" => Ok(DigestAlgo::Sha256),
-        _ => Err(Error::Option(format!(
+        _ => Err(BuildError::Option(format!(
             "digester {s:?}: expected blake3 or sha256"
         ))),
     }
@@ -150,7 +143,7 @@ pub fn parse_digester(s: &str) -> Result<DigestAlgo> {
 /// Read a prefetch patterns file: one absolute path a line; blank lines and `#` comments are
 /// skipped; a relative path is an error.
 pub fn read_prefetch_patterns(path: &Path) -> Result<Vec<Vec<u8>>> {
-    let data = std::fs::read(path).map_err(|e| Error::io(path.display(), e))?;
+    let data = std::fs::read(path).map_err(|e| BuildError::io(path.display(), e))?;
     let mut out = Vec::new();
     for (i, line) in data.split(|&b| b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -166,7 +159,7 @@ pub fn read_prefetch_patterns(path: &Path) -> Result<Vec<Vec<u8>>> {
             continue;
         }
         if !trimmed.starts_with(b"/") {
-            return Err(Error::Option(format!(
+            return Err(BuildError::Option(format!(
                 "{} line {}: prefetch pattern {:?} is not an absolute path",
                 path.display(),
                 i + 1,
@@ -259,7 +252,7 @@ pub fn build_with(
     let started = Instant::now();
     let out = &opts.output_dir;
     let blob_dir = out.join("blobs");
-    std::fs::create_dir_all(&blob_dir).map_err(|e| Error::io(blob_dir.display(), e))?;
+    std::fs::create_dir_all(&blob_dir).map_err(|e| BuildError::io(blob_dir.display(), e))?;
 
     // Blob table being assembled: provisional indices (dictionary blobs first).
     let mut blobs: Vec<(BlobSpec, BlobOrigin)> = Vec::new();
@@ -291,11 +284,11 @@ pub fn build_with(
         let tmp = tempfile::Builder::new()
             .prefix(".blob-")
             .tempfile_in(&blob_dir)
-            .map_err(|e| Error::io(blob_dir.display(), e))?;
+            .map_err(|e| BuildError::io(blob_dir.display(), e))?;
         let file = tmp
             .as_file()
             .try_clone()
-            .map_err(|e| Error::io(tmp.path().display(), e))?;
+            .map_err(|e| BuildError::io(tmp.path().display(), e))?;
         let blob_index = blobs.len() as u32;
         let mut files: Vec<(overlay::InodeId, usize)> = Vec::new();
         let compression = open.compression;
@@ -308,7 +301,7 @@ pub fn build_with(
                 blob_index,
             )?;
             let mut tr = tar::TarReader::new(&mut open.stream);
-            let stopped = || Error::Internal("the chunk pipeline stopped".into());
+            let stopped = || BuildError::Internal("the chunk pipeline stopped".into());
             let mut last_report = 0u64;
             let fed = (|| -> Result<()> {
                 while let Some(e) = tr
@@ -369,7 +362,7 @@ pub fn build_with(
                 let dest = blob_dir.join(spec.id.hex());
                 output::publishable(tmp.as_file(), tmp.path())?;
                 tmp.persist(&dest)
-                    .map_err(|e| Error::io(dest.display(), e.error))?;
+                    .map_err(|e| BuildError::io(dest.display(), e.error))?;
                 blobs.push((spec, BlobOrigin::Layer));
             }
             None => drop(tmp),
@@ -411,7 +404,7 @@ pub fn build_with(
                     .get(c.blob_index as usize)
                     .copied()
                     .filter(|&i| i != u32::MAX)
-                    .ok_or_else(|| Error::Internal("chunk in an unknown blob".into()))?;
+                    .ok_or_else(|| BuildError::Internal("chunk in an unknown blob".into()))?;
             }
         }
     }
@@ -432,7 +425,7 @@ pub fn build_with(
                 match fetch_dict_blob {
                     Some(fetch) => fetch(&spec.id, &dest)?,
                     None => {
-                        return Err(Error::Option(format!(
+                        return Err(BuildError::Option(format!(
                             "the image uses chunks of dictionary blob {} but {} does not \
                              exist; give the dictionary's blob directory with \
                              --chunk-dict-blobs DIR",
@@ -463,7 +456,7 @@ pub fn build_with(
     for b in &table {
         let p = blob_dir.join(b.id.hex());
         let size = std::fs::metadata(&p)
-            .map_err(|e| Error::io(p.display(), e))?
+            .map_err(|e| BuildError::io(p.display(), e))?
             .len();
         if blobs
             .iter()
@@ -496,9 +489,9 @@ pub fn build_with(
 }
 
 /// A tar error whose cause is the decompressor gets the decompressor's name.
-fn decompress_context(e: Error, c: layer::LayerCompression) -> Error {
+fn decompress_context(e: BuildError, c: layer::LayerCompression) -> BuildError {
     match e {
-        Error::Tar { offset, detail } if detail.starts_with("read error") => Error::Tar {
+        BuildError::Tar { offset, detail } if detail.starts_with("read error") => BuildError::Tar {
             offset,
             detail: format!("{} stream: {detail}", layer::describe(c)),
         },

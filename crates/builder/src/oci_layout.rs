@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use dfagent_core::BlobId;
+use dfagent_core::{sha256_digest, BlobId};
 use serde_json::json;
 
-use crate::error::{Error, Result};
+use crate::error::{BuildError, Result};
 use crate::output::{copy_blob, copy_range, write_atomic};
-use crate::source::{digest_hex, sha256_digest, SourceImage, ANNOTATION_REF_NAME};
+use crate::source::{digest_hex, SourceImage, ANNOTATION_REF_NAME};
 use crate::BuildOutput;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -29,15 +29,15 @@ pub fn write_oci_layout(
     src: &SourceImage,
     merge: bool,
 ) -> Result<String> {
-    let bootstrap =
-        std::fs::read(&built.bootstrap).map_err(|e| Error::io(built.bootstrap.display(), e))?;
+    let bootstrap = std::fs::read(&built.bootstrap)
+        .map_err(|e| BuildError::io(built.bootstrap.display(), e))?;
     let blobs: &[(BlobId, u64)] = &built.blobs;
     let blob_dir = &built.blob_dir;
     let platform = (src.platform.0.as_str(), src.platform.1.as_str());
     let base_config = src.config.as_ref().map(|c| c.bytes.as_slice());
     let merge = merge.then_some(src);
     let bdir = dir.join("blobs").join("sha256");
-    std::fs::create_dir_all(&bdir).map_err(|e| Error::io(bdir.display(), e))?;
+    std::fs::create_dir_all(&bdir).map_err(|e| BuildError::io(bdir.display(), e))?;
     write_atomic(
         &dir.join("oci-layout"),
         br#"{"imageLayoutVersion":"1.0.0"}"#,
@@ -64,7 +64,7 @@ pub fn write_oci_layout(
         ),
         Some(src) => {
             let m = src.manifest.as_ref().ok_or_else(|| {
-                Error::Option(
+                BuildError::Option(
                     "--merge-platform needs a source with a manifest (an OCI layout or a \
                      registry image, not a docker archive)"
                         .into(),
@@ -113,7 +113,7 @@ pub fn write_oci_layout(
         "manifests": entries,
     });
     let bytes =
-        serde_json::to_vec(&index).map_err(|e| Error::Internal(format!("index.json: {e}")))?;
+        serde_json::to_vec(&index).map_err(|e| BuildError::Internal(format!("index.json: {e}")))?;
     write_atomic(&index_path, &bytes)?;
     Ok(digest)
 }

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{BuildError, Result};
 
 /// Write `data` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
@@ -12,12 +12,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
-        .map_err(|e| Error::io(dir.display(), e))?;
+        .map_err(|e| BuildError::io(dir.display(), e))?;
     tmp.write_all(data)
-        .map_err(|e| Error::io(tmp.path().display(), e))?;
+        .map_err(|e| BuildError::io(tmp.path().display(), e))?;
     publishable(tmp.as_file(), tmp.path())?;
     tmp.persist(path)
-        .map_err(|e| Error::io(path.display(), e.error))?;
+        .map_err(|e| BuildError::io(path.display(), e.error))?;
     Ok(())
 }
 
@@ -25,7 +25,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 pub fn publishable(f: &std::fs::File, path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     f.set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(|e| Error::io(path.display(), e))
+        .map_err(|e| BuildError::io(path.display(), e))
 }
 
 /// Put a copy of file `src` at `dest` (a hard link when possible), unless `dest` exists.
@@ -40,12 +40,12 @@ pub fn copy_blob(src: &Path, dest: &Path) -> Result<()> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
-        .map_err(|e| Error::io(dir.display(), e))?;
-    let mut f = std::fs::File::open(src).map_err(|e| Error::io(src.display(), e))?;
-    std::io::copy(&mut f, &mut tmp).map_err(|e| Error::io(dest.display(), e))?;
+        .map_err(|e| BuildError::io(dir.display(), e))?;
+    let mut f = std::fs::File::open(src).map_err(|e| BuildError::io(src.display(), e))?;
+    std::io::copy(&mut f, &mut tmp).map_err(|e| BuildError::io(dest.display(), e))?;
     publishable(tmp.as_file(), tmp.path())?;
     tmp.persist(dest)
-        .map_err(|e| Error::io(dest.display(), e.error))?;
+        .map_err(|e| BuildError::io(dest.display(), e.error))?;
     Ok(())
 }
 
@@ -66,14 +66,14 @@ pub fn copy_range(src: &Path, offset: u64, size: u64, dest: &Path) -> Result<()>
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
-        .map_err(|e| Error::io(dir.display(), e))?;
-    let mut f = std::fs::File::open(src).map_err(|e| Error::io(src.display(), e))?;
+        .map_err(|e| BuildError::io(dir.display(), e))?;
+    let mut f = std::fs::File::open(src).map_err(|e| BuildError::io(src.display(), e))?;
     f.seek(SeekFrom::Start(offset))
-        .map_err(|e| Error::io(src.display(), e))?;
-    std::io::copy(&mut f.take(size), &mut tmp).map_err(|e| Error::io(dest.display(), e))?;
+        .map_err(|e| BuildError::io(src.display(), e))?;
+    std::io::copy(&mut f.take(size), &mut tmp).map_err(|e| BuildError::io(dest.display(), e))?;
     publishable(tmp.as_file(), tmp.path())?;
     tmp.persist(dest)
-        .map_err(|e| Error::io(dest.display(), e.error))?;
+        .map_err(|e| BuildError::io(dest.display(), e.error))?;
     Ok(())
 }
 

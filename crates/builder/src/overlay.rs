@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use dfagent_rafs::write::{ChunkPlacement, Content, Node, Tree};
 
-use crate::error::{Error, Result};
+use crate::error::{BuildError, Result};
 use crate::tar::{EntryKind, TarEntry};
 
 const S_IFDIR: u32 = 0o040000;
@@ -120,13 +120,13 @@ pub fn split_path(path: &[u8]) -> Result<Vec<&[u8]>> {
         match c {
             b"" | b"." => {}
             b".." => {
-                return Err(Error::entry(
+                return Err(BuildError::entry(
                     path,
                     "a `..` component would escape the image root",
                 ))
             }
             c if c.contains(&0) => {
-                return Err(Error::entry(path, "a NUL byte in a path component"))
+                return Err(BuildError::entry(path, "a NUL byte in a path component"))
             }
             c => out.push(c),
         }
@@ -176,14 +176,14 @@ impl Overlay {
 
     fn new_inode(&mut self, inode: Inode) -> Result<InodeId> {
         let id = u32::try_from(self.inodes.len())
-            .map_err(|_| Error::Unsupported("more than 2^32 inodes".into()))?;
+            .map_err(|_| BuildError::Unsupported("more than 2^32 inodes".into()))?;
         self.inodes.push(inode);
         Ok(id)
     }
 
     fn link(&mut self, parent: DentryId, name: &[u8], inode: InodeId) -> Result<DentryId> {
         let id = u32::try_from(self.dentries.len())
-            .map_err(|_| Error::Unsupported("more than 2^32 directory entries".into()))?;
+            .map_err(|_| BuildError::Unsupported("more than 2^32 directory entries".into()))?;
         self.dentries.push(Dentry {
             name: name.to_vec(),
             inode,
@@ -208,7 +208,7 @@ impl Overlay {
             cur = match self.dentries[cur as usize].children.get(*c) {
                 Some(&d) if self.is_dir(d) => d,
                 Some(_) => {
-                    return Err(Error::entry(
+                    return Err(BuildError::entry(
                         path,
                         format!(
                             "parent component {:?} is not a directory",
@@ -239,7 +239,10 @@ impl Overlay {
         let comps = split_path(&e.path)?;
         let Some((name, parents)) = comps.split_last() else {
             if e.kind != EntryKind::Directory {
-                return Err(Error::entry(&e.path, "the image root must be a directory"));
+                return Err(BuildError::entry(
+                    &e.path,
+                    "the image root must be a directory",
+                ));
             }
             let root = self.dentries[0].inode;
             self.set_attrs(root, e);
@@ -250,7 +253,7 @@ impl Overlay {
             return self.whiteout(e, parents, name, target);
         }
         if name.len() > dfagent_rafs::MAX_NAME_LEN {
-            return Err(Error::entry(
+            return Err(BuildError::entry(
                 &e.path,
                 format!("name longer than {} bytes", dfagent_rafs::MAX_NAME_LEN),
             ));
@@ -259,7 +262,7 @@ impl Overlay {
         let link_target = if e.kind == EntryKind::HardLink {
             let tcomps = split_path(&e.link)?;
             let t = self.lookup(&tcomps).ok_or_else(|| {
-                Error::entry(
+                BuildError::entry(
                     &e.path,
                     format!(
                         "hard link to {:?}, which does not exist",
@@ -268,7 +271,7 @@ impl Overlay {
                 )
             })?;
             if t == 0 || self.is_dir(t) {
-                return Err(Error::entry(&e.path, "hard link to a directory"));
+                return Err(BuildError::entry(&e.path, "hard link to a directory"));
             }
             Some(self.dentries[t as usize].inode)
         } else {
@@ -306,7 +309,7 @@ impl Overlay {
             ),
             EntryKind::Symlink => {
                 if e.link.is_empty() || e.link.contains(&0) {
-                    return Err(Error::entry(
+                    return Err(BuildError::entry(
                         &e.path,
                         "symlink target is empty or holds a NUL byte",
                     ));
@@ -316,7 +319,7 @@ impl Overlay {
             EntryKind::CharDev => (S_IFCHR, Data::Special),
             EntryKind::BlockDev => (S_IFBLK, Data::Special),
             EntryKind::Fifo => (S_IFIFO, Data::Special),
-            EntryKind::HardLink => return Err(Error::Internal("unresolved hard link".into())),
+            EntryKind::HardLink => return Err(BuildError::Internal("unresolved hard link".into())),
         };
         let is_special = matches!(e.kind, EntryKind::CharDev | EntryKind::BlockDev);
         let ino = self.new_inode(Inode {
@@ -368,7 +371,7 @@ impl Overlay {
             return Ok(Applied::Done);
         }
         if target.is_empty() || target == b"." || target == b".." {
-            return Err(Error::entry(
+            return Err(BuildError::entry(
                 &e.path,
                 "whiteout that names no entry of its directory",
             ));
@@ -437,7 +440,7 @@ impl Overlay {
         let mut stack: Vec<(DentryId, u32)> = vec![(0, 0)];
         while let Some((d, parent_node)) = stack.pop() {
             let idx = u32::try_from(nodes.len())
-                .map_err(|_| Error::Unsupported("more than 2^32 nodes".into()))?;
+                .map_err(|_| BuildError::Unsupported("more than 2^32 nodes".into()))?;
             let dentry = &self.dentries[d as usize];
             let inode = &self.inodes[dentry.inode as usize];
             let content = match first_node_of_inode.get(&dentry.inode) {

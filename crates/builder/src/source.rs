@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use dfagent_core::sha256_digest;
 use serde::Deserialize;
-use sha2::Digest as _;
 
-use crate::error::{Error, Result};
+use crate::error::{BuildError, Result};
 use crate::tar::{EntryKind, TarReader};
 
 /// Largest manifest, index or config read (4 MiB, the distribution spec's advice).
@@ -52,7 +52,7 @@ impl SourceSpec {
                 _ => (rest, None),
             };
             if dir.is_empty() {
-                return Err(Error::Option(format!("{s:?}: no layout directory")));
+                return Err(BuildError::Option(format!("{s:?}: no layout directory")));
             }
             return Ok(SourceSpec::OciLayout {
                 dir: PathBuf::from(dir),
@@ -75,7 +75,7 @@ impl SourceSpec {
         }
         let r = s.strip_prefix("docker://").unwrap_or(s);
         if r.is_empty() {
-            return Err(Error::Option("empty source".into()));
+            return Err(BuildError::Option("empty source".into()));
         }
         Ok(SourceSpec::Registry(r.to_string()))
     }
@@ -197,18 +197,13 @@ struct RootFs {
     diff_ids: Vec<String>,
 }
 
-/// `sha256:<hex>` of `data`.
-pub fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
-
 /// The hex of a `sha256:` digest, refusing anything else (it becomes a file name).
 pub fn digest_hex(digest: &str) -> Result<&str> {
     match digest.strip_prefix("sha256:") {
         Some(h) if h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
             Ok(h)
         }
-        _ => Err(Error::Source(format!(
+        _ => Err(BuildError::Source(format!(
             "digest {digest:?} is not sha256:<64 lower-case hex digits>"
         ))),
     }
@@ -223,13 +218,13 @@ fn is_index(media_type: &str) -> bool {
 fn check_layer_type(d: &Descriptor) -> Result<()> {
     let t = d.media_type.as_str();
     if t.contains("nydus") {
-        return Err(Error::Source(format!(
+        return Err(BuildError::Source(format!(
             "layer {} is a Nydus blob ({t}): the source is already a Nydus image",
             d.digest
         )));
     }
     if !t.is_empty() && !t.contains("tar") {
-        return Err(Error::Unsupported(format!(
+        return Err(BuildError::Unsupported(format!(
             "layer media type {t:?} ({})",
             d.digest
         )));
@@ -238,17 +233,17 @@ fn check_layer_type(d: &Descriptor) -> Result<()> {
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Source(format!("{what}: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| BuildError::Source(format!("{what}: {e}")))
 }
 
 fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path.display(), e))?;
+    let f = std::fs::File::open(path).map_err(|e| BuildError::io(path.display(), e))?;
     let mut out = Vec::new();
     f.take(limit + 1)
         .read_to_end(&mut out)
-        .map_err(|e| Error::io(path.display(), e))?;
+        .map_err(|e| BuildError::io(path.display(), e))?;
     if out.len() as u64 > limit {
-        return Err(Error::Source(format!(
+        return Err(BuildError::Source(format!(
             "{} is larger than {limit} bytes",
             path.display()
         )));
@@ -267,7 +262,7 @@ fn pick_entry<'a>(
         return entries
             .iter()
             .find(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(t))
-            .ok_or_else(|| Error::Source(format!("{what} has no image tagged {t:?}")));
+            .ok_or_else(|| BuildError::Source(format!("{what} has no image tagged {t:?}")));
     }
     if entries.len() == 1 {
         return Ok(&entries[0]);
@@ -287,7 +282,7 @@ fn pick_entry<'a>(
                 .iter()
                 .filter_map(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str))
                 .collect();
-            Err(Error::Source(format!(
+            Err(BuildError::Source(format!(
                 "{what} holds {} images; name one with :TAG (tags: {tags:?})",
                 entries.len()
             )))
@@ -303,7 +298,7 @@ pub fn open_oci_layout(
 ) -> Result<SourceImage> {
     let layout = dir.join("oci-layout");
     if !layout.is_file() {
-        return Err(Error::Source(format!(
+        return Err(BuildError::Source(format!(
             "{} is not an OCI image layout (no oci-layout file)",
             dir.display()
         )));
@@ -316,7 +311,7 @@ pub fn open_oci_layout(
     };
     let read_doc = |d: &Descriptor| -> Result<Doc> {
         if d.size > MAX_DOC_SIZE {
-            return Err(Error::Source(format!(
+            return Err(BuildError::Source(format!(
                 "document {} of {} bytes is too large",
                 d.digest, d.size
             )));
@@ -324,7 +319,7 @@ pub fn open_oci_layout(
         let bytes = read_bounded(&blob(d)?, MAX_DOC_SIZE)?;
         let actual = sha256_digest(&bytes);
         if actual != d.digest {
-            return Err(Error::Digest {
+            return Err(BuildError::Digest {
                 what: format!("document in {}", dir.display()),
                 expected: d.digest.clone(),
                 actual,
@@ -359,7 +354,7 @@ pub fn open_oci_layout(
     let manifest = read_doc(&entry)?;
     let m: Manifest = parse_json(&manifest.bytes, "image manifest")?;
     if is_index(&m.media_type) {
-        return Err(Error::Source("image indexes nested too deep".into()));
+        return Err(BuildError::Source("image indexes nested too deep".into()));
     }
     let config = read_doc(&m.config)?;
     let cfg: ConfigDoc = parse_json(&config.bytes, "image config").unwrap_or_default();
@@ -417,7 +412,7 @@ pub fn open_docker_archive(
     tag: Option<&str>,
     platform: (&str, &str),
 ) -> Result<SourceImage> {
-    let f = std::fs::File::open(file).map_err(|e| Error::io(file.display(), e))?;
+    let f = std::fs::File::open(file).map_err(|e| BuildError::io(file.display(), e))?;
     let mut tar = TarReader::new(std::io::BufReader::with_capacity(1 << 20, f));
     let mut files: BTreeMap<Vec<u8>, (u64, u64)> = BTreeMap::new();
     while let Some(e) = tar.next_entry()? {
@@ -429,20 +424,22 @@ pub fn open_docker_archive(
     let range = |name: &str| -> Result<(u64, u64)> {
         let key = name.strip_prefix("./").unwrap_or(name);
         files.get(key.as_bytes()).copied().ok_or_else(|| {
-            Error::Source(format!("{}: the archive has no {name:?}", file.display()))
+            BuildError::Source(format!("{}: the archive has no {name:?}", file.display()))
         })
     };
     let read = |name: &str| -> Result<Vec<u8>> {
         let (off, size) = range(name)?;
         if size > MAX_DOC_SIZE {
-            return Err(Error::Source(format!("{name} in the archive is too large")));
+            return Err(BuildError::Source(format!(
+                "{name} in the archive is too large"
+            )));
         }
-        let mut f = std::fs::File::open(file).map_err(|e| Error::io(file.display(), e))?;
+        let mut f = std::fs::File::open(file).map_err(|e| BuildError::io(file.display(), e))?;
         f.seek(SeekFrom::Start(off))
-            .map_err(|e| Error::io(file.display(), e))?;
+            .map_err(|e| BuildError::io(file.display(), e))?;
         let mut buf = vec![0u8; size as usize];
         f.read_exact(&mut buf)
-            .map_err(|e| Error::io(file.display(), e))?;
+            .map_err(|e| BuildError::io(file.display(), e))?;
         Ok(buf)
     };
     let manifests: Vec<ArchiveManifest> = parse_json(&read("manifest.json")?, "manifest.json")?;
@@ -450,10 +447,10 @@ pub fn open_docker_archive(
         Some(t) => manifests
             .iter()
             .find(|m| m.repo_tags.iter().flatten().any(|x| x == t))
-            .ok_or_else(|| Error::Source(format!("the archive has no image tagged {t:?}")))?,
-        None => manifests
-            .first()
-            .ok_or_else(|| Error::Source("the archive's manifest.json lists no image".into()))?,
+            .ok_or_else(|| BuildError::Source(format!("the archive has no image tagged {t:?}")))?,
+        None => manifests.first().ok_or_else(|| {
+            BuildError::Source("the archive's manifest.json lists no image".into())
+        })?,
     };
     let config_bytes = read(&m.config)?;
     let cfg: ConfigDoc = parse_json(&config_bytes, "image config").unwrap_or_default();
@@ -519,10 +516,10 @@ pub async fn open_registry(
         registry
             .download_blob(reference, &d.digest, d.size, &path)
             .await?;
-        Ok::<PathBuf, Error>(path)
+        Ok::<PathBuf, BuildError>(path)
     };
     if m.config.size > MAX_DOC_SIZE {
-        return Err(Error::Source("the image config is too large".into()));
+        return Err(BuildError::Source("the image config is too large".into()));
     }
     let cpath = fetch(m.config.clone(), ".source-config".into()).await?;
     let config_bytes = read_bounded(&cpath, MAX_DOC_SIZE)?;

@@ -10,7 +10,7 @@
 
 use std::io::Read;
 
-use crate::error::{Error, Result};
+use crate::error::{BuildError, Result};
 
 /// Tar block size.
 pub const BLOCK: u64 = 512;
@@ -113,8 +113,8 @@ impl<R: Read> TarReader<R> {
         self.r
     }
 
-    fn err(&self, detail: impl Into<String>) -> Error {
-        Error::Tar {
+    fn err(&self, detail: impl Into<String>) -> BuildError {
+        BuildError::Tar {
             offset: self.offset,
             detail: detail.into(),
         }
@@ -360,13 +360,13 @@ impl<R: Read> TarReader<R> {
             b'5' | b'D' => EntryKind::Directory,
             b'6' => EntryKind::Fifo,
             b'S' => {
-                return Err(Error::Unsupported(format!(
+                return Err(BuildError::Unsupported(format!(
                     "GNU sparse tar entry {:?}",
                     String::from_utf8_lossy(&e.path)
                 )))
             }
             other => {
-                return Err(Error::Unsupported(format!(
+                return Err(BuildError::Unsupported(format!(
                     "tar entry type {:?} ({:?})",
                     other as char,
                     String::from_utf8_lossy(&e.path)
@@ -374,7 +374,7 @@ impl<R: Read> TarReader<R> {
             }
         };
         if e.size > MAX_FILE_SIZE {
-            return Err(Error::entry(
+            return Err(BuildError::entry(
                 &e.path,
                 format!("absurd size {} (limit {MAX_FILE_SIZE})", e.size),
             ));
@@ -460,7 +460,7 @@ impl<R: Read> TarReader<R> {
                 }
             }
             _ if key.starts_with(b"GNU.sparse.") => {
-                return Err(Error::Unsupported(format!(
+                return Err(BuildError::Unsupported(format!(
                     "GNU sparse tar entry {:?}",
                     lossy(&e.path)
                 )))
@@ -699,7 +699,7 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         let garbage = vec![0x41u8; 4096];
         let mut r = TarReader::new(&garbage[..]);
-        assert!(matches!(r.next_entry(), Err(Error::Tar { .. })));
+        assert!(matches!(r.next_entry(), Err(BuildError::Tar { .. })));
         let empty: &[u8] = &[];
         assert!(TarReader::new(empty).next_entry().unwrap().is_none());
         let short = [1u8; 100];

@@ -1,13 +1,22 @@
-//! Where a chunk lives in its blob, and the one decode step (decompress, then verify) that turns
-//! stored chunk bytes into file data.
+//! Where a chunk lives in its blob, the one decode step (decompress, then verify) that turns
+//! stored chunk bytes into file data, and its inverse for writers ([`encode_chunk`]): how a
+//! chunk is compressed before it is stored.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::str::FromStr;
 
 use crate::{BlobId, ChunkDigest};
 
 /// Largest uncompressed chunk a Nydus image may hold (16 MiB). Decoding refuses anything larger,
 /// so a hostile size field cannot make us allocate without bound.
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
+
+/// zstd level of stored chunks (and chunk-info arrays): nydus-image's choice, speed over ratio.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Nydus' numeric id of gzip, an algorithm Nydus knows but dfagent does not decode.
+const GZIP_RAFS_ID: u32 = 2;
 
 /// How a chunk's bytes are stored in its blob.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -22,7 +31,10 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// Name as Nydus spells it.
+    /// Every compression, in the order of their numeric ids.
+    pub const ALL: [Compression; 3] = [Compression::None, Compression::Lz4Block, Compression::Zstd];
+
+    /// Name as Nydus spells it (`nydus-image --compressor`, the `--compressor` of `dfagent build`).
     pub fn as_str(self) -> &'static str {
         match self {
             Compression::None => "none",
@@ -30,12 +42,65 @@ impl Compression {
             Compression::Zstd => "zstd",
         }
     }
+
+    /// Numeric id in RAFS blob table entries and blob meta headers (Nydus' `compress::Algorithm`;
+    /// 2 is gzip).
+    pub fn rafs_id(self) -> u32 {
+        match self {
+            Compression::None => 0,
+            Compression::Lz4Block => 1,
+            Compression::Zstd => 3,
+        }
+    }
+
+    /// The compression a RAFS numeric id names (the inverse of [`Compression::rafs_id`]).
+    pub fn from_rafs_id(id: u32) -> Result<Self, CompressionIdError> {
+        if id == GZIP_RAFS_ID {
+            return Err(CompressionIdError::Gzip);
+        }
+        Self::ALL
+            .into_iter()
+            .find(|c| c.rafs_id() == id)
+            .ok_or(CompressionIdError::Unknown(id))
+    }
 }
 
 impl fmt::Display for Compression {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Parses the Nydus names (`none`, `lz4_block`, `zstd`) and `lz4`, which `dfagent build` has
+/// always accepted for `lz4_block`.
+impl FromStr for Compression {
+    type Err = CompressionParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "lz4" {
+            return Ok(Compression::Lz4Block);
+        }
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| CompressionParseError(s.to_string()))
+    }
+}
+
+/// A compression name that is not `none`, `lz4_block` (or `lz4`) or `zstd`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown compression {0:?}: expected none, lz4_block or zstd")]
+pub struct CompressionParseError(pub String);
+
+/// A RAFS numeric compression id that names no [`Compression`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CompressionIdError {
+    /// Nydus' gzip: a valid image, but chunks dfagent does not decode.
+    #[error("gzip compression")]
+    Gzip,
+    /// No algorithm has this id.
+    #[error("unknown compression id {0}")]
+    Unknown(u32),
 }
 
 /// Everything needed to fetch one chunk from its blob and to decode and verify it.
@@ -146,6 +211,82 @@ pub fn decode_chunk(chunk: &ChunkRef, stored: &[u8]) -> Result<Vec<u8>, DecodeEr
     Ok(data)
 }
 
+/// Compression of a chunk failed (the compressor could not even start).
+#[derive(Debug, thiserror::Error)]
+#[error("{compression} compression failed: {detail}")]
+pub struct EncodeError {
+    /// Compression that failed.
+    pub compression: Compression,
+    /// What the compressor said.
+    pub detail: String,
+}
+
+/// Compresses chunks for storing, keeping one zstd context across calls (a worker thread holds
+/// one: a fresh context per chunk costs an allocation of several MiB). The output is the same
+/// bytes [`encode_chunk`] makes.
+#[derive(Default)]
+pub struct ChunkEncoder {
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl fmt::Debug for ChunkEncoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChunkEncoder")
+            .field("zstd", &self.zstd.is_some())
+            .finish()
+    }
+}
+
+impl ChunkEncoder {
+    /// An encoder without a zstd context yet (made on the first zstd chunk).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// [`encode_chunk`] with this encoder's zstd context.
+    pub fn encode<'a>(
+        &mut self,
+        compression: Compression,
+        data: &'a [u8],
+    ) -> Result<(Cow<'a, [u8]>, Compression), EncodeError> {
+        let failed = |e: std::io::Error| EncodeError {
+            compression,
+            detail: e.to_string(),
+        };
+        let out = match compression {
+            Compression::None => return Ok((Cow::Borrowed(data), Compression::None)),
+            Compression::Lz4Block => lz4_flex::block::compress(data),
+            Compression::Zstd => {
+                let z = match &mut self.zstd {
+                    Some(z) => z,
+                    None => self
+                        .zstd
+                        .insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(failed)?),
+                };
+                z.compress(data).map_err(failed)?
+            }
+        };
+        // Store raw when compression does not pay, as nydus-image does.
+        if out.len() < data.len() {
+            Ok((Cow::Owned(out), compression))
+        } else {
+            Ok((Cow::Borrowed(data), Compression::None))
+        }
+    }
+}
+
+/// Compress `data` (a chunk's raw bytes, or a chunk-info array) with `compression` for storing
+/// in a blob; the inverse of [`decompress`]. Returns the bytes to store and the compression they
+/// are stored with: [`Compression::None`] (the bytes are `data` itself) when compression does
+/// not make them smaller, as nydus-image stores such chunks raw with the chunk's compressed
+/// flag clear. zstd uses level 3; [`ChunkEncoder`] does the same with a reused context.
+pub fn encode_chunk(
+    compression: Compression,
+    data: &[u8],
+) -> Result<(Cow<'_, [u8]>, Compression), EncodeError> {
+    ChunkEncoder::new().encode(compression, data)
+}
+
 /// Decompress `stored` into exactly `size` bytes. For metadata (chunk-info arrays, TOC entries)
 /// whose integrity is checked elsewhere; chunk data goes through [`decode_chunk`]. Callers bound
 /// `size` before calling.
@@ -219,6 +360,54 @@ mod tests {
                 "{c} accepted a flipped byte"
             );
         }
+    }
+
+    #[test]
+    fn encodes_and_falls_back_to_raw() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut enc = ChunkEncoder::new();
+        for c in Compression::ALL {
+            let (stored, used) = encode_chunk(c, &data).unwrap();
+            assert_eq!(used, c);
+            assert_eq!(decompress(used, &stored, data.len()).unwrap(), data);
+            // A reused context makes the same bytes.
+            assert_eq!(enc.encode(c, &data).unwrap(), (stored.clone(), used));
+            assert_eq!(enc.encode(c, &data).unwrap().0, stored);
+        }
+        assert_eq!(
+            encode_chunk(Compression::Zstd, &data).unwrap().0,
+            zstd::bulk::compress(&data, 3).unwrap()
+        );
+        // Incompressible bytes are stored raw, borrowed.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        for c in Compression::ALL {
+            let (stored, used) = encode_chunk(c, &noise).unwrap();
+            assert_eq!(used, Compression::None);
+            assert!(matches!(stored, Cow::Borrowed(b) if b == noise.as_slice()));
+        }
+    }
+
+    #[test]
+    fn ids_and_names_round_trip() {
+        for c in Compression::ALL {
+            assert_eq!(Compression::from_rafs_id(c.rafs_id()).unwrap(), c);
+            assert_eq!(c.as_str().parse::<Compression>().unwrap(), c);
+        }
+        assert_eq!(Compression::from_rafs_id(2), Err(CompressionIdError::Gzip));
+        assert_eq!(
+            Compression::from_rafs_id(4),
+            Err(CompressionIdError::Unknown(4))
+        );
+        assert_eq!("lz4".parse::<Compression>().unwrap(), Compression::Lz4Block);
+        assert!("gzip".parse::<Compression>().is_err());
     }
 
     #[test]

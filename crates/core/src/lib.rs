@@ -1,16 +1,24 @@
 //! Shared vocabulary of dfagent: what identifies data ([`ChunkDigest`], [`BlobId`]), where a chunk
 //! lives ([`ChunkRef`]), how stored chunk bytes become verified file data ([`decode_chunk`]), and
-//! the traits through which subsystems hand chunks to each other ([`ChunkSource`],
+//! the traits through which subsystems hand chunks to each other ([`ChunkTier`], [`ChunkStore`],
 //! [`ChunkReader`]). Every other crate depends on this one and on nothing sideways.
 
 mod blob;
 mod chunk;
 mod digest;
-mod source;
+mod reader;
+mod sha256;
+mod tier;
 
 pub use blob::{BlobId, BlobIdError};
-pub use chunk::{decode_chunk, decompress, ChunkRef, Compression, DecodeError, MAX_CHUNK_SIZE};
+pub use chunk::{
+    decode_chunk, decompress, encode_chunk, ChunkEncoder, ChunkRef, Compression,
+    CompressionIdError, CompressionParseError, DecodeError, EncodeError, MAX_CHUNK_SIZE,
+};
 pub use digest::{ChunkDigest, DigestAlgo, DigestParseError};
-pub use source::{
-    BoxFuture, ChunkReader, ChunkSink, ChunkSource, ReadError, SourceError, StoredChunk,
+pub use reader::{ChunkReader, ReadError};
+pub use sha256::sha256_digest;
+pub use tier::{
+    slots_for, Answer, BoxFuture, ChunkStore, ChunkTier, Retry, Slot, StoredChunk, TierError,
+    TierErrorKind,
 };

@@ -10,7 +10,7 @@ use dfagent_builder::{
     output, source, BuildOptions, ChunkOptions, Progress, SourceImage, SourceSpec,
 };
 
-use crate::remote::RegistryArgs;
+use crate::node_args::RegistryArgs;
 
 /// Options of `dfagent build`.
 #[derive(clap::Args, Debug)]
@@ -85,7 +85,7 @@ impl Progress for Bar {
 }
 
 /// Run `dfagent build`.
-pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: BuildArgs, config: &crate::node_args::ConfigArgs) -> anyhow::Result<ExitCode> {
     if args.output_dir.is_none() && args.oci_layout.is_none() && args.push.is_none() {
         bail!("say where the Nydus image goes: --output-dir DIR, --oci-layout DIR or --push REF");
     }
@@ -151,7 +151,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     );
     let progress = Bar(bar);
 
-    let registry = args.registry.registry()?;
+    let registry = args.registry.registry(config)?;
     let rt = tokio::runtime::Runtime::new()?;
     let platform = registry.config().platform.clone();
     let plat = (platform.0.as_str(), platform.1.as_str());
@@ -198,13 +198,13 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let fetch =
         |id: &dfagent_core::BlobId, dest: &std::path::Path| -> dfagent_builder::Result<()> {
             let img = dict_image.as_ref().ok_or_else(|| {
-                dfagent_builder::Error::Option(format!(
+                dfagent_builder::BuildError::Option(format!(
                     "dictionary blob {id} is not in the dictionary's blob directory; give it with \
                  --chunk-dict-blobs DIR"
                 ))
             })?;
             let size = img.blob_size(id).ok_or_else(|| {
-                dfagent_builder::Error::Source(format!(
+                dfagent_builder::BuildError::Source(format!(
                     "dictionary image {} does not list blob {id}",
                     img.reference
                 ))

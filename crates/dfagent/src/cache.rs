@@ -1,8 +1,12 @@
-//! `dfagent cache stat|gc|verify|clear`: look after the node's chunk store.
+//! `dfagent cache stat|gc|verify|clear`: look after the node's chunk store, through the daemon
+//! when one runs (it owns the store), in-process otherwise.
 
 use std::process::ExitCode;
 
-use crate::store_args::StoreArgs;
+use dfagent_node::control::client::Client;
+use dfagent_node::control::proto;
+
+use crate::node_args::{load, open_store, ConfigArgs, StoreArgs};
 
 /// What to do to the store.
 #[derive(clap::Subcommand)]
@@ -21,49 +25,123 @@ pub enum CacheCommand {
     Clear,
 }
 
-pub fn run(cmd: CacheCommand, store: &StoreArgs) -> anyhow::Result<ExitCode> {
-    let s = store.open()?;
+fn print_stat(s: &proto::CacheStatReply, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "store": s.path, "chunks": s.chunks, "bytes": s.bytes,
+                "capacity": s.capacity_bytes, "pinned_chunks": s.pinned_chunks,
+                "pinned_bytes": s.pinned_bytes, "images": s.image_names,
+                "evictions": s.evictions,
+            })
+        );
+    } else {
+        println!("store       {}", s.path);
+        println!("chunks      {}", s.chunks);
+        println!("bytes       {} of {} capacity", s.bytes, s.capacity_bytes);
+        println!(
+            "pinned      {} chunks, {} bytes",
+            s.pinned_chunks, s.pinned_bytes
+        );
+        println!("images      {}", s.image_names.join(", "));
+    }
+}
+
+fn print_verify(r: &proto::CacheVerifyReply) -> ExitCode {
+    println!("checked {} chunks, removed {} bad ones", r.checked, r.bad);
+    for d in &r.bad_digests {
+        eprintln!("removed {d}");
+    }
+    if r.bad > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Through the daemon.
+pub fn run_remote(
+    rt: &tokio::runtime::Runtime,
+    mut c: Client,
+    cmd: CacheCommand,
+) -> anyhow::Result<ExitCode> {
+    let err = |e: tonic::Status| anyhow::anyhow!("daemon: {}", e.message());
+    match cmd {
+        CacheCommand::Stat { json } => {
+            let s = rt
+                .block_on(c.cache_stat(proto::CacheStatRequest {}))
+                .map_err(err)?
+                .into_inner();
+            print_stat(&s, json);
+        }
+        CacheCommand::Gc => {
+            let r = rt
+                .block_on(c.cache_gc(proto::CacheGcRequest {}))
+                .map_err(err)?
+                .into_inner();
+            println!(
+                "removed {} unpinned chunks, {} bytes",
+                r.removed_chunks, r.removed_bytes
+            );
+        }
+        CacheCommand::Verify => {
+            let r = rt
+                .block_on(c.cache_verify(proto::CacheVerifyRequest {}))
+                .map_err(err)?
+                .into_inner();
+            return Ok(print_verify(&r));
+        }
+        CacheCommand::Clear => {
+            let r = rt
+                .block_on(c.cache_clear(proto::CacheClearRequest {}))
+                .map_err(err)?
+                .into_inner();
+            println!("cleared the daemon's store ({} chunks)", r.removed_chunks);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// In this process.
+pub fn run(cmd: CacheCommand, store: &StoreArgs, config: &ConfigArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load(config, store.overrides(dfagent_node::config::Overrides::new()))?;
+    let s = open_store(&cfg)?;
     match cmd {
         CacheCommand::Stat { json } => {
             let st = s.stats();
             let images = s.pinned_images()?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "store": s.path(), "chunks": st.chunks, "bytes": st.bytes,
-                        "capacity": st.capacity, "pinned_chunks": st.pinned_chunks,
-                        "pinned_bytes": st.pinned_bytes, "images": images,
-                    })
-                );
-            } else {
-                println!("store       {}", s.path().display());
-                println!("chunks      {}", st.chunks);
-                println!("bytes       {} of {} capacity", st.bytes, st.capacity);
-                println!(
-                    "pinned      {} chunks, {} bytes",
-                    st.pinned_chunks, st.pinned_bytes
-                );
-                println!("images      {}", images.join(", "));
-            }
+            print_stat(
+                &proto::CacheStatReply {
+                    path: s.path().display().to_string(),
+                    chunks: st.chunks,
+                    bytes: st.bytes,
+                    capacity_bytes: st.capacity,
+                    pinned_images: images.len() as u64,
+                    pinned_chunks: st.pinned_chunks,
+                    evictions: st.evictions,
+                    images: images.len() as u64,
+                    pinned_bytes: st.pinned_bytes,
+                    image_names: images,
+                },
+                json,
+            );
         }
         CacheCommand::Gc => {
-            let (chunks, bytes) = s.gc()?;
-            println!("removed {chunks} unpinned chunks, {bytes} bytes");
+            let r = s.gc()?;
+            println!("removed {} unpinned chunks, {} bytes", r.chunks, r.bytes);
         }
         CacheCommand::Verify => {
             let r = s.verify()?;
-            println!(
-                "checked {} chunks, removed {} bad ones",
-                r.checked,
-                r.removed.len()
-            );
-            for (d, why) in &r.removed {
-                eprintln!("removed {d}: {why}");
-            }
-            if !r.removed.is_empty() {
-                return Ok(ExitCode::FAILURE);
-            }
+            return Ok(print_verify(&proto::CacheVerifyReply {
+                checked: r.checked,
+                bad: r.removed.len() as u64,
+                bad_digests: r
+                    .removed
+                    .iter()
+                    .map(|(d, why)| format!("{d}: {why}"))
+                    .collect(),
+            }));
         }
         CacheCommand::Clear => {
             s.clear()?;

@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use dfagent_rafs::Image;
 use dfagent_resolver::check::check_image;
-use dfagent_resolver::BlobDirSource;
+use dfagent_resolver::BlobDirTier;
 
 pub fn run(bootstrap: &Path, blob_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let img = Image::open(bootstrap).with_context(|| format!("opening {}", bootstrap.display()))?;
-    let r = check_image(&img, &BlobDirSource::new(blob_dir));
+    let r = check_image(&img, &BlobDirTier::new(blob_dir));
     if json {
         let v = serde_json::json!({
             "inodes": r.inodes, "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks,

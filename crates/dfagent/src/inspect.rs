@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use dfagent_rafs::{FileType, Image};
-use dfagent_resolver::{BlobDirSource, Resolver, ResolverConfig};
+use dfagent_resolver::{BlobDirTier, Resolver, ResolverConfig};
 use sha2::Digest as _;
 
 use crate::listing;
@@ -22,8 +22,8 @@ pub fn run(bootstrap: &Path, blob_dir: Option<&Path>, json: bool) -> anyhow::Res
     entries.sort_by(|a, b| a.0.cmp(&b.0));
 
     let resolver = blob_dir.map(|d| {
-        Resolver::new(
-            vec![Arc::new(BlobDirSource::new(d))],
+        Resolver::standalone(
+            vec![Arc::new(BlobDirTier::new(d))],
             ResolverConfig::default(),
         )
     });

@@ -1,14 +1,17 @@
 //! `dfagent`: the command line. Parses arguments, sets up logging, and hands each command to the
-//! module named after it; the work itself lives in the library crates.
+//! module named after it; the work itself lives in the library crates (the node library for
+//! mounts, pulls and pushes). It must hold no logic of its own beyond arguments and output.
 
 mod build;
 mod cache;
 mod check;
+mod client;
+mod daemon;
 mod inspect;
 mod listing;
 mod mount;
-mod remote;
-mod store_args;
+mod node_args;
+mod pull;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +25,10 @@ struct Cli {
     /// More log output (-v info, -vv debug). RUST_LOG overrides it.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    #[command(flatten)]
+    daemon: client::DaemonArgs,
+    #[command(flatten)]
+    config: node_args::ConfigArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,9 +76,9 @@ enum Command {
         /// The image reference, e.g. localhost:5000/app:v1.
         image: String,
         #[command(flatten)]
-        store: store_args::StoreArgs,
+        store: node_args::StoreArgs,
         #[command(flatten)]
-        registry: remote::RegistryArgs,
+        registry: node_args::RegistryArgs,
     },
     /// Publish a local Nydus image (e.g. built by upstream nydus-image) to a registry in
     /// nydusify's layout: one layer per data blob, then the bootstrap layer.
@@ -85,7 +92,7 @@ enum Command {
         /// Where to push, e.g. localhost:5000/app:v1.
         image: String,
         #[command(flatten)]
-        registry: remote::RegistryArgs,
+        registry: node_args::RegistryArgs,
     },
     /// Convert an OCI image (OCI layout, docker archive or registry image) into a Nydus image:
     /// one RAFS v6 bootstrap and a data blob per layer with new data, chunks deduplicated
@@ -97,7 +104,31 @@ enum Command {
         #[command(subcommand)]
         command: cache::CacheCommand,
         #[command(flatten)]
-        store: store_args::StoreArgs,
+        store: node_args::StoreArgs,
+    },
+    /// Run the node agent in the foreground: one process that owns the store and serves every
+    /// mount of the node (the CLI's mount, umount, pull and cache go through it), with a
+    /// control API on a unix socket and Prometheus metrics. Stops on SIGTERM or SIGINT,
+    /// unmounting everything.
+    Daemon(Box<daemon::DaemonCmd>),
+    /// Print the effective configuration (file, then DFAGENT_<SECTION>__<KEY> variables, then
+    /// flags, over the defaults) as TOML, secrets redacted; with --default, a commented
+    /// default file documenting every key.
+    Config {
+        /// Print the commented default file instead.
+        #[arg(long)]
+        default: bool,
+        #[command(flatten)]
+        store: node_args::StoreArgs,
+        #[command(flatten)]
+        registry: node_args::RegistryArgs,
+    },
+    /// List the daemon's mounts: image, mount point, state, bytes fetched per tier, chunks
+    /// cached, prefetch progress.
+    Ps {
+        /// A JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Unmount a dfagent mount (also recovers a stale mount left by a killed process).
     Umount {
@@ -109,25 +140,34 @@ enum Command {
     },
 }
 
-fn init_logging(verbose: u8) {
+/// Log to stderr: `-v`/`-vv` or RUST_LOG set the level, else the configuration's `log.level`
+/// (warnings only for one-shot commands); `log.format` picks text or JSON lines.
+fn init_logging(verbose: u8, config: Option<&dfagent_node::config::Config>, daemon: bool) {
+    use dfagent_node::config::LogFormat;
     // fuser logs an expected failure when the kernel already dropped the mount: keep it quiet.
-    let default = match verbose {
-        0 => "warn,fuser=error",
-        1 => "info,fuser=error",
-        _ => "debug",
+    let default = match (verbose, config) {
+        (0, Some(c)) if daemon => format!("{},fuser=error", c.log.level),
+        (0, _) => "warn,fuser=error".to_string(),
+        (1, _) => "info,fuser=error".to_string(),
+        _ => "debug".to_string(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if config.is_some_and(|c| c.log.format == LogFormat::Json) {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.verbose);
-    let result = match cli.command {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let verbose = cli.verbose > 0;
+    let d = &cli.daemon;
+    let c = &cli.config;
+    match cli.command {
         Command::Inspect {
             bootstrap,
             blob_dir,
@@ -138,22 +178,80 @@ fn main() -> ExitCode {
             blob_dir,
             json,
         } => check::run(&bootstrap, &blob_dir, json),
-        Command::Mount(args) => mount::run(args, cli.verbose > 0),
-        Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
-        Command::Build(args) => build::run(*args),
-        Command::Cache { command, store } => cache::run(command, &store),
+        Command::Mount(args) => mount::run(args, d, c, verbose),
+        Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy, d, c),
+        Command::Build(args) => build::run(*args, c),
+        Command::Daemon(cmd) => daemon::run(*cmd, d, c),
+        Command::Config {
+            default,
+            store,
+            registry,
+        } => {
+            if default {
+                print!("{}", dfagent_node::config::Config::default_commented());
+            } else {
+                let o = d.overrides(registry.overrides(store.overrides(Default::default())));
+                print!("{}", node_args::load(c, o)?.to_toml_redacted());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ps { json } => {
+            let rt = dfagent_node::runtime()?;
+            match d.client(&rt, c)? {
+                Some(client) => client::ps(&rt, client, json),
+                None => anyhow::bail!(
+                    "no dfagent daemon answers on {} (start one with `dfagent daemon`)",
+                    d.socket(c)?.display()
+                ),
+            }
+        }
+        Command::Cache { command, store } => {
+            let rt = dfagent_node::runtime()?;
+            match d.client(&rt, c)? {
+                Some(client) => cache::run_remote(&rt, client, command),
+                None => cache::run(command, &store, c),
+            }
+        }
         Command::Pull {
             image,
             store,
             registry,
-        } => remote::pull(&image, &store, &registry),
+        } => {
+            let rt = dfagent_node::runtime()?;
+            match d.client(&rt, c)? {
+                Some(client) => client::pull(&rt, client, &image),
+                None => {
+                    drop(rt);
+                    pull::pull(&image, &store, &registry, c)
+                }
+            }
+        }
         Command::Push {
             bootstrap,
             blob_dir,
             image,
             registry,
-        } => remote::push(&bootstrap, &blob_dir, &image, &registry),
-    };
+        } => pull::push(&bootstrap, &blob_dir, &image, &registry, c),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Logging follows the configuration where the command reads one; a configuration that does
+    // not load is reported by the command itself.
+    let uses_config = !matches!(
+        cli.command,
+        Command::Inspect { .. } | Command::Check { .. } | Command::Config { .. }
+    );
+    let config = uses_config
+        .then(|| node_args::load(&cli.config, Default::default()).ok())
+        .flatten();
+    init_logging(
+        cli.verbose,
+        config.as_ref(),
+        matches!(cli.command, Command::Daemon(_)),
+    );
+    let result = run(cli);
     match result {
         Ok(code) => code,
         Err(e) => {

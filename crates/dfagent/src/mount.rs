@@ -1,5 +1,5 @@
-//! `dfagent mount` and `dfagent umount`: wire an image, a resolver and nydusfs together, serve
-//! until told to stop, and clean up the mount on the way out.
+//! `dfagent mount` and `dfagent umount`: arguments in, a mount served in the foreground by the
+//! node library, counters out.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,9 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use dfagent_nydusfs::{mount_state, unmount, FsConfig, MountState, NydusFs};
-use dfagent_rafs::Image;
-use dfagent_resolver::{BlobDirSource, Resolver, ResolverConfig};
+use dfagent_node::config::Overrides;
+use dfagent_node::{ImageSource, MountSpec};
+use dfagent_resolver::prefetch::PrefetchPolicy;
+
+use crate::client::DaemonArgs;
+use crate::node_args::{load, open_node, ConfigArgs, RegistryArgs, StoreArgs};
 
 /// Arguments of `dfagent mount`.
 #[derive(clap::Args)]
@@ -29,125 +32,104 @@ pub struct MountArgs {
     /// dfagent ("transport endpoint is not connected").
     #[arg(long)]
     pub force: bool,
-    /// Size of the in-memory cache of decoded, verified chunks, in MiB.
-    #[arg(long, default_value_t = 256)]
-    pub cache_mib: u64,
-    /// File data fetched ahead of a sequential reader, in MiB (0: only what is read).
-    #[arg(long, env = "DFAGENT_READAHEAD_MIB", default_value_t = 16)]
-    pub readahead_mib: u64,
+    /// Size of the in-memory cache of decoded, verified chunks, in MiB (`cache.decoded_mib`,
+    /// default 256; a daemon's cache is set when it starts).
+    #[arg(long)]
+    pub cache_mib: Option<u64>,
+    /// File data fetched ahead of a sequential reader, in MiB; 0: only what is read
+    /// (`mount.readahead_mib`, default 16).
+    #[arg(long, env = "DFAGENT_READAHEAD_MIB")]
+    pub readahead_mib: Option<u64>,
     /// What a registry mount fetches in the background: `none`, `table` (the image's prefetch
-    /// table) or `all` (the table, then the whole image, so the node keeps working offline).
-    #[arg(long, default_value = "all")]
-    pub prefetch: dfagent_resolver::prefetch::PrefetchPolicy,
+    /// table) or `all` (the table, then the whole image, so the node keeps working offline)
+    /// (`mount.prefetch`, default all).
+    #[arg(long)]
+    pub prefetch: Option<PrefetchPolicy>,
     #[command(flatten)]
-    pub store: crate::store_args::StoreArgs,
+    pub store: StoreArgs,
     #[command(flatten)]
-    pub registry: crate::remote::RegistryArgs,
+    pub registry: RegistryArgs,
 }
 
-fn prepare_mountpoint(mp: &Path, force: bool) -> anyhow::Result<()> {
-    match mount_state(mp) {
-        Ok(MountState::NotMounted) => {}
-        Ok(MountState::Stale) if force => {
-            tracing::info!(mountpoint = %mp.display(), "detaching stale mount");
-            unmount(mp, true).with_context(|| format!("detaching stale mount {}", mp.display()))?;
-        }
-        Ok(MountState::Stale) => bail!(
-            "{} is a stale FUSE mount (transport endpoint is not connected), probably left by a \
-             killed dfagent; run again with --force to replace it, or `dfagent umount {}`",
-            mp.display(),
-            mp.display()
-        ),
-        Ok(MountState::Live) if force => {
-            unmount(mp, true).with_context(|| format!("unmounting {}", mp.display()))?;
-        }
-        Ok(MountState::Live) => bail!(
-            "something is already mounted at {}; unmount it first or pass --force",
-            mp.display()
-        ),
-        Err(e) => return Err(e).with_context(|| format!("mount point {}", mp.display())),
+impl MountArgs {
+    /// The image and mount point the arguments name.
+    fn image(&self) -> anyhow::Result<(ImageSource, PathBuf)> {
+        Ok(match (&self.bootstrap, &self.blob_dir) {
+            (Some(bootstrap), Some(blob_dir)) => {
+                let [mp] = self.targets.as_slice() else {
+                    bail!("with --bootstrap, give only the MOUNTPOINT (not an IMAGE)");
+                };
+                let image = ImageSource::Local {
+                    bootstrap: bootstrap.clone(),
+                    blob_dir: blob_dir.clone(),
+                };
+                (image, PathBuf::from(mp))
+            }
+            _ => {
+                let [reference, mp] = self.targets.as_slice() else {
+                    bail!(
+                        "give IMAGE and MOUNTPOINT (or --bootstrap and --blob-dir with MOUNTPOINT)"
+                    );
+                };
+                (ImageSource::Registry(reference.clone()), PathBuf::from(mp))
+            }
+        })
     }
-    if !mp.is_dir() {
-        bail!("mount point {} is not a directory", mp.display());
+
+    /// The configuration keys these flags set.
+    fn overrides(&self) -> Overrides {
+        let mut o = self.registry.overrides(self.store.overrides(Overrides::new()));
+        if let Some(m) = self.cache_mib {
+            o = o.set("--cache-mib", "cache.decoded_mib", m);
+        }
+        if let Some(m) = self.readahead_mib {
+            o = o.set("--readahead-mib", "mount.readahead_mib", m);
+        }
+        if let Some(p) = self.prefetch {
+            o = o.set("--prefetch", "mount.prefetch", p.as_str());
+        }
+        o
     }
-    Ok(())
 }
 
-pub fn run(args: MountArgs, verbose: bool) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .thread_name("dfagent-io")
-        .enable_all()
-        .build()?;
-    let (image, resolver, mp, fsname, pinned) = match (&args.bootstrap, &args.blob_dir) {
-        (Some(bootstrap), Some(blob_dir)) => {
-            let [mp] = args.targets.as_slice() else {
-                bail!("with --bootstrap, give only the MOUNTPOINT (not an IMAGE)");
-            };
-            let mp = PathBuf::from(mp);
-            prepare_mountpoint(&mp, args.force)?;
-            let image = Arc::new(
-                Image::open(bootstrap)
-                    .with_context(|| format!("opening {}", bootstrap.display()))?,
-            );
-            let resolver = Arc::new(Resolver::new(
-                vec![Arc::new(BlobDirSource::new(blob_dir))],
-                ResolverConfig {
-                    cache_bytes: args.cache_mib << 20,
-                    ..ResolverConfig::default()
-                },
-            ));
-            (
-                image,
-                resolver,
-                mp,
-                format!("dfagent:{}", bootstrap.display()),
-                None,
-            )
-        }
-        _ => {
-            let [reference, mp] = args.targets.as_slice() else {
-                bail!("give IMAGE and MOUNTPOINT (or --bootstrap and --blob-dir with MOUNTPOINT)");
-            };
-            let mp = PathBuf::from(mp);
-            prepare_mountpoint(&mp, args.force)?;
-            let store = Arc::new(args.store.open()?);
-            let registry = args.registry.registry()?;
-            let opened = rt.block_on(crate::remote::open(
-                reference,
-                store.clone(),
-                registry,
-                args.cache_mib << 20,
-            ))?;
-            crate::remote::start_prefetch(&rt, &opened, args.prefetch);
-            let fsname = format!("dfagent:{reference}");
-            (
-                opened.image,
-                opened.resolver,
-                mp,
-                fsname,
-                Some((store, reference.clone())),
-            )
-        }
-    };
-    let mp = &mp;
-    let fs = NydusFs::new(
+/// Mount through the daemon when one answers (returning once the mount is ready); otherwise
+/// serve the mount in the foreground until a signal or an unmount from elsewhere ends it.
+pub fn run(
+    args: MountArgs,
+    daemon: &DaemonArgs,
+    config: &ConfigArgs,
+    verbose: bool,
+) -> anyhow::Result<ExitCode> {
+    let (image, mountpoint) = args.image()?;
+    let rt = dfagent_node::runtime()?;
+    if let Some(c) = daemon.client(&rt, config)? {
+        // The daemon applies its own defaults to what the command line leaves unset.
+        let options = crate::client::MountFlags {
+            prefetch: args.prefetch,
+            readahead_mib: args.readahead_mib,
+            force: args.force,
+        };
+        return crate::client::mount(&rt, c, &image, &mountpoint, &options);
+    }
+    let cfg = load(config, args.overrides())?;
+    let mut options = cfg.mount_options();
+    options.force = args.force;
+    let spec = MountSpec {
         image,
-        resolver.clone(),
-        rt.handle().clone(),
-        FsConfig {
-            readahead: args.readahead_mib << 20,
-            ..FsConfig::default()
-        },
-    );
-    let fs_metrics = fs.metrics();
-    let mut mounted = dfagent_nydusfs::mount(fs, mp, &fsname)
-        .with_context(|| format!("mounting at {}", mp.display()))?;
-    eprintln!(
-        "dfagent: mounted {} at {}",
-        fsname.trim_start_matches("dfagent:"),
-        mp.display()
-    );
+        mountpoint,
+        options,
+    };
+    let local = matches!(spec.image, ImageSource::Local { .. });
+    let node = open_node(&rt, &cfg, !local)?;
+    let mp = spec.mountpoint.clone();
+    let name = spec.image.name();
+    let mut mount = rt
+        .block_on(node.mount(spec))
+        .with_context(|| format!("mounting {name} at {}", mp.display()))?;
+    if mount.image().offline {
+        eprintln!("dfagent: registry unreachable; serving the stored copy of {name}");
+    }
+    eprintln!("dfagent: mounted {name} at {}", mp.display());
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -169,67 +151,71 @@ pub fn run(args: MountArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     }
     // Serve until a signal arrives or someone unmounts us.
     let external_end = loop {
-        if let Some(r) = mounted.wait_timeout(Duration::from_millis(200)) {
+        if let Some(r) = mount.wait_timeout(Duration::from_millis(200)) {
             break Some(r);
         }
         if stop.load(Ordering::SeqCst) {
             break None;
         }
     };
+    let stats = mount.stats(node.store().map(|s| &**s));
     match external_end {
-        Some(r) => r.context("FUSE session ended with an error")?,
-        None => mounted
-            .unmount()
-            .with_context(|| format!("unmounting {}", mp.display()))?,
+        Some(r) => {
+            drop(mount);
+            r.context("FUSE session ended with an error")?
+        }
+        None => mount.unmount()?,
     }
     eprintln!("dfagent: unmounted {}", mp.display());
     if verbose {
-        for t in resolver.metrics().snapshot().tiers {
-            eprintln!(
-                "dfagent: tier {}: requests {}, chunks {}, bytes {}, errors {}, verification failures {}, time {} ms",
-                t.name, t.requests, t.chunks, t.bytes, t.errors, t.verify_failures, t.latency_us / 1000
-            );
-        }
-        let f = fs_metrics.snapshot();
-        let r = resolver.metrics().snapshot();
-        eprintln!(
-            "dfagent: requests {}, reads {}, bytes served {}, read errors {}, read-ahead chunks {}, read latency buckets (<=50us,200us,1ms,5ms,20ms,100ms,1s,>1s) {:?}",
-            f.requests, f.reads, f.bytes_served, f.read_errors, f.readahead_chunks, f.read_latency
-        );
-        eprintln!(
-            "dfagent: chunk fetches {}, cache hits {}, coalesced {}, bytes fetched {}, verification failures {}, unavailable {}",
-            r.fetches, r.cache_hits, r.coalesced, r.bytes_fetched, r.verify_failures, r.unavailable
-        );
+        print_stats(&stats);
     }
-    rt.shutdown_timeout(Duration::from_secs(2));
-    if let (true, Some((store, _))) = (verbose, &pinned) {
+    rt.block_on(node.flush());
+    if let (true, Some(store)) = (verbose, node.store()) {
         let s = store.stats();
         eprintln!(
             "dfagent: store: chunks {}, bytes {}, capacity {}, evictions {}, rejected {}, hits {}, misses {}",
             s.chunks, s.bytes, s.capacity, s.evictions, s.rejected, s.hits, s.misses
         );
     }
-    if let Some((store, reference)) = pinned {
-        // A mounted image's chunks are evicted last only while it is mounted; a pulled one
-        // stays pinned.
-        if store.get_meta(&format!("pulled/{reference}"))?.is_none() {
-            store.unpin(&reference)?;
-        }
-    }
+    drop(node);
+    rt.shutdown_timeout(Duration::from_secs(2));
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn umount(mp: &Path, lazy: bool) -> anyhow::Result<ExitCode> {
-    match mount_state(mp).with_context(|| format!("mount point {}", mp.display()))? {
-        MountState::NotMounted => bail!("nothing is mounted at {}", mp.display()),
-        MountState::Stale => unmount(mp, true),
-        MountState::Live => unmount(mp, lazy),
+fn print_stats(stats: &dfagent_node::MountStats) {
+    for t in &stats.resolver.tiers {
+        eprintln!(
+            "dfagent: tier {}: requests {}, chunks {}, bytes {}, errors {}, verification failures {}, time {} ms",
+            t.name, t.requests, t.chunks, t.bytes, t.errors, t.verify_failures, t.latency_us / 1000
+        );
     }
-    .with_context(|| {
-        format!(
-            "unmounting {} (if it is busy, retry with --lazy)",
-            mp.display()
-        )
-    })?;
+    let f = &stats.fs;
+    let r = &stats.resolver;
+    eprintln!(
+        "dfagent: requests {}, reads {}, bytes served {}, read errors {}, read-ahead chunks {}, read latency buckets (<=50us,200us,1ms,5ms,20ms,100ms,1s,>1s) {:?}",
+        f.requests, f.reads, f.bytes_served, f.read_errors, f.readahead_chunks, f.read_latency
+    );
+    eprintln!(
+        "dfagent: chunk fetches {}, cache hits {}, coalesced {}, bytes fetched {}, verification failures {}, unavailable {}, store writes dropped {}",
+        r.fetches, r.cache_hits, r.coalesced, r.bytes_fetched, r.verify_failures, r.unavailable, r.writes_dropped
+    );
+}
+
+/// `dfagent umount`: through the daemon when it serves the mount, else directly (an
+/// in-process mount, or a stale one).
+pub fn umount(
+    mp: &Path,
+    lazy: bool,
+    daemon: &DaemonArgs,
+    config: &ConfigArgs,
+) -> anyhow::Result<ExitCode> {
+    let rt = dfagent_node::runtime()?;
+    if let Some(c) = daemon.client(&rt, config)? {
+        if let Some(code) = crate::client::umount(&rt, c, mp, lazy)? {
+            return Ok(code);
+        }
+    }
+    dfagent_node::unmount_path(mp, lazy)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -11,11 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.len() < 3 {
         return Err("usage: write_dir DIR OUT [zstd|lz4|none] [blake3|sha256] [CHUNK]".into());
     }
-    let compression = match args.get(3).map(String::as_str).unwrap_or("zstd") {
-        "lz4" => Compression::Lz4Block,
-        "none" => Compression::None,
-        _ => Compression::Zstd,
-    };
+    let compression: Compression = args.get(3).map_or("zstd", String::as_str).parse()?;
     let digest_algo = match args.get(4).map(String::as_str).unwrap_or("blake3") {
         "sha256" => DigestAlgo::Sha256,
         _ => DigestAlgo::Blake3,

@@ -6,14 +6,16 @@
 
 use dfagent_core::{decompress, Compression};
 
-use crate::blob_table::{compression_from_id, features, BlobInfo};
+use crate::blob_table::{compression_from_id, BlobInfo};
 use crate::bytes::Le;
 use crate::error::{RafsError, Result};
+use crate::layout::blob_meta_header as hdr_at;
+use crate::layout::chunk_info;
 
-/// Size of the blob meta header.
-pub const META_HEADER_SIZE: u64 = 4096;
 /// Magic at both ends of the blob meta header.
-pub const META_MAGIC: u32 = 0xB10B_B10B;
+pub use crate::layout::blob_meta_header::META_MAGIC;
+/// Size of the blob meta header.
+pub use crate::layout::blob_meta_header::SIZE as META_HEADER_SIZE;
 /// Size of a tar header.
 pub const TAR_HEADER_SIZE: u64 = 512;
 /// Size of one TOC entry.
@@ -58,16 +60,16 @@ impl BlobMetaHeader {
             )));
         }
         let h = Le(bytes);
-        if h.u32(0) != META_MAGIC || h.u32(4092) != META_MAGIC {
+        if h.u32(hdr_at::MAGIC) != META_MAGIC || h.u32(hdr_at::MAGIC_END) != META_MAGIC {
             return Err(RafsError::corrupt(format!("{what}: bad magic")));
         }
         let hdr = BlobMetaHeader {
-            features: h.u32(4),
-            ci_compression: compression_from_id(h.u32(8), &what)?,
-            ci_entries: h.u32(12),
-            ci_offset: h.u64(16),
-            ci_compressed_size: h.u64(24),
-            ci_uncompressed_size: h.u64(32),
+            features: h.u32(hdr_at::FEATURES),
+            ci_compression: compression_from_id(h.u32(hdr_at::CI_COMPRESSOR), &what)?,
+            ci_entries: h.u32(hdr_at::CI_ENTRIES),
+            ci_offset: h.u64(hdr_at::CI_OFFSET),
+            ci_compressed_size: h.u64(hdr_at::CI_COMPRESSED_SIZE),
+            ci_uncompressed_size: h.u64(hdr_at::CI_UNCOMPRESSED_SIZE),
         };
         if hdr.ci_offset != blob.ci_offset
             || hdr.ci_compressed_size != blob.ci_compressed_size
@@ -105,8 +107,7 @@ pub struct ChunkInfo {
 
 /// Decompress and decode a chunk-info array (`stored` is the array as it sits in the blob).
 pub fn parse_chunk_infos(hdr: &BlobMetaHeader, stored: &[u8]) -> Result<Vec<ChunkInfo>> {
-    let v2 = hdr.features & features::CHUNK_INFO_V2 != 0;
-    let entry = if v2 { 24 } else { 16 };
+    let entry = chunk_info::entry_size(hdr.features);
     let want = u64::from(hdr.ci_entries) * entry;
     if hdr.ci_uncompressed_size != want || want > MAX_CHUNK_INFO_SIZE {
         return Err(RafsError::corrupt(format!(
@@ -116,34 +117,12 @@ pub fn parse_chunk_infos(hdr: &BlobMetaHeader, stored: &[u8]) -> Result<Vec<Chun
     }
     let raw = decompress(hdr.ci_compression, stored, want as usize)
         .map_err(|e| RafsError::corrupt(format!("chunk-info array: {e}")))?;
-    Ok(raw
-        .chunks_exact(entry as usize)
-        .map(|e| {
-            let e = Le(e);
-            let u = e.u64(0);
-            let c = e.u64(8);
-            if v2 {
-                let c_size = (c >> 40) as u32;
-                ChunkInfo {
-                    uncompressed_offset: (u & 0xffff_ffff) << 12,
-                    uncompressed_size: ((u >> 32) & 0xff_ffff) as u32 + 1,
-                    compressed_offset: c & 0xff_ffff_ffff,
-                    compressed_size: c_size,
-                    compressed: (u >> 56) & 1 != 0,
-                }
-            } else {
-                let d_size = (((u >> 44) & 0xf_ffff) | (((u >> 8) & 0xf) << 20)) as u32 + 1;
-                let c_size = (((c >> 44) & 0xf_ffff) | (((c >> 40) & 0xf) << 20)) as u32 + 1;
-                ChunkInfo {
-                    uncompressed_offset: u & 0x0000_0fff_ffff_f000,
-                    uncompressed_size: d_size,
-                    compressed_offset: c & 0xff_ffff_ffff,
-                    compressed_size: c_size,
-                    compressed: c_size != d_size,
-                }
-            }
-        })
-        .collect())
+    let decode = if entry == chunk_info::V2_SIZE {
+        chunk_info::decode_v2
+    } else {
+        chunk_info::decode_v1
+    };
+    Ok(raw.chunks_exact(entry as usize).map(decode).collect())
 }
 
 /// One entry of a blob's table of contents.

@@ -6,21 +6,8 @@ use dfagent_core::{ChunkDigest, DigestAlgo};
 
 use crate::bytes::{slice, Le};
 use crate::error::{RafsError, Result};
-use crate::superblock::{SuperBlock, CHUNK_RECORD_SIZE};
-
-/// Chunk flag bits of a chunk record.
-pub mod chunk_flags {
-    /// Stored compressed with the blob's compressor (else stored raw).
-    pub const COMPRESSED: u32 = 0x0000_0001;
-    /// Legacy hole chunk.
-    pub const HOLE: u32 = 0x0000_0002;
-    /// Encrypted.
-    pub const ENCRYPTED: u32 = 0x0000_0004;
-    /// Packed into a batch with other small chunks.
-    pub const BATCH: u32 = 0x0000_0008;
-    /// The record carries a CRC32C of the uncompressed chunk.
-    pub const HAS_CRC32: u32 = 0x0000_0010;
-}
+use crate::layout::chunk_record as rec;
+use crate::superblock::SuperBlock;
 
 /// One record of the chunk table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +18,7 @@ pub struct ChunkRecord {
     pub digest: ChunkDigest,
     /// Index of the blob in the blob table.
     pub blob_index: u32,
-    /// Flag bits, see [`chunk_flags`].
+    /// Flag bits, see [`crate::chunk_flags`].
     pub flags: u32,
     /// Stored size in the blob.
     pub compressed_size: u32,
@@ -45,13 +32,13 @@ pub struct ChunkRecord {
     pub file_offset: u64,
     /// Chunk number within its blob (index into the blob's chunk-info array).
     pub blob_chunk_index: u32,
-    /// crc32 of the chunk when [`chunk_flags::HAS_CRC32`] is set.
+    /// crc32 of the chunk when [`crate::chunk_flags::HAS_CRC32`] is set.
     pub crc32: u32,
 }
 
 /// Number of records in the chunk table.
 pub(crate) fn record_count(sb: &SuperBlock) -> u64 {
-    sb.chunk_table_size / CHUNK_RECORD_SIZE
+    sb.chunk_table_size / rec::SIZE
 }
 
 /// Parse record `i` of the chunk table.
@@ -69,22 +56,22 @@ pub(crate) fn parse_record(
     }
     let r = Le(slice(
         data,
-        sb.chunk_table_offset + i * CHUNK_RECORD_SIZE,
-        CHUNK_RECORD_SIZE,
+        sb.chunk_table_offset + i * rec::SIZE,
+        rec::SIZE,
         "chunk record",
     )?);
     Ok(ChunkRecord {
         table_index: i as u32,
-        digest: ChunkDigest::new(algo, r.bytes::<32>(0)),
-        blob_index: r.u32(32),
-        flags: r.u32(36),
-        compressed_size: r.u32(40),
-        uncompressed_size: r.u32(44),
-        compressed_offset: r.u64(48),
-        uncompressed_offset: r.u64(56),
-        file_offset: r.u64(64),
-        blob_chunk_index: r.u32(72),
-        crc32: r.u32(76),
+        digest: ChunkDigest::new(algo, r.bytes::<32>(rec::DIGEST)),
+        blob_index: r.u32(rec::BLOB_INDEX),
+        flags: r.u32(rec::FLAGS),
+        compressed_size: r.u32(rec::COMPRESSED_SIZE),
+        uncompressed_size: r.u32(rec::UNCOMPRESSED_SIZE),
+        compressed_offset: r.u64(rec::COMPRESSED_OFFSET),
+        uncompressed_offset: r.u64(rec::UNCOMPRESSED_OFFSET),
+        file_offset: r.u64(rec::FILE_OFFSET),
+        blob_chunk_index: r.u32(rec::INDEX),
+        crc32: r.u32(rec::CRC32),
     })
 }
 
@@ -100,11 +87,11 @@ pub(crate) fn build_index(data: &[u8], sb: &SuperBlock) -> Result<Vec<(u64, u32)
     for i in 0..n {
         let r = Le(slice(
             data,
-            sb.chunk_table_offset + i * CHUNK_RECORD_SIZE,
-            CHUNK_RECORD_SIZE,
+            sb.chunk_table_offset + i * rec::SIZE,
+            rec::SIZE,
             "chunk record",
         )?);
-        index.push((key(r.u32(32), r.u32(72)), i as u32));
+        index.push((key(r.u32(rec::BLOB_INDEX), r.u32(rec::INDEX)), i as u32));
     }
     index.sort_unstable();
     // The same chunk address twice keeps the first record: both describe the same bytes.

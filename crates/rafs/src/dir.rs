@@ -4,11 +4,7 @@
 use crate::bytes::Le;
 use crate::error::{RafsError, Result};
 use crate::inode::FileType;
-
-/// Size of one on-disk dirent.
-pub(crate) const DIRENT_SIZE: usize = 12;
-/// Longest name a directory may hold.
-pub const MAX_NAME_LEN: usize = 255;
+use crate::layout::dirent::{FILE_TYPE, MAX_NAME_LEN, NAMEOFF, NID, SIZE as DIRENT_SIZE};
 
 /// One directory entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,14 +37,14 @@ impl<'a> DirBlock<'a> {
         if block.len() < DIRENT_SIZE {
             return Err(bad(format!("{} bytes cannot hold a dirent", block.len())));
         }
-        let first = usize::from(Le(block).u16(8));
+        let first = usize::from(Le(block).u16(NAMEOFF));
         if first < DIRENT_SIZE || first % DIRENT_SIZE != 0 || first > block.len() {
             return Err(bad(format!("first name offset {first} is invalid")));
         }
         let count = first / DIRENT_SIZE;
         let mut prev = first;
         for i in 1..count {
-            let off = usize::from(Le(block).u16(i * DIRENT_SIZE + 8));
+            let off = usize::from(Le(block).u16(i * DIRENT_SIZE + NAMEOFF));
             if off <= prev || off > block.len() {
                 return Err(bad(format!(
                     "name offset {off} of entry {i} is out of order or beyond the block"
@@ -79,9 +75,9 @@ impl<'a> DirBlock<'a> {
 
     /// Name of entry `i` (validated in `parse`).
     pub fn name(&self, i: usize) -> &'a [u8] {
-        let start = usize::from(Le(self.block).u16(i * DIRENT_SIZE + 8));
+        let start = usize::from(Le(self.block).u16(i * DIRENT_SIZE + NAMEOFF));
         let end = if i + 1 < self.count {
-            usize::from(Le(self.block).u16((i + 1) * DIRENT_SIZE + 8))
+            usize::from(Le(self.block).u16((i + 1) * DIRENT_SIZE + NAMEOFF))
         } else {
             self.block.len()
         };
@@ -95,21 +91,12 @@ impl<'a> DirBlock<'a> {
 
     /// Nid of entry `i`.
     pub fn nid(&self, i: usize) -> u64 {
-        Le(self.block).u64(i * DIRENT_SIZE)
+        Le(self.block).u64(i * DIRENT_SIZE + NID)
     }
 
     /// File type code of entry `i`.
     pub fn file_type(&self, i: usize) -> Option<FileType> {
-        Some(match Le(self.block).u8(i * DIRENT_SIZE + 10) {
-            1 => FileType::File,
-            2 => FileType::Dir,
-            3 => FileType::CharDev,
-            4 => FileType::BlockDev,
-            5 => FileType::Fifo,
-            6 => FileType::Socket,
-            7 => FileType::Symlink,
-            _ => return None,
-        })
+        FileType::from_dirent_code(Le(self.block).u8(i * DIRENT_SIZE + FILE_TYPE))
     }
 
     /// Binary search for `name` in this block.

@@ -9,11 +9,14 @@ use std::sync::OnceLock;
 use dfagent_core::{ChunkRef, Compression};
 
 use crate::blob_table::{parse_blob_table, BlobInfo};
-use crate::bytes::{slice, Le};
-use crate::chunk_table::{self, chunk_flags, ChunkRecord};
+use crate::bytes::slice;
+use crate::chunk_table::{self, ChunkRecord};
 use crate::dir::{DirBlock, DirEntry, OFFSETS_PER_BLOCK};
 use crate::error::{RafsError, Result};
-use crate::inode::{layout, parse_inode, FileType, Inode};
+use crate::inode::{parse_inode, FileType, Inode};
+use crate::layout::chunk_addr::{self, ChunkAddr};
+use crate::layout::inode::{self as disk, CHUNK_FORMAT_INDEXES};
+use crate::layout::{chunk_flags, BLOCK_SIZE, PREFETCH_ENTRY_SIZE};
 use crate::superblock::SuperBlock;
 use crate::xattr::{parse_xattrs, Xattr};
 
@@ -151,7 +154,7 @@ impl Image {
         }
         let len = (inode.size - index * bs).min(bs);
         match inode.layout {
-            layout::FLAT_INLINE if index == blocks - 1 && len < bs => {
+            disk::FLAT_INLINE if index == blocks - 1 && len < bs => {
                 // The tail must not cross the metadata block holding the inode.
                 let at = inode.inline_offset();
                 if at % bs + len > bs {
@@ -162,7 +165,7 @@ impl Image {
                 }
                 slice(self.bytes(), at, len, "inline data")
             }
-            layout::FLAT_PLAIN | layout::FLAT_INLINE => {
+            disk::FLAT_PLAIN | disk::FLAT_INLINE => {
                 let start = u64::from(inode.union)
                     .checked_add(index)
                     .map(|b| b * bs)
@@ -253,7 +256,8 @@ impl Image {
         if inode.file_type != FileType::Symlink {
             return Err(RafsError::NotSymlink(nid));
         }
-        if inode.size == 0 || inode.size > 4096 {
+        // A target is at most PATH_MAX bytes, which is also one block.
+        if inode.size == 0 || inode.size > BLOCK_SIZE {
             return Err(RafsError::corrupt(format!(
                 "symlink nid {nid} has a {}-byte target",
                 inode.size
@@ -290,7 +294,7 @@ impl Image {
             sb.prefetch_table_size,
             "prefetch table",
         )?;
-        Ok(t.chunks_exact(4)
+        Ok(t.chunks_exact(PREFETCH_ENTRY_SIZE as usize)
             .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
             .collect())
     }
@@ -398,14 +402,14 @@ impl Image {
         if offset >= end {
             return Ok(Vec::new());
         }
-        if inode.layout != layout::CHUNK_BASED {
+        if inode.layout != disk::CHUNK_BASED {
             return Err(RafsError::corrupt(format!(
                 "file nid {} with data is not chunk-based",
                 inode.nid
             )));
         }
         let format = inode.union & 0xffff;
-        if format & 0x20 == 0 {
+        if format & CHUNK_FORMAT_INDEXES == 0 {
             return Err(RafsError::Unsupported(format!(
                 "file nid {}: EROFS block-map chunks (format {format:#x}); RAFS uses chunk indexes",
                 inode.nid
@@ -413,24 +417,26 @@ impl Image {
         }
         let cs = u64::from(self.sb.chunk_size);
         let count = self.chunk_count(inode);
-        let base = inode.inline_offset().div_ceil(8) * 8;
+        let base = inode.inline_offset().div_ceil(chunk_addr::ALIGN) * chunk_addr::ALIGN;
         let first = offset / cs;
         let last = (end - 1) / cs;
-        let table = slice(self.bytes(), base, count * 8, "chunk index array")?;
+        let table = slice(
+            self.bytes(),
+            base,
+            count * chunk_addr::SIZE,
+            "chunk index array",
+        )?;
         let index = self.chunk_index()?;
         let mut out = Vec::with_capacity((last - first + 1) as usize);
         for i in first..=last {
-            let a = Le(&table[(i * 8) as usize..]);
-            let lo = a.u16(0);
-            let hi = a.u16(2);
-            let blob_plus_one = u32::from(hi & 0xff);
-            if blob_plus_one == 0 {
+            let a = ChunkAddr::decode(&table[(i * chunk_addr::SIZE) as usize..]);
+            if a.device == 0 {
                 return Err(RafsError::corrupt(format!(
                     "file nid {} chunk {i} has no blob (blob index 0)",
                     inode.nid
                 )));
             }
-            let blob_index = blob_plus_one - 1;
+            let blob_index = u32::from(a.device) - 1;
             if blob_index as usize >= self.blobs.len() {
                 return Err(RafsError::corrupt(format!(
                     "file nid {} chunk {i} names blob index {blob_index} beyond the {}-entry blob table",
@@ -438,7 +444,7 @@ impl Image {
                     self.blobs.len()
                 )));
             }
-            let ci = (u32::from(hi >> 8) << 16) | u32::from(lo);
+            let ci = a.index;
             let k = chunk_table::key(blob_index, ci);
             let rec_idx = index
                 .binary_search_by_key(&k, |e| e.0)

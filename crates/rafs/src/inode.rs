@@ -3,17 +3,9 @@
 
 use crate::bytes::{slice, Le};
 use crate::error::{RafsError, Result};
+use crate::layout::inode::{self as disk, compact, extended};
+use crate::layout::xattr;
 use crate::superblock::SuperBlock;
-
-/// Size of an inode slot; nids count slots from the start of the metadata area.
-pub const SLOT_SIZE: u64 = 32;
-
-/// Data layouts of an EROFS inode (bits 1..4 of `i_format`).
-pub(crate) mod layout {
-    pub const FLAT_PLAIN: u16 = 0;
-    pub const FLAT_INLINE: u16 = 2;
-    pub const CHUNK_BASED: u16 = 4;
-}
 
 /// Kind of a filesystem object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -61,6 +53,21 @@ impl FileType {
             FileType::Symlink => 7,
         }
     }
+
+    /// The file type an EROFS dirent code names (the inverse of [`FileType::dirent_code`]).
+    pub fn from_dirent_code(code: u8) -> Option<Self> {
+        [
+            FileType::File,
+            FileType::Dir,
+            FileType::CharDev,
+            FileType::BlockDev,
+            FileType::Fifo,
+            FileType::Socket,
+            FileType::Symlink,
+        ]
+        .into_iter()
+        .find(|t| t.dirent_code() == code)
+    }
 }
 
 /// Attributes of one inode, as stored.
@@ -103,12 +110,12 @@ impl Inode {
 
     /// Device major number (for char and block devices).
     pub fn rdev_major(&self) -> u32 {
-        (self.rdev >> 8) & 0xfff
+        disk::decode_rdev(self.rdev).0
     }
 
     /// Device minor number (for char and block devices).
     pub fn rdev_minor(&self) -> u32 {
-        (self.rdev & 0xff) | ((self.rdev >> 12) & 0xfff00)
+        disk::decode_rdev(self.rdev).1
     }
 
     /// Byte offset just after the inode and its xattrs: where inline data begins.
@@ -125,9 +132,9 @@ impl Inode {
 /// Byte offset of inode `nid`, checked against the data size.
 pub(crate) fn inode_offset(data: &[u8], sb: &SuperBlock, nid: u64) -> Result<u64> {
     let off = nid
-        .checked_mul(SLOT_SIZE)
+        .checked_mul(disk::SLOT_SIZE)
         .and_then(|o| o.checked_add(sb.meta_offset))
-        .filter(|o| o.saturating_add(SLOT_SIZE) <= data.len() as u64);
+        .filter(|o| o.saturating_add(disk::SLOT_SIZE) <= data.len() as u64);
     off.ok_or_else(|| {
         RafsError::corrupt(format!(
             "nid {nid} is out of range: the {}-byte bootstrap holds no inode there",
@@ -139,18 +146,18 @@ pub(crate) fn inode_offset(data: &[u8], sb: &SuperBlock, nid: u64) -> Result<u64
 /// Parse inode `nid`.
 pub(crate) fn parse_inode(data: &[u8], sb: &SuperBlock, nid: u64) -> Result<Inode> {
     let offset = inode_offset(data, sb, nid)?;
-    let head = Le(slice(data, offset, 32, "inode")?);
-    let format = head.u16(0);
-    let extended = format & 1 == 1;
-    let layout_bits = (format >> 1) & 0x7;
-    if format >> 4 != 0 {
+    let head = Le(slice(data, offset, disk::COMPACT_SIZE, "inode")?);
+    let format = head.u16(disk::I_FORMAT);
+    let is_extended = format & disk::FORMAT_EXTENDED != 0;
+    let layout_bits = disk::format_layout(format);
+    if format & !disk::FORMAT_KNOWN_BITS != 0 {
         return Err(RafsError::corrupt(format!(
             "nid {nid}: unknown inode format bits {format:#x}"
         )));
     }
     match layout_bits {
-        layout::FLAT_PLAIN | layout::FLAT_INLINE | layout::CHUNK_BASED => {}
-        1 | 3 => {
+        disk::FLAT_PLAIN | disk::FLAT_INLINE | disk::CHUNK_BASED => {}
+        disk::COMPRESSED_FULL | disk::COMPRESSED_COMPACT => {
             return Err(RafsError::Unsupported(format!(
                 "nid {nid}: EROFS compressed inode layout {layout_bits}"
             )))
@@ -161,53 +168,48 @@ pub(crate) fn parse_inode(data: &[u8], sb: &SuperBlock, nid: u64) -> Result<Inod
             )))
         }
     }
-    let xattr_icount = u64::from(head.u16(2));
-    let xattr_size = if xattr_icount == 0 {
-        0
-    } else {
-        12 + (xattr_icount - 1) * 4
-    };
-    let mode = u32::from(head.u16(4));
+    let xattr_size = xattr::ibody_size(head.u16(disk::I_XATTR_ICOUNT));
+    let mode = u32::from(head.u16(disk::I_MODE));
     let file_type = FileType::from_mode(mode).ok_or_else(|| {
         RafsError::corrupt(format!("nid {nid}: mode {mode:#o} has no valid file type"))
     })?;
-    let mut inode = if extended {
-        let e = Le(slice(data, offset, 64, "extended inode")?);
+    let mut inode = if is_extended {
+        let e = Le(slice(data, offset, disk::EXTENDED_SIZE, "extended inode")?);
         Inode {
             nid,
-            ino: e.u32(20),
+            ino: e.u32(disk::I_INO),
             file_type,
             mode,
-            uid: e.u32(24),
-            gid: e.u32(28),
-            size: e.u64(8),
-            nlink: e.u32(44),
-            mtime: e.u64(32),
-            mtime_nsec: e.u32(40),
+            uid: e.u32(extended::I_UID),
+            gid: e.u32(extended::I_GID),
+            size: e.u64(extended::I_SIZE),
+            nlink: e.u32(extended::I_NLINK),
+            mtime: e.u64(extended::I_MTIME),
+            mtime_nsec: e.u32(extended::I_MTIME_NSEC),
             rdev: 0,
             offset,
             layout: layout_bits,
-            union: e.u32(16),
-            inode_size: 64,
+            union: e.u32(disk::I_U),
+            inode_size: disk::EXTENDED_SIZE,
             xattr_size,
         }
     } else {
         Inode {
             nid,
-            ino: head.u32(20),
+            ino: head.u32(disk::I_INO),
             file_type,
             mode,
-            uid: u32::from(head.u16(24)),
-            gid: u32::from(head.u16(26)),
-            size: u64::from(head.u32(8)),
-            nlink: u32::from(head.u16(6)),
+            uid: u32::from(head.u16(compact::I_UID)),
+            gid: u32::from(head.u16(compact::I_GID)),
+            size: u64::from(head.u32(compact::I_SIZE)),
+            nlink: u32::from(head.u16(compact::I_NLINK)),
             mtime: sb.build_time,
             mtime_nsec: sb.build_time_nsec,
             rdev: 0,
             offset,
             layout: layout_bits,
-            union: head.u32(16),
-            inode_size: 32,
+            union: head.u32(disk::I_U),
+            inode_size: disk::COMPACT_SIZE,
             xattr_size,
         }
     };
@@ -221,7 +223,7 @@ pub(crate) fn parse_inode(data: &[u8], sb: &SuperBlock, nid: u64) -> Result<Inod
         inode.inode_size + inode.xattr_size,
         "inode with xattrs",
     )?;
-    if inode.file_type == FileType::File && inode.size > 0 && layout_bits != layout::CHUNK_BASED {
+    if inode.file_type == FileType::File && inode.size > 0 && layout_bits != disk::CHUNK_BASED {
         return Err(RafsError::Unsupported(format!(
             "nid {nid}: regular file with data layout {layout_bits}; RAFS files are chunk-based"
         )));

@@ -6,7 +6,8 @@
 //! The layout follows upstream Nydus' `nydus-image` output (EROFS-compatible): superblock at
 //! byte 1024, RAFS extended superblock after it, device table, inodes in 32-byte slots, 12-byte
 //! dirents, chunk-based regular files whose 8-byte chunk addresses resolve through the chunk
-//! table.
+//! table. Every offset, size and flag of the format is defined once, in [`layout`], for the
+//! reader and the writer ([`mod@write`]) alike.
 
 pub mod blob_meta;
 mod blob_table;
@@ -16,17 +17,20 @@ mod dir;
 mod error;
 mod image;
 mod inode;
+pub mod layout;
 mod superblock;
 mod walk;
 pub mod write;
 mod xattr;
 
-pub use blob_table::{features as blob_features, BlobInfo};
-pub use chunk_table::{chunk_flags, ChunkRecord};
-pub use dir::{DirEntry, MAX_NAME_LEN};
+pub use blob_table::BlobInfo;
+pub use chunk_table::ChunkRecord;
+pub use dir::DirEntry;
 pub use error::{RafsError, Result};
 pub use image::{FileChunk, Image};
 pub use inode::{FileType, Inode};
-pub use superblock::{flags as super_flags, SuperBlock};
+pub use layout::dirent::MAX_NAME_LEN;
+pub use layout::{blob_features, chunk_flags, super_flags};
+pub use superblock::SuperBlock;
 pub use walk::{WalkEntry, MAX_DEPTH};
 pub use xattr::Xattr;

@@ -1,65 +1,14 @@
 //! The EROFS superblock at byte 1024 and the RAFS v6 extended superblock after it: block size,
 //! root, metadata area, and where the blob, chunk and prefetch tables live.
 
-use dfagent_core::{Compression, DigestAlgo, MAX_CHUNK_SIZE};
+use dfagent_core::{Compression, DigestAlgo};
 
 use crate::bytes::{slice, Le};
 use crate::error::{RafsError, Result};
-
-/// Offset of the EROFS superblock in a bootstrap.
-pub const SUPER_OFFSET: u64 = 1024;
-/// Size of the EROFS superblock.
-pub const SUPER_SIZE: u64 = 128;
-/// Size of the RAFS v6 extended superblock that follows it.
-pub const EXT_SUPER_SIZE: u64 = 256;
-/// EROFS magic number.
-pub const EROFS_MAGIC: u32 = 0xE0F5_E1E2;
-/// Magic of the older RAFS v5 format, at byte 0 (`RAFS` little-endian).
-const RAFS_V5_MAGIC: u32 = 0x5241_4653;
-
-/// Compatible feature: the extended RAFS v6 superblock is present.
-pub const COMPAT_RAFS_V6: u32 = 0x4000_0000;
-/// Compatible feature: superblock checksum (ignored, as upstream does).
-const COMPAT_SB_CHKSUM: u32 = 0x0000_0001;
-/// Incompatible feature: chunk-based files.
-pub const INCOMPAT_CHUNKED_FILE: u32 = 0x0000_0004;
-/// Incompatible feature: device table (one device per data blob).
-pub const INCOMPAT_DEVICE_TABLE: u32 = 0x0000_0008;
-
-/// RAFS superblock flag bits (extended superblock `s_flags`).
-pub mod flags {
-    /// Chunks are stored uncompressed.
-    pub const COMPRESSION_NONE: u64 = 0x0000_0001;
-    /// Chunks are compressed with lz4_block.
-    pub const COMPRESSION_LZ4: u64 = 0x0000_0002;
-    /// Chunk digests are BLAKE3.
-    pub const HASH_BLAKE3: u64 = 0x0000_0004;
-    /// Chunk digests are SHA-256.
-    pub const HASH_SHA256: u64 = 0x0000_0008;
-    /// Inodes carry explicit uid/gid.
-    pub const EXPLICIT_UID_GID: u64 = 0x0000_0010;
-    /// Some inodes have xattrs.
-    pub const HAS_XATTR: u64 = 0x0000_0020;
-    /// Chunks are compressed with gzip.
-    pub const COMPRESSION_GZIP: u64 = 0x0000_0040;
-    /// Chunks are compressed with zstd.
-    pub const COMPRESSION_ZSTD: u64 = 0x0000_0080;
-    /// Chunk digests are also inlined in the data blobs.
-    pub const INLINED_CHUNK_DIGEST: u64 = 0x0000_0100;
-    /// The data blobs are plain tar streams (tarfs mode).
-    pub const TARFS_MODE: u64 = 0x0000_0200;
-    /// No encryption.
-    pub const ENCRYPTION_NONE: u64 = 0x0100_0000;
-    /// Chunks are encrypted with AES-128-XTS.
-    pub const ENCRYPTION_AES_128_XTS: u64 = 0x0200_0000;
-}
-
-/// Size of one blob table entry.
-pub const BLOB_ENTRY_SIZE: u64 = 256;
-/// Size of one chunk table record.
-pub const CHUNK_RECORD_SIZE: u64 = 80;
-/// Size of one device table slot.
-pub const DEVICE_SLOT_SIZE: u64 = 128;
+use crate::layout::{
+    blob_entry, chunk_addr, chunk_record, device_slot, ext_sb, is_valid_chunk_size, sb,
+    super_flags as flags, BLOCK_BITS, PREFETCH_ENTRY_SIZE,
+};
 
 /// The parsed and validated superblocks.
 #[derive(Clone, Debug)]
@@ -115,98 +64,93 @@ impl SuperBlock {
     /// Parse and validate both superblocks of `data`.
     pub fn parse(data: &[u8]) -> Result<Self> {
         let len = data.len() as u64;
-        if len >= 4 && Le(data).u32(0) == RAFS_V5_MAGIC {
+        if len >= 4 && Le(data).u32(0) == sb::RAFS_V5_MAGIC {
             return Err(RafsError::Unsupported(
                 "RAFS v5 bootstrap; only RAFS v6 is supported (rebuild with nydus-image --fs-version 6)"
                     .into(),
             ));
         }
-        let sb = Le(
-            slice(data, SUPER_OFFSET, SUPER_SIZE, "EROFS superblock").map_err(|_| {
+        let s = Le(
+            slice(data, sb::OFFSET, sb::SIZE, "EROFS superblock").map_err(|_| {
                 RafsError::NotRafs(format!(
-                    "{len} bytes is too short to hold a superblock at offset {SUPER_OFFSET}"
+                    "{len} bytes is too short to hold a superblock at offset {}",
+                    sb::OFFSET
                 ))
             })?,
         );
-        let magic = sb.u32(0);
-        if magic != EROFS_MAGIC {
+        let magic = s.u32(sb::MAGIC);
+        if magic != sb::EROFS_MAGIC {
             return Err(RafsError::NotRafs(format!(
-                "bad magic {magic:#010x} at offset {SUPER_OFFSET}, expected {EROFS_MAGIC:#010x}"
+                "bad magic {magic:#010x} at offset {}, expected {:#010x}",
+                sb::OFFSET,
+                sb::EROFS_MAGIC
             )));
         }
-        let compat = sb.u32(8);
-        if compat & COMPAT_RAFS_V6 == 0 {
+        let compat = s.u32(sb::FEATURE_COMPAT);
+        if compat & sb::COMPAT_RAFS_V6 == 0 {
             return Err(RafsError::NotRafs(
                 "plain EROFS image without the RAFS v6 extension".into(),
             ));
         }
-        let unknown_compat = compat & !(COMPAT_RAFS_V6 | COMPAT_SB_CHKSUM);
+        let unknown_compat = compat & !(sb::COMPAT_RAFS_V6 | sb::COMPAT_SB_CHKSUM);
         let _ = unknown_compat; // compatible features may be ignored by definition
-        let block_bits = sb.u8(12);
-        if block_bits != 12 {
+        let block_bits = s.u8(sb::BLKSZBITS);
+        if block_bits != BLOCK_BITS {
             return Err(RafsError::Unsupported(format!(
-                "block size 2^{block_bits}; only 4096-byte blocks are supported"
+                "block size 2^{block_bits}; only {}-byte blocks are supported",
+                1u64 << BLOCK_BITS
             )));
         }
-        let ext_slots = sb.u8(13);
+        let ext_slots = s.u8(sb::SB_EXTSLOTS);
         if ext_slots != 0 {
             return Err(RafsError::Unsupported(format!(
                 "{ext_slots} extended superblock slots"
             )));
         }
-        let incompat = sb.u32(80);
-        let unknown = incompat & !(INCOMPAT_CHUNKED_FILE | INCOMPAT_DEVICE_TABLE);
+        let incompat = s.u32(sb::FEATURE_INCOMPAT);
+        let unknown = incompat & !(sb::INCOMPAT_CHUNKED_FILE | sb::INCOMPAT_DEVICE_TABLE);
         if unknown != 0 {
             return Err(RafsError::Unsupported(format!(
                 "EROFS incompatible feature bits {unknown:#x} (compressed or otherwise non-RAFS EROFS layouts)"
             )));
         }
         let block_size = 1u64 << block_bits;
-        let meta_offset = u64::from(sb.u32(40)) * block_size;
+        let meta_offset = u64::from(s.u32(sb::META_BLKADDR)) * block_size;
         if meta_offset >= len {
             return Err(RafsError::corrupt(format!(
                 "metadata area at {meta_offset} starts beyond the {len}-byte bootstrap"
             )));
         }
-        // +84 is a union field (unused by RAFS), +86 the device count, +88 the table's slot.
-        let extra_devices = sb.u16(86);
-        let devtable_offset = u64::from(sb.u16(88)) * DEVICE_SLOT_SIZE;
+        // The field before the device count is a union (unused by RAFS).
+        let extra_devices = s.u16(sb::EXTRA_DEVICES);
+        let devtable_offset = u64::from(s.u16(sb::DEVT_SLOTOFF)) * device_slot::SIZE;
 
         let ext = Le(slice(
             data,
-            SUPER_OFFSET + SUPER_SIZE,
-            EXT_SUPER_SIZE,
+            ext_sb::OFFSET,
+            ext_sb::SIZE,
             "RAFS v6 extended superblock",
         )?);
-        let flags = ext.u64(0);
-        let compression = match flags
-            & (flags::COMPRESSION_NONE
-                | flags::COMPRESSION_LZ4
-                | flags::COMPRESSION_GZIP
-                | flags::COMPRESSION_ZSTD)
-        {
-            flags::COMPRESSION_NONE => Compression::None,
-            flags::COMPRESSION_LZ4 => Compression::Lz4Block,
-            flags::COMPRESSION_ZSTD => Compression::Zstd,
-            flags::COMPRESSION_GZIP => {
-                return Err(RafsError::Unsupported("gzip-compressed chunks".into()))
-            }
-            other => {
-                return Err(RafsError::corrupt(format!(
-                    "superblock flags {flags:#x} name {} compression algorithms",
-                    if other == 0 { "no" } else { "several" }
-                )))
-            }
-        };
-        let digest_algo = match flags & (flags::HASH_BLAKE3 | flags::HASH_SHA256) {
-            flags::HASH_BLAKE3 => DigestAlgo::Blake3,
-            flags::HASH_SHA256 => DigestAlgo::Sha256,
-            _ => {
-                return Err(RafsError::corrupt(format!(
-                    "superblock flags {flags:#x} do not name exactly one digest algorithm"
-                )))
-            }
-        };
+        let flags = ext.u64(ext_sb::FLAGS);
+        let compression_bits = flags & flags::COMPRESSION_MASK;
+        if compression_bits == flags::COMPRESSION_GZIP {
+            return Err(RafsError::Unsupported("gzip-compressed chunks".into()));
+        }
+        let compression = flags::parse_compression(flags).ok_or_else(|| {
+            RafsError::corrupt(format!(
+                "superblock flags {flags:#x} name {} compression algorithms",
+                if compression_bits == 0 {
+                    "no"
+                } else {
+                    "several"
+                }
+            ))
+        })?;
+        let digest_algo = flags::parse_hash(flags).ok_or_else(|| {
+            RafsError::corrupt(format!(
+                "superblock flags {flags:#x} do not name exactly one digest algorithm"
+            ))
+        })?;
         if flags & flags::ENCRYPTION_AES_128_XTS != 0 {
             return Err(RafsError::Unsupported(
                 "encrypted image (AES-128-XTS)".into(),
@@ -217,36 +161,36 @@ impl SuperBlock {
                 "tarfs mode (data blobs are plain tar streams)".into(),
             ));
         }
-        let chunk_size = ext.u32(20);
-        if !chunk_size.is_power_of_two() || !(4096..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+        let chunk_size = ext.u32(ext_sb::CHUNK_SIZE);
+        if !is_valid_chunk_size(chunk_size) {
             return Err(RafsError::corrupt(format!(
                 "chunk size {chunk_size} is not a power of two between 4 KiB and 16 MiB"
             )));
         }
-        let s = SuperBlock {
+        let parsed = SuperBlock {
             block_bits,
-            root_nid: u64::from(sb.u16(14)),
-            inodes: sb.u64(16),
-            build_time: sb.u64(24),
-            build_time_nsec: sb.u32(32),
-            blocks: sb.u32(36),
+            root_nid: u64::from(s.u16(sb::ROOT_NID)),
+            inodes: s.u64(sb::INOS),
+            build_time: s.u64(sb::BUILD_TIME),
+            build_time_nsec: s.u32(sb::BUILD_TIME_NSEC),
+            blocks: s.u32(sb::BLOCKS),
             meta_offset,
-            xattr_offset: u64::from(sb.u32(44)) * block_size,
+            xattr_offset: u64::from(s.u32(sb::XATTR_BLKADDR)) * block_size,
             extra_devices,
             devtable_offset,
             flags,
             compression,
             digest_algo,
             chunk_size,
-            blob_table_offset: ext.u64(8),
-            blob_table_size: u64::from(ext.u32(16)),
-            chunk_table_offset: ext.u64(24),
-            chunk_table_size: ext.u64(32),
-            prefetch_table_offset: ext.u64(40),
-            prefetch_table_size: u64::from(ext.u32(48)),
+            blob_table_offset: ext.u64(ext_sb::BLOB_TABLE_OFFSET),
+            blob_table_size: u64::from(ext.u32(ext_sb::BLOB_TABLE_SIZE)),
+            chunk_table_offset: ext.u64(ext_sb::CHUNK_TABLE_OFFSET),
+            chunk_table_size: ext.u64(ext_sb::CHUNK_TABLE_SIZE),
+            prefetch_table_offset: ext.u64(ext_sb::PREFETCH_TABLE_OFFSET),
+            prefetch_table_size: u64::from(ext.u32(ext_sb::PREFETCH_TABLE_SIZE)),
         };
-        s.check_tables(len)?;
-        Ok(s)
+        parsed.check_tables(len)?;
+        Ok(parsed)
     }
 
     fn check_tables(&self, len: u64) -> Result<()> {
@@ -262,35 +206,34 @@ impl SuperBlock {
             "blob table",
             self.blob_table_offset,
             self.blob_table_size,
-            BLOB_ENTRY_SIZE,
+            blob_entry::SIZE,
         )?;
-        let blobs = self.blob_table_size / BLOB_ENTRY_SIZE;
-        if blobs > 255 {
+        let blobs = self.blob_table_size / blob_entry::SIZE;
+        if blobs > chunk_addr::MAX_BLOBS {
             return Err(RafsError::corrupt(format!(
-                "blob table holds {blobs} entries; at most 255 are addressable"
+                "blob table holds {blobs} entries; at most {} are addressable",
+                chunk_addr::MAX_BLOBS
             )));
         }
         table(
             "chunk table",
             self.chunk_table_offset,
             self.chunk_table_size,
-            CHUNK_RECORD_SIZE,
+            chunk_record::SIZE,
         )?;
         table(
             "prefetch table",
             self.prefetch_table_offset,
             self.prefetch_table_size,
-            4,
+            PREFETCH_ENTRY_SIZE,
         )?;
         table(
             "device table",
             self.devtable_offset,
-            u64::from(self.extra_devices) * DEVICE_SLOT_SIZE,
-            DEVICE_SLOT_SIZE,
+            u64::from(self.extra_devices) * device_slot::SIZE,
+            device_slot::SIZE,
         )?;
-        if self.extra_devices > 0
-            && self.devtable_offset < SUPER_OFFSET + SUPER_SIZE + EXT_SUPER_SIZE
-        {
+        if self.extra_devices > 0 && self.devtable_offset < ext_sb::END {
             return Err(RafsError::corrupt(format!(
                 "device table at {} overlaps the superblocks",
                 self.devtable_offset

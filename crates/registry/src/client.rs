@@ -1,16 +1,17 @@
-//! [`Registry`]: one OCI distribution client per registry host, credentials from the docker
-//! config, retries of transient failures, and the pull side of Nydus images (resolve a
-//! reference, fetch the bootstrap, read blob ranges).
+//! [`Registry`]: one OCI distribution client per registry host, credentials from the
+//! configuration or the docker config, mirrors tried in order before a host, retries of
+//! transient failures, and the pull side of Nydus images (resolve a reference, fetch the
+//! bootstrap, read blob ranges).
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::io::Read;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use dfagent_core::BlobId;
+use dfagent_core::{sha256_digest, BlobId};
 use futures::StreamExt;
 use oci_client::client::{
     BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream,
@@ -22,11 +23,10 @@ use oci_client::manifest::{
 };
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Reference, RegistryOperation};
-use sha2::Digest as _;
 use tracing::{debug, info, warn};
 
-use crate::config::{Credentials, RegistryConfig};
-use crate::error::{classify, Error, Failure, Result};
+use crate::config::{read_credential_file, Credentials, HostCredentials, RegistryConfig, Secret};
+use crate::error::{classify, Failure, RegistryError, Result};
 use crate::image::{
     has_bootstrap_layer, index_candidates, nydus_parts, Descriptor, NydusImage,
     BOOTSTRAP_PATH_IN_LAYER, OS_FEATURE_NYDUS,
@@ -69,7 +69,7 @@ pub(crate) struct HostClient {
     /// Client that never holds credentials: used for a registry that asks for none, so each
     /// request is not preceded by an authentication probe.
     bare: oci_client::Client,
-    /// Credentials from the docker config, or anonymous.
+    /// Credentials from the configuration or the docker config, or anonymous.
     auth: RegistryAuth,
     /// `(repository, operation)` pairs authenticated so far; `bool` = the registry wants no
     /// authentication at all (use `bare`).
@@ -97,9 +97,15 @@ impl Op {
 /// [`Arc`]; one instance serves any number of registries.
 pub struct Registry {
     config: RegistryConfig,
+    /// Credentials from the docker config.
     credentials: Credentials,
+    /// Credentials from the configuration's host entries (read at start), by the entry's key;
+    /// they win over the docker config's.
+    host_credentials: HashMap<String, (String, Secret)>,
     extra_roots: Vec<Certificate>,
     hosts: Mutex<HashMap<String, Arc<HostClient>>>,
+    /// Mirrors that failed with a connection error or 5xx, and until when they are skipped.
+    held_off: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -107,23 +113,42 @@ impl std::fmt::Debug for Registry {
         f.debug_struct("Registry")
             .field("config", &self.config)
             .field("credentials", &self.credentials)
+            .field(
+                "host_credentials",
+                &self.host_credentials.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
+}
+
+/// `r` on `mirror`: the same repository, tag and digest, asked of another host.
+fn on_mirror(r: &Reference, mirror: &str) -> Reference {
+    let (repo, mirror) = (r.repository().to_string(), mirror.to_string());
+    match (r.tag(), r.digest()) {
+        (Some(t), Some(d)) => Reference::with_tag_and_digest(mirror, repo, t.into(), d.into()),
+        (None, Some(d)) => Reference::with_digest(mirror, repo, d.into()),
+        (t, None) => Reference::with_tag(mirror, repo, t.unwrap_or("latest").into()),
+    }
+}
+
+/// Check that a mirror is a bare `host[:port]`.
+fn check_mirror(host: &str, mirror: &str) -> Result<()> {
+    if mirror.is_empty() || mirror.contains("://") || mirror.contains('/') || mirror.contains(' ') {
+        return Err(RegistryError::Config(format!(
+            "mirror {mirror:?} of registry {host}: expected host[:port] (no scheme, no path)"
+        )));
+    }
+    Ok(())
 }
 
 /// Parse an image reference (`host[:port]/repo[:tag][@digest]`).
 pub(crate) fn parse_reference(reference: &str) -> Result<Reference> {
     reference
         .parse::<Reference>()
-        .map_err(|e| Error::Reference {
+        .map_err(|e| RegistryError::Reference {
             reference: reference.to_string(),
             detail: e.to_string(),
         })
-}
-
-/// `sha256:<hex>` of `data`.
-pub(crate) fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
 
 /// Backoff before retry number `retry` (1-based): `base * 2^(retry-1)`, capped, with the upper
@@ -151,9 +176,23 @@ impl Registry {
             Some(path) => Credentials::load(&path)?,
             None => Credentials::default(),
         };
+        let mut host_credentials = HashMap::new();
+        for (host, entry) in &config.hosts {
+            for mirror in &entry.mirrors {
+                check_mirror(host, mirror)?;
+            }
+            let pair = match &entry.credentials {
+                None => continue,
+                Some(HostCredentials::Basic { username, password }) => {
+                    (username.clone(), password.clone())
+                }
+                Some(HostCredentials::File(path)) => read_credential_file(path, host)?,
+            };
+            host_credentials.insert(host.clone(), pair);
+        }
         let extra_roots = match &config.extra_ca {
             Some(path) => {
-                let data = std::fs::read(path).map_err(|source| Error::Io {
+                let data = std::fs::read(path).map_err(|source| RegistryError::Io {
                     path: path.display().to_string(),
                     source,
                 })?;
@@ -161,7 +200,7 @@ impl Registry {
                     .windows(27)
                     .any(|w| w == b"-----BEGIN CERTIFICATE-----")
                 {
-                    return Err(Error::Config(format!(
+                    return Err(RegistryError::Config(format!(
                         "{}: no PEM certificate in the extra CA file",
                         path.display()
                     )));
@@ -173,12 +212,18 @@ impl Registry {
             }
             None => Vec::new(),
         };
-        debug!(?credentials, "registry client ready");
+        debug!(
+            ?credentials,
+            configured_credentials = ?host_credentials.keys().collect::<Vec<_>>(),
+            "registry client ready"
+        );
         Ok(Self {
             config,
             credentials,
+            host_credentials,
             extra_roots,
             hosts: Mutex::new(HashMap::new()),
+            held_off: Mutex::new(HashMap::new()),
         })
     }
 
@@ -203,8 +248,9 @@ impl Registry {
             user_agent: concat!("dfagent-registry/", env!("CARGO_PKG_VERSION")),
             ..ClientConfig::default()
         };
-        oci_client::Client::try_from(config)
-            .map_err(|e| Error::Config(format!("cannot build an HTTP client for {registry}: {e}")))
+        oci_client::Client::try_from(config).map_err(|e| {
+            RegistryError::Config(format!("cannot build an HTTP client for {registry}: {e}"))
+        })
     }
 
     /// The client of `reference`'s registry, made on first use.
@@ -213,18 +259,25 @@ impl Registry {
         let mut hosts = self
             .hosts
             .lock()
-            .map_err(|_| Error::Config("registry client state poisoned".into()))?;
+            .map_err(|_| RegistryError::Config("registry client state poisoned".into()))?;
         if let Some(h) = hosts.get(&registry) {
             return Ok(h.clone());
         }
-        let auth = match self.credentials.get(&registry) {
-            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
-            None => RegistryAuth::Anonymous,
+        let (auth, from) = match (
+            self.configured_credentials(&registry),
+            self.credentials.get(&registry),
+        ) {
+            (Some((u, p)), _) => (
+                RegistryAuth::Basic(u.clone(), p.expose().to_string()),
+                "configuration",
+            ),
+            (None, Some((u, p))) => (RegistryAuth::Basic(u.clone(), p.clone()), "docker config"),
+            (None, None) => (RegistryAuth::Anonymous, "none"),
         };
         debug!(
             %registry,
             plain_http = self.config.is_plain_http(&registry),
-            credentials = !matches!(auth, RegistryAuth::Anonymous),
+            credentials = from,
             "new registry host"
         );
         let h = Arc::new(HostClient {
@@ -238,10 +291,83 @@ impl Registry {
         Ok(h)
     }
 
+    /// Credentials of `registry` from the configuration's host entries (the entry
+    /// [`RegistryConfig::host`] picks).
+    fn configured_credentials(&self, registry: &str) -> Option<&(String, Secret)> {
+        let (key, _) = self.config.host_entry(registry)?;
+        self.host_credentials.get(key)
+    }
+
+    /// Whether `mirror` is being skipped after a failure.
+    fn is_held_off(&self, mirror: &str) -> bool {
+        let Ok(mut m) = self.held_off.lock() else {
+            return false;
+        };
+        match m.get(mirror) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                m.remove(mirror);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Run a read of `r`: on each of its host's mirrors in order (once each, skipping those
+    /// held off), then on the host itself with retries. A mirror's failure of any kind moves
+    /// on to the next; a connection error or 5xx also holds the mirror off for
+    /// [`RegistryConfig::mirror_holdoff`]. The host's error is the one returned.
+    pub(crate) async fn read_via_mirrors<T, F, Fut>(
+        &self,
+        r: &Reference,
+        what: &str,
+        mut attempt: F,
+    ) -> Result<T>
+    where
+        F: FnMut(Reference) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Failure>>,
+    {
+        let registry = r.resolve_registry();
+        if let Some(entry) = self.config.host(registry) {
+            for mirror in &entry.mirrors {
+                if self.is_held_off(mirror) {
+                    debug!(%registry, %mirror, what, "mirror held off after a failure; skipped");
+                    continue;
+                }
+                match attempt(on_mirror(r, mirror)).await {
+                    Ok(v) => {
+                        debug!(%registry, %mirror, what, "served by mirror");
+                        return Ok(v);
+                    }
+                    Err(f) => {
+                        if f.transient {
+                            let now = Instant::now();
+                            let until = now
+                                .checked_add(self.config.mirror_holdoff)
+                                .unwrap_or(now + Duration::from_secs(1 << 30));
+                            if let Ok(mut m) = self.held_off.lock() {
+                                m.insert(mirror.clone(), until);
+                            }
+                        }
+                        if matches!(f.error, RegistryError::NotFound { .. }) {
+                            // A mirror without some content is ordinary: no warning per read.
+                            debug!(%registry, %mirror, what, error = %f.error,
+                                "mirror does not have it; trying the next source");
+                        } else {
+                            warn!(%registry, %mirror, what, error = %f.error,
+                                held_off = f.transient, "mirror failed; trying the next source");
+                        }
+                    }
+                }
+            }
+        }
+        self.with_retries(what, || attempt(r.clone())).await
+    }
+
     /// The host client for `reference`, authenticated for `op` on its repository. The first
     /// time, this runs the authentication explicitly (oci-client's own, which answers a Basic
     /// challenge with the credentials and a Bearer challenge by fetching a token from the
-    /// realm), so that refused credentials give an [`Error::Auth`] instead of a bare 401 later.
+    /// realm), so that refused credentials give an [`RegistryError::Auth`] instead of a bare 401 later.
     pub(crate) async fn prepare(
         &self,
         reference: &Reference,
@@ -285,7 +411,7 @@ impl Registry {
         what: &str,
     ) -> Failure {
         let f = classify(err, &host.registry, what);
-        if matches!(f.error, Error::Auth { .. }) {
+        if matches!(f.error, RegistryError::Auth { .. }) {
             if let Ok(mut m) = host.authed.lock() {
                 m.retain(|(repo, _), _| repo != reference.repository());
             }
@@ -311,7 +437,7 @@ impl Registry {
                     tokio::time::sleep(delay).await;
                 }
                 Err(f) if f.transient => {
-                    return Err(Error::RetriesExhausted {
+                    return Err(RegistryError::RetriesExhausted {
                         what: what.to_string(),
                         attempts: tries,
                         last: Box::new(f.error),
@@ -330,8 +456,13 @@ impl Registry {
 
     async fn fetch_manifest(&self, r: &Reference) -> Result<RawManifest> {
         let what = format!("fetch manifest {}", r.whole());
-        self.with_retries(&what, || self.attempt_manifest(r, &what))
-            .await
+        let what = what.as_str();
+        self.read_via_mirrors(
+            r,
+            what,
+            |r| async move { self.attempt_manifest(&r, what).await },
+        )
+        .await
     }
 
     async fn attempt_manifest(
@@ -346,7 +477,7 @@ impl Registry {
             .await
             .map_err(|e| self.failure(&host, r, e, what))?;
         if bytes.len() as u64 > MAX_MANIFEST_SIZE {
-            return Err(Failure::fatal(Error::TooLarge {
+            return Err(Failure::fatal(RegistryError::TooLarge {
                 what: what.to_string(),
                 size: bytes.len() as u64,
                 limit: MAX_MANIFEST_SIZE,
@@ -359,7 +490,7 @@ impl Registry {
         }
         let media_type = serde_json::from_slice::<Versioned>(&bytes)
             .map(|v| v.media_type)
-            .map_err(|e| Error::Protocol(format!("{what}: not a JSON manifest: {e}")))?;
+            .map_err(|e| RegistryError::Protocol(format!("{what}: not a JSON manifest: {e}")))?;
         Ok(RawManifest {
             bytes: bytes.to_vec(),
             digest,
@@ -381,7 +512,7 @@ impl Registry {
             OciManifest::ImageIndex(index) => {
                 let candidates = index_candidates(&index.manifests, os, arch);
                 if candidates.is_empty() {
-                    return Err(Error::NotNydus {
+                    return Err(RegistryError::NotNydus {
                         reference: reference.to_string(),
                         detail: format!("the image index has no manifest for {os}/{arch}"),
                     });
@@ -398,7 +529,7 @@ impl Registry {
                         _ => debug!(%d, "index entry is not a Nydus manifest"),
                     }
                 }
-                found.ok_or_else(|| Error::NotNydus {
+                found.ok_or_else(|| RegistryError::NotNydus {
                     reference: reference.to_string(),
                     detail: format!(
                         "the image index has no Nydus manifest for {os}/{arch} (no entry with \
@@ -428,26 +559,27 @@ impl Registry {
     pub async fn fetch_bootstrap(&self, img: &NydusImage) -> Result<Vec<u8>> {
         let desc = img.bootstrap.clone();
         if desc.size > MAX_BOOTSTRAP_SIZE {
-            return Err(Error::TooLarge {
+            return Err(RegistryError::TooLarge {
                 what: format!("bootstrap layer {}", desc.digest),
                 size: desc.size,
                 limit: MAX_BOOTSTRAP_SIZE,
             });
         }
         if !desc.digest.starts_with("sha256:") {
-            return Err(Error::Protocol(format!(
+            return Err(RegistryError::Protocol(format!(
                 "bootstrap layer digest {} is not sha256",
                 desc.digest
             )));
         }
         let r = img.oci_reference();
         let what = format!("fetch bootstrap layer {}", desc.digest);
+        let (w, d) = (what.as_str(), &desc);
         let layer = self
-            .with_retries(&what, || self.attempt_blob(&r, &desc, &what))
+            .read_via_mirrors(&r, w, |r| async move { self.attempt_blob(&r, d, w).await })
             .await?;
         let actual = sha256_digest(&layer);
         if actual != desc.digest {
-            return Err(Error::Digest {
+            return Err(RegistryError::Digest {
                 what,
                 expected: desc.digest,
                 actual,
@@ -456,7 +588,9 @@ impl Registry {
         let digest = desc.digest.clone();
         tokio::task::spawn_blocking(move || extract_bootstrap(&layer, &digest))
             .await
-            .map_err(|e| Error::Protocol(format!("bootstrap extraction task failed: {e}")))?
+            .map_err(|e| {
+                RegistryError::Protocol(format!("bootstrap extraction task failed: {e}"))
+            })?
     }
 
     /// Download a whole blob of known size (bounded by the descriptor).
@@ -473,7 +607,7 @@ impl Registry {
             .map_err(|e| self.failure(&host, r, e, what))?;
         if let Some(len) = stream.content_length {
             if len != desc.size {
-                return Err(Failure::fatal(Error::Protocol(format!(
+                return Err(Failure::fatal(RegistryError::Protocol(format!(
                     "{what}: the registry announces {len} bytes, the manifest says {}",
                     desc.size
                 ))));
@@ -494,13 +628,13 @@ impl Registry {
         range: Range<u64>,
     ) -> Result<Bytes> {
         let size = img.blob_size(blob).ok_or_else(|| {
-            Error::InvalidRequest(format!(
+            RegistryError::InvalidRequest(format!(
                 "blob {blob} is not part of image {}",
                 img.reference
             ))
         })?;
         if range.start > range.end || range.end > size {
-            return Err(Error::InvalidRequest(format!(
+            return Err(RegistryError::InvalidRequest(format!(
                 "range {}..{} is outside blob {blob} of {size} bytes",
                 range.start, range.end
             )));
@@ -510,7 +644,7 @@ impl Registry {
             return Ok(Bytes::new());
         }
         if len > MAX_RANGE_LEN {
-            return Err(Error::TooLarge {
+            return Err(RegistryError::TooLarge {
                 what: format!("range read of blob {blob}"),
                 size: len,
                 limit: MAX_RANGE_LEN,
@@ -519,8 +653,9 @@ impl Registry {
         let r = img.oci_reference();
         let digest = blob.oci_digest();
         let what = format!("read bytes {}..{} of blob {blob}", range.start, range.end);
-        self.with_retries(&what, || {
-            self.attempt_range(&r, &digest, range.start, len, &what)
+        let (what, digest, start) = (what.as_str(), digest.as_str(), range.start);
+        self.read_via_mirrors(&r, what, |r| async move {
+            self.attempt_range(&r, digest, start, len, what).await
         })
         .await
     }
@@ -542,7 +677,7 @@ impl Registry {
             BlobResponse::Partial(stream) => {
                 if let Some(cl) = stream.content_length {
                     if cl != len {
-                        return Err(Failure::fatal(Error::ShortRead {
+                        return Err(Failure::fatal(RegistryError::ShortRead {
                             what: what.to_string(),
                             got: cl,
                             expected: len,
@@ -566,7 +701,7 @@ impl Registry {
 /// Parse a manifest or index.
 fn parse_manifest(bytes: &[u8], reference: &str) -> Result<OciManifest> {
     serde_json::from_slice::<OciManifest>(bytes).map_err(|e| {
-        Error::Protocol(format!(
+        RegistryError::Protocol(format!(
             "{reference}: not an OCI/Docker v2 image manifest or index: {e}"
         ))
     })
@@ -592,7 +727,7 @@ async fn read_stream(
         let room = len - out.len() as u64;
         if chunk.len() as u64 > room {
             if exact {
-                return Err(Failure::fatal(Error::Protocol(format!(
+                return Err(Failure::fatal(RegistryError::Protocol(format!(
                     "{what}: the registry sent more than the {len} bytes asked for"
                 ))));
             }
@@ -607,7 +742,7 @@ async fn read_stream(
     if (out.len() as u64) < len {
         // A body cut short by the network surfaces as a stream error above; a clean short
         // body is the server's answer, and asking again would get the same.
-        return Err(Failure::fatal(Error::ShortRead {
+        return Err(Failure::fatal(RegistryError::ShortRead {
             what: what.to_string(),
             got: out.len() as u64,
             expected: len,
@@ -620,11 +755,11 @@ async fn read_stream(
 /// else is the network.
 fn stream_failure(e: std::io::Error, what: &str) -> Failure {
     if let Some(d) = e.get_ref().and_then(|i| i.downcast_ref::<DigestError>()) {
-        return Failure::fatal(Error::Protocol(format!(
+        return Failure::fatal(RegistryError::Protocol(format!(
             "{what}: content does not match its digest: {d}"
         )));
     }
-    Failure::transient(Error::Io {
+    Failure::transient(RegistryError::Io {
         path: what.to_string(),
         source: e,
     })
@@ -632,7 +767,7 @@ fn stream_failure(e: std::io::Error, what: &str) -> Failure {
 
 /// Find `image/image.boot` in a bootstrap layer (tar, gzip'd or not) and return its bytes.
 pub(crate) fn extract_bootstrap(layer: &[u8], digest: &str) -> Result<Vec<u8>> {
-    let bad = |detail: String| Error::BootstrapLayer {
+    let bad = |detail: String| RegistryError::BootstrapLayer {
         digest: digest.to_string(),
         detail,
     };
@@ -673,7 +808,7 @@ pub(crate) fn extract_bootstrap(layer: &[u8], digest: &str) -> Result<Vec<u8>> {
             .size()
             .map_err(|e| bad(format!("bad size of {BOOTSTRAP_PATH_IN_LAYER}: {e}")))?;
         if size > MAX_BOOTSTRAP_SIZE {
-            return Err(Error::TooLarge {
+            return Err(RegistryError::TooLarge {
                 what: format!("bootstrap in layer {digest}"),
                 size,
                 limit: MAX_BOOTSTRAP_SIZE,

@@ -5,11 +5,11 @@
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 
 /// Result of registry operations.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum RegistryError {
     /// The configuration cannot be used (unreadable CA file, broken docker config.json, …).
     #[error("registry configuration: {0}")]
     Config(String),
@@ -111,7 +111,7 @@ pub enum Error {
         /// Attempts made.
         attempts: u32,
         /// The last failure.
-        last: Box<Error>,
+        last: Box<RegistryError>,
     },
 
     /// Any other failure reported by the OCI distribution client.
@@ -139,16 +139,47 @@ pub enum Error {
     Rafs(#[from] dfagent_rafs::RafsError),
 }
 
+impl RegistryError {
+    /// The broad kind of this failure, for the resolver's per-kind counters.
+    pub fn tier_error_kind(&self) -> dfagent_core::TierErrorKind {
+        use dfagent_core::TierErrorKind as K;
+        use OciDistributionError as E;
+        match self {
+            RegistryError::Auth { .. } => K::Auth,
+            RegistryError::NotFound { .. } => K::Status,
+            RegistryError::Protocol(_)
+            | RegistryError::Digest { .. }
+            | RegistryError::ShortRead { .. }
+            | RegistryError::BootstrapLayer { .. }
+            | RegistryError::NotNydus { .. } => K::Protocol,
+            RegistryError::RetriesExhausted { last, .. } => last.tier_error_kind(),
+            RegistryError::Registry { source, .. } => match source {
+                E::ServerError { .. } | E::RegistryError { .. } => K::Status,
+                E::RequestError(e) if e.is_timeout() => K::Timeout,
+                E::RequestError(e) if e.status().is_some() => K::Status,
+                E::RequestError(_) | E::IoError(_) => K::Network,
+                _ => K::Other,
+            },
+            RegistryError::Io { .. } => K::Io,
+            RegistryError::Config(_)
+            | RegistryError::Reference { .. }
+            | RegistryError::TooLarge { .. }
+            | RegistryError::InvalidRequest(_)
+            | RegistryError::Rafs(_) => K::Other,
+        }
+    }
+}
+
 /// One failed attempt of a retried operation: the error, and whether trying again may help.
 #[derive(Debug)]
 pub(crate) struct Failure {
-    pub(crate) error: Error,
+    pub(crate) error: RegistryError,
     pub(crate) transient: bool,
 }
 
 impl Failure {
     /// A failure that retrying cannot fix.
-    pub(crate) fn fatal(error: Error) -> Self {
+    pub(crate) fn fatal(error: RegistryError) -> Self {
         Self {
             error,
             transient: false,
@@ -156,7 +187,7 @@ impl Failure {
     }
 
     /// A failure that may go away (network trouble, a busy server).
-    pub(crate) fn transient(error: Error) -> Self {
+    pub(crate) fn transient(error: RegistryError) -> Self {
         Self {
             error,
             transient: true,
@@ -164,8 +195,8 @@ impl Failure {
     }
 }
 
-impl From<Error> for Failure {
-    fn from(error: Error) -> Self {
+impl From<RegistryError> for Failure {
+    fn from(error: RegistryError) -> Self {
         Failure::fatal(error)
     }
 }
@@ -180,13 +211,13 @@ pub(crate) fn status_is_transient(code: u16) -> bool {
 pub(crate) fn classify(err: OciDistributionError, registry: &str, what: &str) -> Failure {
     use OciDistributionError as E;
     let auth = |detail: String| {
-        Failure::fatal(Error::Auth {
+        Failure::fatal(RegistryError::Auth {
             registry: registry.to_string(),
             detail,
         })
     };
     let not_found = |detail: String| {
-        Failure::fatal(Error::NotFound {
+        Failure::fatal(RegistryError::NotFound {
             what: what.to_string(),
             detail,
         })
@@ -221,9 +252,9 @@ pub(crate) fn classify(err: OciDistributionError, registry: &str, what: &str) ->
                 .iter()
                 .any(|c| matches!(c, OciErrorCode::Toomanyrequests))
             {
-                Failure::transient(Error::Protocol(format!("{what}: rate limited: {detail}")))
+                Failure::transient(RegistryError::Protocol(format!("{what}: rate limited: {detail}")))
             } else {
-                Failure::fatal(Error::Registry {
+                Failure::fatal(RegistryError::Registry {
                     what: what.to_string(),
                     source: E::RegistryError { envelope, url },
                 })
@@ -234,7 +265,7 @@ pub(crate) fn classify(err: OciDistributionError, registry: &str, what: &str) ->
             404 => not_found(format!("{url}: {}", message.trim())),
             c => {
                 let transient = status_is_transient(c);
-                let error = Error::Registry {
+                let error = RegistryError::Registry {
                     what: what.to_string(),
                     source: E::ServerError { code, url, message },
                 };
@@ -252,21 +283,21 @@ pub(crate) fn classify(err: OciDistributionError, registry: &str, what: &str) ->
                 && !e.is_redirect()
                 && e.status().is_none_or(|s| status_is_transient(s.as_u16()));
             Failure {
-                error: Error::Registry {
+                error: RegistryError::Registry {
                     what: what.to_string(),
                     source: E::RequestError(e),
                 },
                 transient,
             }
         }
-        E::IoError(e) => Failure::transient(Error::Registry {
+        E::IoError(e) => Failure::transient(RegistryError::Registry {
             what: what.to_string(),
             source: E::IoError(e),
         }),
-        E::DigestError(e) => Failure::fatal(Error::Protocol(format!(
+        E::DigestError(e) => Failure::fatal(RegistryError::Protocol(format!(
             "{what}: content does not match its digest: {e}"
         ))),
-        other => Failure::fatal(Error::Registry {
+        other => Failure::fatal(RegistryError::Registry {
             what: what.to_string(),
             source: other,
         }),
@@ -305,7 +336,7 @@ mod tests {
             "op",
         );
         assert!(!f.transient);
-        assert!(matches!(f.error, Error::Auth { .. }));
+        assert!(matches!(f.error, RegistryError::Auth { .. }));
         assert!(f.error.to_string().contains("r:1"));
     }
 }

@@ -14,7 +14,7 @@ use dfagent_core::BlobId;
 use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageManifest};
 use oci_client::Reference;
 
-use crate::error::{Error, Result};
+use crate::error::{RegistryError, Result};
 
 /// Media type of a Nydus data blob layer.
 pub const MEDIA_TYPE_NYDUS_BLOB: &str = "application/vnd.oci.image.layer.nydus.blob.v1";
@@ -157,8 +157,9 @@ pub(crate) fn has_bootstrap_layer(manifest: &OciImageManifest) -> bool {
 }
 
 fn descriptor_size(d: &OciDescriptor) -> Result<u64> {
-    u64::try_from(d.size)
-        .map_err(|_| Error::Protocol(format!("layer {} has negative size {}", d.digest, d.size)))
+    u64::try_from(d.size).map_err(|_| {
+        RegistryError::Protocol(format!("layer {} has negative size {}", d.digest, d.size))
+    })
 }
 
 /// The bootstrap layer and data blobs of a Nydus image manifest.
@@ -173,7 +174,7 @@ pub(crate) fn nydus_parts(
         .collect();
     let boot = match bootstraps.as_slice() {
         [] => {
-            return Err(Error::NotNydus {
+            return Err(RegistryError::NotNydus {
                 reference: reference.to_string(),
                 detail: format!(
                     "the manifest has no layer annotated {ANNOTATION_NYDUS_BOOTSTRAP}: \"true\" \
@@ -184,7 +185,7 @@ pub(crate) fn nydus_parts(
         }
         [one] => *one,
         more => {
-            return Err(Error::Protocol(format!(
+            return Err(RegistryError::Protocol(format!(
                 "{reference}: the manifest has {} bootstrap layers",
                 more.len()
             )))
@@ -201,7 +202,7 @@ pub(crate) fn nydus_parts(
             continue;
         }
         let id: BlobId = layer.digest.parse().map_err(|_| {
-            Error::Protocol(format!(
+            RegistryError::Protocol(format!(
                 "{reference}: Nydus blob layer digest {:?} is not a sha256 digest",
                 layer.digest
             ))

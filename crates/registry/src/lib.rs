@@ -6,33 +6,35 @@
 //! - [`Registry::fetch_bootstrap`] downloads and verifies the bootstrap layer and unpacks
 //!   `image/image.boot` from it.
 //! - [`Registry::read_range`] reads byte ranges of data blobs (HTTP range requests, redirects
-//!   followed, transient failures retried with backoff), and [`RegistrySource`] makes that a
-//!   [`dfagent_core::ChunkSource`] tier that merges neighbouring chunks into one request.
+//!   followed, transient failures retried with backoff), and [`RegistryTier`] makes that a
+//!   [`dfagent_core::ChunkTier`] that merges neighbouring chunks into one request.
 //! - [`Registry::push_nydus`] publishes a local Nydus image in nydusify's layout; the layout's
 //!   documents come from [`nydus_manifest`], which `dfagent build` also writes to OCI layouts.
 //! - [`Registry::download_blob`] streams a whole blob (an OCI layer) into a file, verified.
 //!
-//! Credentials come from a docker `config.json`; oci-client answers Basic challenges with them
-//! and runs the Bearer token exchange against the realm of a `WWW-Authenticate` challenge.
-//! Registries on loopback (and those listed as insecure) are spoken to over plain HTTP.
+//! Credentials come from the configuration's host entries ([`HostConfig`]), else from a docker
+//! `config.json`; oci-client answers Basic challenges with them and runs the Bearer token
+//! exchange against the realm of a `WWW-Authenticate` challenge. Registries on loopback (and
+//! those configured so) are spoken to over plain HTTP. Reads of a host with mirrors try the
+//! mirrors in order first and fall back to the host.
 #![deny(missing_docs)]
 
 mod client;
 mod config;
+mod download;
 mod error;
-mod fetch;
 mod image;
 mod push;
-mod source;
+mod tier;
 
 pub use client::{RawManifest, Registry, MAX_BOOTSTRAP_SIZE, MAX_MANIFEST_SIZE, MAX_RANGE_LEN};
-pub use config::RegistryConfig;
-pub use error::{Error, Result};
-pub use fetch::reference_with_digest;
+pub use config::{HostConfig, HostCredentials, RegistryConfig, Secret, REDACTED};
+pub use download::reference_with_digest;
+pub use error::{RegistryError, Result};
 pub use image::{
     Descriptor, NydusImage, ANNOTATION_NYDUS_BLOB, ANNOTATION_NYDUS_BLOB_IDS,
     ANNOTATION_NYDUS_BOOTSTRAP, ANNOTATION_NYDUS_FS_VERSION, ANNOTATION_UNCOMPRESSED,
     BOOTSTRAP_PATH_IN_LAYER, MEDIA_TYPE_NYDUS_BLOB, OS_FEATURE_NYDUS,
 };
 pub use push::{nydus_manifest, NydusManifest};
-pub use source::{RegistrySource, DEFAULT_MAX_MERGE, MAX_MERGE_GAP};
+pub use tier::{RegistryTier, DEFAULT_MAX_MERGE, MAX_MERGE_GAP};

@@ -6,15 +6,15 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use dfagent_core::BlobId;
+use dfagent_core::{sha256_digest, BlobId};
 use oci_client::manifest::{OciDescriptor, OciImageManifest, IMAGE_CONFIG_MEDIA_TYPE};
 use oci_client::manifest::{IMAGE_LAYER_GZIP_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE};
 use oci_client::Reference;
 use sha2::Digest as _;
 use tracing::{debug, info};
 
-use crate::client::{parse_reference, sha256_digest, Registry, MAX_BOOTSTRAP_SIZE};
-use crate::error::{Error, Failure, Result};
+use crate::client::{parse_reference, Registry, MAX_BOOTSTRAP_SIZE};
+use crate::error::{Failure, RegistryError, Result};
 use crate::image::{
     ANNOTATION_NYDUS_BLOB, ANNOTATION_NYDUS_BLOB_IDS, ANNOTATION_NYDUS_BOOTSTRAP,
     ANNOTATION_NYDUS_FS_VERSION, ANNOTATION_UNCOMPRESSED, BOOTSTRAP_PATH_IN_LAYER,
@@ -36,7 +36,7 @@ pub(crate) struct BootstrapLayer {
 /// `image/image.boot`, with mtime 0, uid/gid 0, modes 0755/0644, gzip'd with a zero timestamp,
 /// so the same bootstrap always gives the same layer digest.
 pub(crate) fn bootstrap_layer(bootstrap: &[u8]) -> Result<BootstrapLayer> {
-    let io = |source| Error::Io {
+    let io = |source| RegistryError::Io {
         path: "bootstrap layer".into(),
         source,
     };
@@ -74,7 +74,7 @@ pub(crate) fn bootstrap_layer(bootstrap: &[u8]) -> Result<BootstrapLayer> {
 
 /// sha256 and size of a file, read in pieces.
 fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let io = |source| Error::Io {
+    let io = |source| RegistryError::Io {
         path: path.display().to_string(),
         source,
     };
@@ -154,7 +154,7 @@ pub fn nydus_manifest(
             media_type: MEDIA_TYPE_NYDUS_BLOB.to_string(),
             digest: digest.clone(),
             size: i64::try_from(*size)
-                .map_err(|_| Error::Protocol(format!("blob {id} is too large")))?,
+                .map_err(|_| RegistryError::Protocol(format!("blob {id} is too large")))?,
             annotations: Some(BTreeMap::from([(
                 ANNOTATION_NYDUS_BLOB.to_string(),
                 "true".to_string(),
@@ -164,7 +164,7 @@ pub fn nydus_manifest(
         diff_ids.push(digest);
     }
     let blob_ids = serde_json::to_string(&blobs.iter().map(|(id, _)| id.hex()).collect::<Vec<_>>())
-        .map_err(|e| Error::Protocol(format!("cannot serialize blob ids: {e}")))?;
+        .map_err(|e| RegistryError::Protocol(format!("cannot serialize blob ids: {e}")))?;
     let boot = bootstrap_layer(bootstrap)?;
     let boot_diff_id = sha256_digest(&boot.tar);
     let boot_digest = sha256_digest(&boot.compressed);
@@ -199,8 +199,9 @@ pub fn nydus_manifest(
             m.remove("history");
             m.insert(
                 "rootfs".into(),
-                serde_json::to_value(&rootfs)
-                    .map_err(|e| Error::Protocol(format!("cannot serialize rootfs: {e}")))?,
+                serde_json::to_value(&rootfs).map_err(|e| {
+                    RegistryError::Protocol(format!("cannot serialize rootfs: {e}"))
+                })?,
             );
             serde_json::to_vec(&m)
         }
@@ -210,7 +211,7 @@ pub fn nydus_manifest(
             rootfs,
         }),
     }
-    .map_err(|e| Error::Protocol(format!("cannot serialize the image config: {e}")))?;
+    .map_err(|e| RegistryError::Protocol(format!("cannot serialize the image config: {e}")))?;
     let config_digest = sha256_digest(&config);
     let manifest = OciImageManifest {
         schema_version: 2,
@@ -227,7 +228,7 @@ pub fn nydus_manifest(
         annotations: None,
     };
     let manifest = serde_json::to_vec(&manifest)
-        .map_err(|e| Error::Protocol(format!("cannot serialize the manifest: {e}")))?;
+        .map_err(|e| RegistryError::Protocol(format!("cannot serialize the manifest: {e}")))?;
     Ok(NydusManifest {
         manifest_digest: sha256_digest(&manifest),
         manifest,
@@ -264,12 +265,12 @@ impl Registry {
     ) -> Result<String> {
         let r = parse_reference(reference)?;
         let image = dfagent_rafs::Image::open(bootstrap)?;
-        let boot_bytes = std::fs::read(bootstrap).map_err(|source| Error::Io {
+        let boot_bytes = std::fs::read(bootstrap).map_err(|source| RegistryError::Io {
             path: bootstrap.display().to_string(),
             source,
         })?;
         if boot_bytes.len() as u64 > MAX_BOOTSTRAP_SIZE {
-            return Err(Error::TooLarge {
+            return Err(RegistryError::TooLarge {
                 what: format!("bootstrap {}", bootstrap.display()),
                 size: boot_bytes.len() as u64,
                 limit: MAX_BOOTSTRAP_SIZE,
@@ -285,9 +286,9 @@ impl Registry {
             let p = path.clone();
             let (digest, size) = tokio::task::spawn_blocking(move || hash_file(&p))
                 .await
-                .map_err(|e| Error::Protocol(format!("hashing task failed: {e}")))??;
+                .map_err(|e| RegistryError::Protocol(format!("hashing task failed: {e}")))??;
             if digest != id.oci_digest() {
-                return Err(Error::Digest {
+                return Err(RegistryError::Digest {
                     what: format!("blob file {}", path.display()),
                     expected: id.oci_digest(),
                     actual: digest,
@@ -307,7 +308,7 @@ impl Registry {
             )
         })
         .await
-        .map_err(|e| Error::Protocol(format!("bootstrap packing task failed: {e}")))??;
+        .map_err(|e| RegistryError::Protocol(format!("bootstrap packing task failed: {e}")))??;
         uploads.push((
             docs.bootstrap_layer_digest.clone(),
             docs.bootstrap_layer.len() as u64,
@@ -357,7 +358,7 @@ impl Registry {
         let r = parse_reference(reference)?;
         let digest = sha256_digest(&body);
         let content_type = http::HeaderValue::from_str(media_type)
-            .map_err(|_| Error::InvalidRequest(format!("media type {media_type:?}")))?;
+            .map_err(|_| RegistryError::InvalidRequest(format!("media type {media_type:?}")))?;
         self.put_manifest(&r, body, content_type).await?;
         Ok(digest)
     }
@@ -424,12 +425,13 @@ impl Registry {
         let res = match source {
             Upload::Memory(data) => client.push_blob(r, data.clone(), digest).await,
             Upload::File(path) => {
-                let file = tokio::fs::File::open(path)
-                    .await
-                    .map_err(|source| Error::Io {
-                        path: path.display().to_string(),
-                        source,
-                    })?;
+                let file =
+                    tokio::fs::File::open(path)
+                        .await
+                        .map_err(|source| RegistryError::Io {
+                            path: path.display().to_string(),
+                            source,
+                        })?;
                 client
                     .push_blob_stream(r, file_stream(file), digest, Some(size))
                     .await

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use dfagent_core::{BlobId, ChunkRef, ChunkSource};
-use dfagent_registry::{Error, NydusImage, Registry, RegistryConfig, RegistrySource};
+use dfagent_core::{slots_for, Answer, BlobId, ChunkRef, ChunkTier, TierErrorKind};
+use dfagent_registry::{RegistryError, NydusImage, Registry, RegistryConfig, RegistryTier};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -571,27 +571,27 @@ fn distinct_ranges(chunks: &[ChunkRef]) -> BTreeSet<(BlobId, u64, u32)> {
 /// Fetch `chunks` through `source`, check every chunk's bytes against the blob files, and
 /// return the number of blob GETs the proxy saw.
 async fn fetch_and_check(
-    source: &RegistrySource,
+    source: &RegistryTier,
     proxy: &Proxy,
     name: &str,
     chunks: &[ChunkRef],
 ) -> usize {
     proxy.take_log();
-    let got = within("fetch", source.fetch(chunks)).await.expect("fetch");
+    let mut slots = slots_for(chunks);
+    within("fetch", source.fetch(&mut slots)).await;
     let requests = proxy.take_log().iter().filter(|r| r.is_blob_get()).count();
-    assert_eq!(got.len(), chunks.len(), "{name}: every chunk answered");
-    let mut seen = BTreeSet::new();
-    for sc in &got {
-        assert!(seen.insert(sc.index), "{name}: chunk {} twice", sc.index);
-        let c = &chunks[sc.index];
+    for (i, slot) in slots.iter().enumerate() {
+        let Answer::Found(sc) = slot.answer() else {
+            panic!("{name}: chunk {i} not answered: {:?}", slot.answer());
+        };
+        let c = &chunks[i];
         assert_eq!(sc.compression, c.compression);
         let data = blob_bytes(name, &c.blob);
         let r = c.blob_range();
         assert_eq!(
             &sc.data[..],
             &data[r.start as usize..r.end as usize],
-            "{name}: chunk {}",
-            sc.index
+            "{name}: chunk {i}"
         );
     }
     requests
@@ -670,7 +670,7 @@ async fn push_and_pull_fixture_images_with_merged_range_reads() {
         // All chunks of one file, through the ChunkSource: merged into fewer requests.
         let (path, chunks) = chunks_of_biggest_file(&bootstrap);
         let distinct = distinct_ranges(&chunks).len();
-        let mut source = RegistrySource::new(reg.clone(), Arc::new(img));
+        let mut source = RegistryTier::new(reg.clone(), Arc::new(img));
         assert_eq!(source.name(), "registry");
         let requests = fetch_and_check(&source, &proxy, name, &chunks).await;
         eprintln!(
@@ -785,7 +785,7 @@ async fn plain_oci_images_are_refused_and_indexes_are_searched() {
         .resolve(&plain_ref.whole())
         .await
         .expect_err("plain image");
-    assert!(matches!(err, Error::NotNydus { .. }), "{err}");
+    assert!(matches!(err, RegistryError::NotNydus { .. }), "{err}");
     assert!(err.to_string().starts_with("not a Nydus image: "), "{err}");
 
     // An index as nydusify's --merge-platform writes it: OCI entry first, Nydus entry marked.
@@ -845,13 +845,13 @@ async fn plain_oci_images_are_refused_and_indexes_are_searched() {
     // No Nydus manifest for the platform.
     let only_oci = push_index("only-oci", vec![entry(&plain, None)]).await;
     let err = reg.resolve(&only_oci).await.expect_err("no nydus entry");
-    assert!(matches!(err, Error::NotNydus { .. }), "{err}");
+    assert!(matches!(err, RegistryError::NotNydus { .. }), "{err}");
     // Unknown tag.
     let err = reg
         .resolve(&format!("{}/multi/app:missing", reg_proc.addr()))
         .await
         .expect_err("missing tag");
-    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -890,7 +890,7 @@ async fn basic_auth_with_docker_config_credentials() {
     let err = within("resolve", bad.resolve(&reference))
         .await
         .expect_err("wrong password");
-    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    assert!(matches!(err, RegistryError::Auth { .. }), "{err:?}");
     assert!(
         err.to_string()
             .contains("authentication to registry 127.0.0.1:"),
@@ -904,13 +904,13 @@ async fn basic_auth_with_docker_config_credentials() {
     let err = within("push", bad.push_nydus(&reference, &bootstrap, &blobs))
         .await
         .expect_err("push with wrong password");
-    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    assert!(matches!(err, RegistryError::Auth { .. }), "{err:?}");
 
     let anon = anonymous_client(tmp.path());
     let err = within("resolve", anon.resolve(&reference))
         .await
         .expect_err("anonymous");
-    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    assert!(matches!(err, RegistryError::Auth { .. }), "{err:?}");
     eprintln!("basic auth refusal: {err}");
 }
 
@@ -960,13 +960,13 @@ async fn bearer_token_auth() {
     let err = within("resolve", bad.resolve(&reference))
         .await
         .expect_err("wrong password");
-    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    assert!(matches!(err, RegistryError::Auth { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
     eprintln!("bearer auth refusal: {err}");
     let err = within("push", bad.push_nydus(&reference, &bootstrap, &blobs))
         .await
         .expect_err("push with wrong password");
-    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    assert!(matches!(err, RegistryError::Auth { .. }), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1037,7 +1037,7 @@ async fn range_reads_retry_503_and_follow_redirects() {
         .expect_err("always 503");
     eprintln!("always 503: {err} (after {:?})", started.elapsed());
     match &err {
-        Error::RetriesExhausted { attempts, .. } => assert_eq!(*attempts, retries + 1),
+        RegistryError::RetriesExhausted { attempts, .. } => assert_eq!(*attempts, retries + 1),
         other => panic!("expected RetriesExhausted, got {other:?}"),
     }
     assert!(err.to_string().contains("503"), "{err}");
@@ -1045,13 +1045,21 @@ async fn range_reads_retry_503_and_follow_redirects() {
         down.take_log().iter().filter(|r| r.is_blob_get()).count(),
         retries as usize + 1
     );
-    // The ChunkSource leaves the chunks of a failed range out instead of failing the batch.
+    // The tier answers each chunk of a failed range with the failure, as the client said it.
     let (_, chunks) = chunks_of_biggest_file(&bootstrap);
-    let source = RegistrySource::new(Arc::new(reg), Arc::new(img));
-    let got = within("fetch", source.fetch(&chunks[..2]))
-        .await
-        .expect("fetch");
-    assert!(got.is_empty());
+    let source = RegistryTier::new(Arc::new(reg), Arc::new(img));
+    let mut slots = slots_for(&chunks[..2]);
+    within("fetch", source.fetch(&mut slots)).await;
+    for slot in &slots {
+        match slot.answer() {
+            Answer::Failed(e) => {
+                assert_eq!(e.tier, "registry");
+                assert_eq!(e.kind, TierErrorKind::Status, "{e}");
+                assert!(e.message.contains("503"), "{e}");
+            }
+            other => panic!("expected the range's failure, got {other:?}"),
+        }
+    }
 
     // A registry that redirects blob GETs elsewhere (as object-store backed ones do).
     let redirecting = Proxy::start(
@@ -1087,10 +1095,10 @@ async fn range_reads_retry_503_and_follow_redirects() {
         .read_range(&img, &id, 0..data.len() as u64 + 1)
         .await
         .expect_err("past end");
-    assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
+    assert!(matches!(err, RegistryError::InvalidRequest(_)), "{err}");
     let err = reg
         .read_range(&img, &BlobId::from_bytes([9; 32]), 0..1)
         .await
         .expect_err("foreign blob");
-    assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
+    assert!(matches!(err, RegistryError::InvalidRequest(_)), "{err}");
 }

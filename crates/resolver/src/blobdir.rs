@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use dfagent_core::{BlobId, BoxFuture, ChunkRef, ChunkSource, SourceError, StoredChunk};
+use dfagent_core::{BlobId, BoxFuture, ChunkRef, ChunkTier, Slot, TierError, TierErrorKind};
 use sha2::Digest as _;
 
 /// Serves chunks from blob files named by their sha256 in one directory.
 #[derive(Clone)]
-pub struct BlobDirSource {
+pub struct BlobDirTier {
     inner: Arc<Inner>,
 }
 
@@ -23,7 +23,7 @@ struct Inner {
     files: Mutex<HashMap<BlobId, Arc<File>>>,
 }
 
-impl BlobDirSource {
+impl BlobDirTier {
     /// A tier over `dir`. Blob files are opened on first use and kept open.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
@@ -107,37 +107,42 @@ impl Inner {
     }
 }
 
-impl ChunkSource for BlobDirSource {
+impl ChunkTier for BlobDirTier {
     fn name(&self) -> &str {
         "blobdir"
     }
 
-    fn fetch<'a>(
-        &'a self,
-        chunks: &'a [ChunkRef],
-    ) -> BoxFuture<'a, Result<Vec<StoredChunk>, SourceError>> {
+    fn fetch<'a>(&'a self, slots: &'a mut [Slot]) -> BoxFuture<'a, ()> {
         let inner = self.inner.clone();
-        let owned = chunks.to_vec();
+        let chunks: Vec<ChunkRef> = slots.iter().map(|s| *s.chunk()).collect();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut out = Vec::with_capacity(owned.len());
-                for (index, c) in owned.iter().enumerate() {
-                    match inner.read_stored(c) {
-                        Ok(Some(data)) => out.push(StoredChunk {
-                            index,
-                            data: Bytes::from(data),
-                            compression: c.compression,
-                        }),
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(chunk = %c.digest, error = %e, "blobdir read failed")
-                        }
-                    }
-                }
-                out
+            let read = tokio::task::spawn_blocking(move || {
+                chunks
+                    .iter()
+                    .map(|c| inner.read_stored(c))
+                    .collect::<Vec<_>>()
             })
-            .await
-            .map_err(|e| SourceError::new("blobdir", format!("reader task failed: {e}")))
+            .await;
+            let read = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    let e = TierError::new("blobdir", TierErrorKind::Other, format!("reader task failed: {e}"));
+                    for s in slots.iter_mut() {
+                        s.failed(e.clone());
+                    }
+                    return;
+                }
+            };
+            for (slot, r) in slots.iter_mut().zip(read) {
+                match r {
+                    Ok(Some(data)) => {
+                        let compression = slot.chunk().compression;
+                        slot.found(Bytes::from(data), compression);
+                    }
+                    Ok(None) => {}
+                    Err(e) => slot.failed(TierError::new("blobdir", TierErrorKind::Io, e.to_string())),
+                }
+            }
         })
     }
 }

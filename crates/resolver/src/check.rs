@@ -11,7 +11,7 @@ use dfagent_rafs::blob_meta::{self, BlobMetaHeader};
 use dfagent_rafs::{blob_features, BlobInfo, FileType, Image};
 use sha2::Digest as _;
 
-use crate::BlobDirSource;
+use crate::BlobDirTier;
 
 /// Largest TOC section `check` decompresses to verify (the bootstrap copy in `image.boot`).
 const MAX_TOC_SECTION: u64 = 1 << 30;
@@ -42,7 +42,7 @@ pub struct CheckReport {
 }
 
 /// Verify `img` and the blobs in `dir`.
-pub fn check_image(img: &Image, dir: &BlobDirSource) -> CheckReport {
+pub fn check_image(img: &Image, dir: &BlobDirTier) -> CheckReport {
     let mut r = CheckReport {
         blobs: img.blobs().len() as u64,
         ..Default::default()
@@ -100,7 +100,7 @@ fn check_tree(img: &Image, r: &mut CheckReport) -> HashMap<ChunkDigest, String> 
 }
 
 /// Hash every blob file; returns the indexes of blobs present and intact.
-fn check_blob_files(img: &Image, dir: &BlobDirSource, r: &mut CheckReport) -> HashSet<u32> {
+fn check_blob_files(img: &Image, dir: &BlobDirTier, r: &mut CheckReport) -> HashSet<u32> {
     let mut ok = HashSet::new();
     for blob in img.blobs() {
         let path = dir.blob_path(&blob.id);
@@ -139,7 +139,7 @@ fn read_at(f: &File, offset: u64, len: u64) -> Result<Vec<u8>, String> {
 
 /// The blob's chunk-info array must agree with every chunk record of that blob, and its TOC
 /// sections must match their digests.
-fn check_blob_meta(img: &Image, dir: &BlobDirSource, blob: &BlobInfo) -> Result<(), String> {
+fn check_blob_meta(img: &Image, dir: &BlobDirTier, blob: &BlobInfo) -> Result<(), String> {
     let f = File::open(dir.blob_path(&blob.id)).map_err(|e| e.to_string())?;
     let size = f.metadata().map_err(|e| e.to_string())?.len();
     if blob.ci_compressed_size > 0 {
@@ -218,7 +218,7 @@ fn check_toc(f: &File, size: u64) -> Result<(), String> {
 /// Decode every chunk of the chunk table from the blob directory.
 fn check_chunks(
     img: &Image,
-    dir: &BlobDirSource,
+    dir: &BlobDirTier,
     present: &HashSet<u32>,
     users: &HashMap<ChunkDigest, String>,
     r: &mut CheckReport,

@@ -1,9 +1,14 @@
-//! Chunk resolution: a [`Resolver`] asks its tiers ([`ChunkSource`]s such as [`BlobDirSource`])
-//! for a chunk by reference, decodes and verifies what they send, keeps verified chunks in one
-//! bounded cache, and hands them out as a [`ChunkReader`]. [`check`] verifies a whole image
-//! against a blob directory.
+//! Chunk resolution: a [`Resolver`] asks the node's store and then its tiers ([`ChunkTier`]s
+//! such as [`BlobDirTier`]) for chunks by reference, decodes and verifies every answer, keeps
+//! verified chunks in one bounded cache shared node-wide ([`ResolverCore`]), queues them for the
+//! store off the reader's path, and hands them out as a [`ChunkReader`]. [`check`] verifies a
+//! whole image against a blob directory; [`prefetch`] fills a mounted image in the background.
 //!
-//! [`ChunkSource`]: dfagent_core::ChunkSource
+//! This crate must not know which tiers exist (registry, peers, Dragonfly: it sees only
+//! [`ChunkTier`] and [`ChunkStore`]), nor FUSE, nor how metrics are exported.
+//!
+//! [`ChunkTier`]: dfagent_core::ChunkTier
+//! [`ChunkStore`]: dfagent_core::ChunkStore
 //! [`ChunkReader`]: dfagent_core::ChunkReader
 
 mod blobdir;
@@ -11,7 +16,10 @@ pub mod check;
 mod metrics;
 pub mod prefetch;
 mod resolver;
+mod shared;
+mod writeback;
 
-pub use blobdir::BlobDirSource;
-pub use metrics::{ResolverMetrics, ResolverStats, TierStats};
-pub use resolver::{Resolver, ResolverConfig, StoreTier};
+pub use blobdir::BlobDirTier;
+pub use metrics::{ResolverMetrics, ResolverStats, TierStats, TIER_LATENCY_BUCKETS_US};
+pub use resolver::Resolver;
+pub use shared::{ResolverConfig, ResolverCore};

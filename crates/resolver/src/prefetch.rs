@@ -23,6 +23,17 @@ pub enum PrefetchPolicy {
     All,
 }
 
+impl PrefetchPolicy {
+    /// The policy's name (as `FromStr` reads it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Table => "table",
+            Self::All => "all",
+        }
+    }
+}
+
 impl std::str::FromStr for PrefetchPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -46,6 +57,10 @@ pub struct PrefetchProgress {
     pub done: AtomicU64,
     /// Chunks no tier could supply.
     pub failed: AtomicU64,
+    /// Stored bytes of the chunks it set out to fetch.
+    pub total_bytes: AtomicU64,
+    /// Stored bytes of the chunks verified so far.
+    pub done_bytes: AtomicU64,
     /// Set when it finished or stopped.
     pub finished: AtomicBool,
 }
@@ -119,6 +134,10 @@ pub async fn run(
     may_continue: impl Fn(u64) -> Result<(), String>,
 ) {
     progress.total.store(chunks.len() as u64, Ordering::Relaxed);
+    progress.total_bytes.store(
+        chunks.iter().map(|c| u64::from(c.compressed_size)).sum(),
+        Ordering::Relaxed,
+    );
     for range in batches(&chunks, batch_bytes) {
         let bytes: u64 = chunks[range.clone()]
             .iter()
@@ -132,11 +151,19 @@ pub async fn run(
             );
             break;
         }
-        for r in resolver.read_batch_background(&chunks[range]).await {
+        let batch = &chunks[range];
+        for (c, r) in batch.iter().zip(resolver.read_batch_background(batch).await) {
             match r {
-                Ok(_) => progress.done.fetch_add(1, Ordering::Relaxed),
-                Err(_) => progress.failed.fetch_add(1, Ordering::Relaxed),
-            };
+                Ok(_) => {
+                    progress.done.fetch_add(1, Ordering::Relaxed);
+                    progress
+                        .done_bytes
+                        .fetch_add(u64::from(c.compressed_size), Ordering::Relaxed);
+                }
+                Err(_) => {
+                    progress.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
     progress.finished.store(true, Ordering::Relaxed);

@@ -1,79 +1,45 @@
-//! The resolver: batches of chunk references resolved through the store and the tiers, one
-//! fetch per digest in flight however many readers wait, every answer decoded and verified
-//! before it is cached, stored or returned.
+//! [`Resolver`]: one chain of tiers over a [`ResolverCore`]. A batch of chunk references is
+//! resolved through the store and then the tiers in order, one fetch per digest in flight
+//! node-wide however many readers wait, every answer decoded and verified before it is cached,
+//! stored or returned.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use dfagent_core::{
-    decode_chunk, BoxFuture, ChunkDigest, ChunkReader, ChunkRef, ChunkSink, ChunkSource, ReadError,
+    decode_chunk, Answer, BoxFuture, ChunkReader, ChunkRef, ChunkTier, ReadError, Retry, Slot,
+    StoredChunk, TierError,
 };
 use tokio::sync::{watch, Semaphore};
 
 use crate::metrics::{add, ResolverMetrics, TierMetrics};
+use crate::shared::{Inflight, Outcome, ResolverConfig, ResolverCore};
 
-/// Settings of a [`Resolver`].
-#[derive(Clone, Debug)]
-pub struct ResolverConfig {
-    /// Capacity of the decoded-chunk cache in bytes.
-    pub cache_bytes: u64,
-    /// Most requests in flight to one tier at a time.
-    pub tier_concurrency: usize,
-    /// How many more times a tier (other than the store) is asked for a chunk whose bytes
-    /// failed verification, before the next tier is tried: a flipped bit on the wire should
-    /// not cost a read, a tier that keeps sending bad bytes should not cost it forever.
-    pub verify_retries: u32,
-}
+/// Longest a background batch waits for foreground reads to finish before it goes anyway, so
+/// that a steady stream of reads slows background fill down without starving it.
+const BACKGROUND_YIELD: std::time::Duration = std::time::Duration::from_secs(1);
 
-impl Default for ResolverConfig {
-    fn default() -> Self {
-        Self {
-            cache_bytes: 256 << 20,
-            tier_concurrency: 8,
-            verify_retries: 2,
-        }
-    }
-}
-
-#[derive(Clone)]
-struct ByteWeight;
-
-impl quick_cache::Weighter<ChunkDigest, Bytes> for ByteWeight {
-    fn weight(&self, _key: &ChunkDigest, val: &Bytes) -> u64 {
-        val.len().max(1) as u64
-    }
-}
-
-type Outcome = Option<Result<Bytes, ReadError>>;
-
-/// The node's chunk store seen as both a tier (asked first) and a sink (fed with what the other
-/// tiers delivered, purged of copies that fail verification).
-pub struct StoreTier {
-    /// Reads from the store.
-    pub source: Arc<dyn ChunkSource>,
-    /// Writes to the store.
-    pub sink: Arc<dyn ChunkSink>,
-}
-
+/// A tier of this chain: the tier, its permits, and its counters (this chain's and the node's).
 struct Tier {
-    source: Arc<dyn ChunkSource>,
-    permits: Semaphore,
-    metrics: Arc<TierMetrics>,
+    tier: Arc<dyn ChunkTier>,
+    permits: Arc<Semaphore>,
+    chain: Arc<TierMetrics>,
+    node: Arc<TierMetrics>,
 }
 
-/// Resolves chunks through its tiers and hands out verified data.
-pub struct Resolver {
-    sink: Option<Arc<dyn ChunkSink>>,
-    /// The store (when there is one) first, then the other tiers in order.
-    tiers: Vec<Tier>,
-    cache: quick_cache::sync::Cache<ChunkDigest, Bytes, ByteWeight>,
-    inflight: Mutex<HashMap<ChunkDigest, watch::Receiver<Outcome>>>,
-    metrics: Arc<ResolverMetrics>,
-    verify_retries: u32,
-    /// Reads (not background work) fetching from the tiers right now.
-    foreground: watch::Sender<usize>,
+impl Tier {
+    fn each(&self, f: impl Fn(&TierMetrics)) {
+        f(&self.chain);
+        f(&self.node);
+    }
+}
+
+/// Whether a batch is a reader's (never waits for the store writer) or background work.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Foreground,
+    Background,
 }
 
 /// Counts a foreground fetch for as long as it lives.
@@ -85,33 +51,29 @@ impl Drop for Foreground<'_> {
     }
 }
 
-/// Longest a background batch waits for foreground reads to finish before it goes anyway, so
-/// that a steady stream of reads slows background fill down without starving it.
-const BACKGROUND_YIELD: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// What became of each chunk of a batch while the tiers were asked.
 struct BatchState {
-    done: Vec<Option<Result<Bytes, ReadError>>>,
+    done: Vec<Option<Bytes>>,
     /// The last verification failure of each chunk not yet done.
     corrupt: Vec<Option<String>>,
-    /// Whole-request failures of tiers.
-    errors: Vec<String>,
+    /// What tiers that failed to get each chunk said.
+    errors: Vec<Vec<TierError>>,
 }
 
 /// Removes a leader's in-flight entries however its future ends (done, failed or cancelled);
 /// followers of a cancelled leader see its channel close and try again.
 struct Leading<'a> {
-    resolver: &'a Resolver,
-    senders: Vec<(ChunkDigest, watch::Sender<Outcome>)>,
+    core: &'a ResolverCore,
+    senders: Vec<(dfagent_core::ChunkDigest, watch::Sender<Outcome>)>,
 }
 
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
-        let mut map = self.resolver.inflight();
+        let mut map = self.core.inflight();
         for (d, tx) in &self.senders {
             if map
                 .get(d)
-                .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
+                .is_some_and(|f| f.rx.same_channel(&tx.subscribe()))
             {
                 map.remove(d);
             }
@@ -119,55 +81,63 @@ impl Drop for Leading<'_> {
     }
 }
 
-impl Resolver {
-    /// A resolver asking `tiers` in order.
-    pub fn new(tiers: Vec<Arc<dyn ChunkSource>>, config: ResolverConfig) -> Self {
-        Self::with_store(None, tiers, config)
-    }
+/// Resolves chunks through the store and a chain of tiers and hands out verified data.
+pub struct Resolver {
+    core: Arc<ResolverCore>,
+    id: u64,
+    store: Option<Tier>,
+    tiers: Vec<Tier>,
+    metrics: Arc<ResolverMetrics>,
+}
 
-    /// A resolver asking `store` first, then `tiers` in order, and keeping every chunk a tier
-    /// delivered in `store`.
-    pub fn with_store(
-        store: Option<StoreTier>,
-        tiers: Vec<Arc<dyn ChunkSource>>,
-        config: ResolverConfig,
-    ) -> Self {
-        let items = (config.cache_bytes / (256 << 10)).max(16) as usize;
+impl Resolver {
+    /// A chain of `tiers` (asked in order, after the core's store) over `core`.
+    pub fn new(core: Arc<ResolverCore>, tiers: Vec<Arc<dyn ChunkTier>>) -> Self {
         let metrics = Arc::new(ResolverMetrics::default());
-        let sink = store.as_ref().map(|s| s.sink.clone());
-        let tiers: Vec<Tier> = store
-            .map(|s| s.source)
+        let store = core.store.as_ref().map(|s| Tier {
+            tier: s.store.clone(),
+            permits: s.permits.clone(),
+            chain: metrics.new_tier(s.store.name()),
+            node: core.node_tier(s.store.name()),
+        });
+        let concurrency = core.config.tier_concurrency.max(1);
+        let tiers = tiers
             .into_iter()
-            .chain(tiers)
-            .map(|source| {
-                let m = metrics.tier(source.name());
-                Tier {
-                    source,
-                    permits: Semaphore::new(config.tier_concurrency.max(1)),
-                    metrics: m,
-                }
+            .map(|tier| Tier {
+                chain: metrics.new_tier(tier.name()),
+                node: core.node_tier(tier.name()),
+                permits: Arc::new(Semaphore::new(concurrency)),
+                tier,
             })
             .collect();
         Self {
-            sink,
+            id: core.next_chain_id(),
+            core,
+            store,
             tiers,
-            cache: quick_cache::sync::Cache::with_weighter(items, config.cache_bytes, ByteWeight),
-            inflight: Mutex::new(HashMap::new()),
             metrics,
-            verify_retries: config.verify_retries,
-            foreground: watch::channel(0).0,
         }
     }
 
-    /// Live counters.
+    /// A resolver of its own (no store, a core of its own) asking `tiers` in order: for tools
+    /// that read one image once (`inspect`, tests).
+    pub fn standalone(tiers: Vec<Arc<dyn ChunkTier>>, config: ResolverConfig) -> Self {
+        Self::new(ResolverCore::without_store(config), tiers)
+    }
+
+    /// This chain's counters (the node's are [`ResolverCore::metrics`]).
     pub fn metrics(&self) -> &Arc<ResolverMetrics> {
         &self.metrics
     }
 
-    fn inflight(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<ChunkDigest, watch::Receiver<Outcome>>> {
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    /// The core this chain shares with the node's other chains.
+    pub fn core(&self) -> &Arc<ResolverCore> {
+        &self.core
+    }
+
+    fn bump(&self, f: impl Fn(&ResolverMetrics) -> &std::sync::atomic::AtomicU64, n: u64) {
+        add(f(&self.metrics), n);
+        add(f(&self.core.metrics), n);
     }
 
     /// Verified bytes of `chunk`.
@@ -175,75 +145,93 @@ impl Resolver {
         self.read_batch(std::slice::from_ref(chunk))
             .await
             .pop()
-            .unwrap_or_else(|| {
-                Err(ReadError::Unavailable {
-                    digest: chunk.digest,
-                    detail: "empty answer".into(),
-                })
-            })
+            .unwrap_or_else(|| Err(not_found(chunk)))
     }
 
     /// Verified bytes of every chunk of `chunks`, in order. Chunks nobody is fetching are
     /// fetched together (so a tier can merge neighbours into one request); chunks another
-    /// caller is already fetching are awaited, not fetched again.
+    /// reader (of any chain on the node) is already fetching are awaited, not fetched again.
     pub async fn read_batch(&self, chunks: &[ChunkRef]) -> Vec<Result<Bytes, ReadError>> {
-        self.foreground.send_modify(|n| *n += 1);
-        let _fg = Foreground(&self.foreground);
-        self.read_batch_inner(chunks).await
+        self.core.foreground.send_modify(|n| *n += 1);
+        let _fg = Foreground(&self.core.foreground);
+        self.read_batch_inner(chunks, Mode::Foreground).await
     }
 
-    /// [`Resolver::read_batch`] for background work (prefetch, fill): it first lets reads that
-    /// are fetching finish (waiting at most a second), so a read that misses jumps ahead.
+    /// [`Resolver::read_batch`] for background work (prefetch, pull): it first lets reads that
+    /// are fetching finish (waiting at most a second), so a read that misses jumps ahead, and
+    /// it waits for room in the store's write-back queue rather than dropping a write.
     pub async fn read_batch_background(
         &self,
         chunks: &[ChunkRef],
     ) -> Vec<Result<Bytes, ReadError>> {
-        let mut rx = self.foreground.subscribe();
+        let mut rx = self.core.foreground.subscribe();
         let _ = tokio::time::timeout(BACKGROUND_YIELD, rx.wait_for(|n| *n == 0)).await;
-        self.read_batch_inner(chunks).await
+        self.read_batch_inner(chunks, Mode::Background).await
     }
 
-    async fn read_batch_inner(&self, chunks: &[ChunkRef]) -> Vec<Result<Bytes, ReadError>> {
+    /// Wait until every verified chunk queued for the store so far is written.
+    pub async fn flush(&self) {
+        self.core.flush().await;
+    }
+
+    async fn read_batch_inner(
+        &self,
+        chunks: &[ChunkRef],
+        mode: Mode,
+    ) -> Vec<Result<Bytes, ReadError>> {
         let mut results: Vec<Outcome> = vec![None; chunks.len()];
         let mut waits = Vec::new();
         let mut lead = Leading {
-            resolver: self,
+            core: &self.core,
             senders: Vec::new(),
         };
-        let mut lead_idx: Vec<usize> = Vec::new();
+        // The chunks this call fetches (one per digest) and, per result, which of them it is.
+        let mut batch: Vec<ChunkRef> = Vec::new();
+        let mut led: Vec<(usize, usize)> = Vec::new();
         {
-            let mut map = self.inflight();
+            let mut map = self.core.inflight();
             for (i, c) in chunks.iter().enumerate() {
-                if let Some(data) = self.cache.get(&c.digest) {
-                    add(&self.metrics.cache_hits, 1);
+                if let Some(data) = self.core.cache.get(&c.digest) {
+                    self.bump(|m| &m.cache_hits, 1);
                     results[i] = Some(Ok(data));
-                } else if let Some(rx) = map.get(&c.digest) {
-                    add(&self.metrics.coalesced, 1);
-                    waits.push((i, rx.clone()));
+                    continue;
+                }
+                self.bump(|m| &m.cache_misses, 1);
+                if let Some(pos) = batch.iter().position(|b| b.digest == c.digest) {
+                    // The same chunk twice in one batch: fetched once, answered twice.
+                    led.push((i, pos));
+                } else if let Some(f) = map.get(&c.digest) {
+                    self.bump(|m| &m.coalesced, 1);
+                    waits.push((i, f.clone()));
                 } else {
                     let (tx, rx) = watch::channel(None);
-                    map.insert(c.digest, rx);
+                    map.insert(c.digest, Inflight { rx, chain: self.id });
                     lead.senders.push((c.digest, tx));
-                    lead_idx.push(i);
+                    batch.push(*c);
+                    led.push((i, batch.len() - 1));
                 }
             }
         }
-        if !lead_idx.is_empty() {
-            let batch: Vec<ChunkRef> = lead_idx.iter().map(|&i| chunks[i]).collect();
-            let fetched = self.resolve(&batch).await;
-            for ((&i, (_, tx)), r) in lead_idx.iter().zip(&lead.senders).zip(fetched) {
+        if !batch.is_empty() {
+            let fetched = self.resolve(&batch, mode).await;
+            for ((_, tx), r) in lead.senders.iter().zip(&fetched) {
                 tx.send_replace(Some(r.clone()));
-                results[i] = Some(r);
+            }
+            for (i, pos) in led {
+                results[i] = fetched.get(pos).cloned();
             }
         }
         drop(lead);
-        for (i, mut rx) in waits {
-            let r = match rx.wait_for(|v| v.is_some()).await {
+        for (i, mut f) in waits {
+            let r = match f.rx.wait_for(|v| v.is_some()).await {
                 Ok(v) => v.clone(),
                 Err(_) => None,
             };
             results[i] = Some(match r {
-                Some(r) => r,
+                Some(Ok(data)) => Ok(data),
+                // A leader of another chain could not get it through its tiers; ours may.
+                Some(Err(_)) if f.chain != self.id => Box::pin(self.read(&chunks[i])).await,
+                Some(Err(e)) => Err(e),
                 // The leader was cancelled before it finished: fetch it ourselves.
                 None => Box::pin(self.read(&chunks[i])).await,
             });
@@ -251,47 +239,42 @@ impl Resolver {
         results
             .into_iter()
             .zip(chunks)
-            .map(|(r, c)| {
-                r.unwrap_or_else(|| {
-                    Err(ReadError::Unavailable {
-                        digest: c.digest,
-                        detail: "not resolved".into(),
-                    })
-                })
-            })
+            .map(|(r, c)| r.unwrap_or_else(|| Err(not_found(c))))
             .collect()
     }
 
-    /// Fetch `batch` through the tiers in order; each tier is asked for what is still missing,
-    /// and asked again (up to `verify_retries` times) for chunks it sent bad bytes for.
-    async fn resolve(&self, batch: &[ChunkRef]) -> Vec<Result<Bytes, ReadError>> {
+    /// Fetch `batch` through the store and then the tiers in order; each is asked for what is
+    /// still missing, and a tier is asked again (up to `verify_retries` times) for chunks it
+    /// sent bad bytes for when it says so.
+    async fn resolve(&self, batch: &[ChunkRef], mode: Mode) -> Vec<Result<Bytes, ReadError>> {
         let mut st = BatchState {
             done: vec![None; batch.len()],
             corrupt: vec![None; batch.len()],
-            errors: Vec::new(),
+            errors: vec![Vec::new(); batch.len()],
         };
-        let from_store_tier = self.sink.is_some();
-        for (ti, tier) in self.tiers.iter().enumerate() {
-            let is_store = from_store_tier && ti == 0;
-            let retries = if is_store { 0 } else { self.verify_retries };
+        if let Some(store) = &self.store {
+            let pending: Vec<usize> = (0..batch.len()).collect();
+            self.ask_tier(store, true, batch, &pending, &mut st, mode)
+                .await;
+        }
+        for tier in &self.tiers {
             let mut pending: Vec<usize> =
                 (0..batch.len()).filter(|&i| st.done[i].is_none()).collect();
-            for attempt in 0..=retries {
+            for attempt in 0..=self.core.config.verify_retries {
                 if pending.is_empty() {
                     break;
                 }
                 if attempt > 0 {
                     tracing::info!(
-                        tier = tier.source.name(),
+                        tier = tier.tier.name(),
                         chunks = pending.len(),
                         attempt,
                         "asking the tier again for chunks that failed verification"
                     );
                 }
-                let bad = self
-                    .ask_tier(tier, is_store, batch, &pending, &mut st)
+                pending = self
+                    .ask_tier(tier, false, batch, &pending, &mut st, mode)
                     .await;
-                pending = bad;
             }
         }
         let BatchState {
@@ -301,34 +284,34 @@ impl Resolver {
         } = st;
         done.into_iter()
             .zip(corrupt)
+            .zip(errors)
             .zip(batch)
-            .map(|((d, bad), chunk)| {
-                d.unwrap_or_else(|| {
-                    add(&self.metrics.unavailable, 1);
-                    Err(match bad {
-                        Some(detail) => ReadError::Corrupt {
+            .map(|(((d, bad), errs), chunk)| match d {
+                Some(data) => Ok(data),
+                None => {
+                    self.bump(|m| &m.unavailable, 1);
+                    Err(match (bad, errs.is_empty()) {
+                        (Some(detail), _) => ReadError::Corrupt {
                             digest: chunk.digest,
                             detail,
                         },
-                        None => ReadError::Unavailable {
+                        (None, false) => ReadError::TierFailed {
                             digest: chunk.digest,
-                            detail: if errors.is_empty() {
-                                format!(
-                                    "no tier has it (blob {} offset {})",
-                                    chunk.blob, chunk.compressed_offset
-                                )
-                            } else {
-                                errors.join("; ")
-                            },
+                            detail: errs
+                                .iter()
+                                .map(|e| e.to_string())
+                                .collect::<Vec<_>>()
+                                .join("; "),
                         },
+                        (None, true) => not_found(chunk),
                     })
-                })
+                }
             })
             .collect()
     }
 
-    /// Ask one tier for the chunks `pending` (indices into `batch`) once; record what it
-    /// delivered in `st`. Returns the indices whose bytes failed verification.
+    /// Ask one tier for the chunks `pending` (indices into `batch`) once and record what it
+    /// delivered in `st`. Returns the indices the tier asked to be asked again for (bad bytes).
     async fn ask_tier(
         &self,
         tier: &Tier,
@@ -336,43 +319,47 @@ impl Resolver {
         batch: &[ChunkRef],
         pending: &[usize],
         st: &mut BatchState,
+        mode: Mode,
     ) -> Vec<usize> {
-        let mut bad = Vec::new();
-        let ask: Vec<ChunkRef> = pending.iter().map(|&i| batch[i]).collect();
-        add(&self.metrics.fetches, ask.len() as u64);
+        let mut slots: Vec<Slot> = pending.iter().map(|&i| Slot::new(batch[i])).collect();
+        self.bump(|m| &m.fetches, slots.len() as u64);
         let started = Instant::now();
-        let answered = {
+        {
             let _permit = tier.permits.acquire().await;
-            tier.source.fetch(&ask).await
-        };
-        tier.metrics.request(started.elapsed());
-        let answered = match answered {
-            Ok(v) => v,
-            Err(e) => {
-                add(&self.metrics.tier_errors, 1);
-                add(&tier.metrics.errors, 1);
-                tracing::warn!(tier = tier.source.name(), chunks = ask.len(), error = %e, "tier failed");
-                st.errors.push(e.to_string());
-                return bad;
-            }
-        };
+            tier.tier.fetch(&mut slots).await;
+        }
+        tier.each(|m| m.request(started.elapsed()));
+        let name = tier.tier.name();
         // Decode every answer in parallel on blocking threads.
         let mut decodes = Vec::new();
-        for sc in answered {
-            let Some(&i) = pending.get(sc.index) else {
-                continue;
-            };
-            if st.done[i].is_some() {
-                continue;
+        let mut failures: Vec<(String, usize)> = Vec::new();
+        for (&i, slot) in pending.iter().zip(slots.iter_mut()) {
+            match slot.take_answer() {
+                Answer::Missing => {}
+                Answer::Failed(e) => {
+                    self.bump(|m| &m.tier_errors, 1);
+                    tier.each(|m| m.error(e.kind));
+                    match failures.iter_mut().find(|(msg, _)| *msg == e.to_string()) {
+                        Some((_, n)) => *n += 1,
+                        None => failures.push((e.to_string(), 1)),
+                    }
+                    st.errors[i].push(e);
+                }
+                Answer::Found(stored) => {
+                    let len = stored.data.len() as u64;
+                    self.bump(|m| &m.bytes_fetched, len);
+                    let encoded = batch[i].with_encoding(stored.compression, len as u32);
+                    let data = stored.data.clone();
+                    let task = tokio::task::spawn_blocking(move || decode_chunk(&encoded, &data));
+                    decodes.push((i, stored, task));
+                }
             }
-            add(&self.metrics.bytes_fetched, sc.data.len() as u64);
-            add(&tier.metrics.bytes, sc.data.len() as u64);
-            let encoded = batch[i].with_encoding(sc.compression, sc.data.len() as u32);
-            let data = sc.data.clone();
-            let task = tokio::task::spawn_blocking(move || decode_chunk(&encoded, &data));
-            decodes.push((i, sc, task));
         }
-        for (i, sc, task) in decodes {
+        for (message, chunks) in failures {
+            tracing::warn!(tier = name, chunks, error = %message, "tier failed to get chunks");
+        }
+        let mut again = Vec::new();
+        for (i, stored, task) in decodes {
             let chunk = &batch[i];
             let decoded = match task.await {
                 Ok(d) => d.map_err(|e| e.to_string()),
@@ -381,37 +368,61 @@ impl Resolver {
             match decoded {
                 Ok(data) => {
                     let data = Bytes::from(data);
-                    add(&self.metrics.bytes_decoded, data.len() as u64);
-                    add(&tier.metrics.chunks, 1);
-                    if let (Some(sink), false) = (&self.sink, is_store) {
-                        if let Err(e) = sink.put(chunk, sc.data, sc.compression).await {
-                            tracing::warn!(chunk = %chunk.digest, error = %e, "could not keep chunk in the store");
-                        }
+                    self.bump(|m| &m.bytes_decoded, data.len() as u64);
+                    let len = stored.data.len() as u64;
+                    tier.each(|m| {
+                        add(&m.chunks, 1);
+                        add(&m.bytes, len);
+                    });
+                    self.core.cache.insert(chunk.digest, data.clone());
+                    if !is_store {
+                        self.keep(chunk, stored, mode).await;
                     }
-                    self.cache.insert(chunk.digest, data.clone());
                     st.corrupt[i] = None;
-                    st.done[i] = Some(Ok(data));
+                    st.done[i] = Some(data);
                 }
                 Err(e) => {
-                    add(&self.metrics.verify_failures, 1);
-                    add(&tier.metrics.verify_failures, 1);
+                    self.bump(|m| &m.verify_failures, 1);
+                    tier.each(|m| add(&m.verify_failures, 1));
                     tracing::error!(
-                        tier = tier.source.name(),
+                        tier = name,
                         chunk = %chunk.digest,
                         blob = %chunk.blob,
                         blob_offset = chunk.compressed_offset,
                         error = %e,
                         "chunk failed verification; its bytes are dropped"
                     );
-                    if let (Some(sink), true) = (&self.sink, is_store) {
-                        sink.reject(&chunk.digest).await;
+                    st.corrupt[i] = Some(format!("{name} sent bad bytes: {e}"));
+                    if is_store {
+                        self.reject_from_store(chunk, &e).await;
+                    } else if tier.tier.bad_answer(chunk, &e) == Retry::AskAgain {
+                        again.push(i);
                     }
-                    st.corrupt[i] = Some(format!("{} sent bad bytes: {e}", tier.source.name()));
-                    bad.push(i);
                 }
             }
         }
-        bad
+        again
+    }
+
+    /// Queue a verified chunk for the store (off the reader's path).
+    async fn keep(&self, chunk: &ChunkRef, stored: StoredChunk, mode: Mode) {
+        self.core
+            .write_back(chunk, stored, mode == Mode::Background, &self.metrics)
+            .await;
+    }
+
+    async fn reject_from_store(&self, chunk: &ChunkRef, detail: &str) {
+        let Some(s) = &self.core.store else { return };
+        let (store, chunk, detail) = (s.store.clone(), *chunk, detail.to_string());
+        let _ = tokio::task::spawn_blocking(move || store.reject(&chunk, &detail)).await;
+    }
+}
+
+fn not_found(chunk: &ChunkRef) -> ReadError {
+    ReadError::NotFound {
+        digest: chunk.digest,
+        blob: chunk.blob,
+        offset: chunk.compressed_offset,
     }
 }
 

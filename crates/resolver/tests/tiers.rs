@@ -1,129 +1,35 @@
-//! The resolver against in-memory tiers: a tier that sends bad bytes is asked again a bounded
-//! number of times, then the next tier is tried; background reads let foreground reads go
-//! first.
+//! The resolver against in-memory tiers: the tier contract's rules (per-slot answers, errors
+//! that reach the reader as themselves, bad answers reported to the tier that gave them, a store
+//! role of its own with write-back off the reader's path), bounded retries, background reads
+//! that let foreground reads go first, and one fetch per chunk across the chains of a node.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use dfagent_core::{
-    BlobId, BoxFuture, ChunkDigest, ChunkRef, ChunkSource, Compression, DigestAlgo, ReadError,
-    SourceError, StoredChunk,
+use dfagent_core::{ChunkTier, ReadError, Retry, TierErrorKind};
+use dfagent_resolver::{Resolver, ResolverConfig, ResolverCore};
+use dfagent_test_support::tiers::{
+    raw_chunk, CorruptingTier, FailingTier, GatedTier, MemStore, MemTier, OpenOnDrop,
 };
-use dfagent_resolver::{Resolver, ResolverConfig};
-use tokio::sync::Semaphore;
 
-/// A tier holding chunks in memory. It corrupts its first `bad_answers` answers per chunk,
-/// records every request, and (when gated) holds requests for `gated` chunks until released.
-struct MemTier {
-    name: &'static str,
-    chunks: HashMap<ChunkDigest, Bytes>,
-    bad_answers: u64,
-    answered: Mutex<HashMap<ChunkDigest, u64>>,
-    requests: Mutex<Vec<Vec<ChunkDigest>>>,
-    gated: Option<(ChunkDigest, Arc<Semaphore>)>,
-    in_request: AtomicU64,
-}
-
-impl MemTier {
-    fn new(name: &'static str, chunks: &[(ChunkRef, Bytes)], bad_answers: u64) -> Self {
-        MemTier {
-            name,
-            chunks: chunks.iter().map(|(c, d)| (c.digest, d.clone())).collect(),
-            bad_answers,
-            answered: Mutex::default(),
-            requests: Mutex::default(),
-            gated: None,
-            in_request: AtomicU64::new(0),
-        }
-    }
-
-    fn requests(&self) -> Vec<Vec<ChunkDigest>> {
-        self.requests.lock().unwrap().clone()
+fn config() -> ResolverConfig {
+    ResolverConfig {
+        verify_retries: 2,
+        ..ResolverConfig::default()
     }
 }
 
-impl ChunkSource for MemTier {
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn fetch<'a>(
-        &'a self,
-        chunks: &'a [ChunkRef],
-    ) -> BoxFuture<'a, Result<Vec<StoredChunk>, SourceError>> {
-        Box::pin(async move {
-            self.requests
-                .lock()
-                .unwrap()
-                .push(chunks.iter().map(|c| c.digest).collect());
-            self.in_request.fetch_add(1, Ordering::SeqCst);
-            if let Some((d, gate)) = &self.gated {
-                if chunks.iter().any(|c| c.digest == *d) {
-                    let _ = gate.acquire().await;
-                }
-            }
-            let mut out = Vec::new();
-            for (index, c) in chunks.iter().enumerate() {
-                let Some(data) = self.chunks.get(&c.digest) else {
-                    continue;
-                };
-                let n = {
-                    let mut a = self.answered.lock().unwrap();
-                    let n = a.entry(c.digest).or_default();
-                    *n += 1;
-                    *n
-                };
-                let mut data = data.to_vec();
-                if n <= self.bad_answers {
-                    data[0] ^= 1;
-                }
-                out.push(StoredChunk {
-                    index,
-                    data: Bytes::from(data),
-                    compression: Compression::None,
-                });
-            }
-            Ok(out)
-        })
-    }
-}
-
-fn chunk(seed: u8) -> (ChunkRef, Bytes) {
-    let data = Bytes::from(vec![seed; 4096]);
-    let c = ChunkRef {
-        digest: DigestAlgo::Blake3.digest(&data),
-        blob: BlobId::from_bytes([7; 32]),
-        compressed_offset: u64::from(seed) * 4096,
-        compressed_size: 4096,
-        uncompressed_size: 4096,
-        compression: Compression::None,
-    };
-    (c, data)
-}
-
-fn resolver(tiers: Vec<Arc<MemTier>>) -> Resolver {
-    Resolver::new(
-        tiers
-            .into_iter()
-            .map(|t| t as Arc<dyn ChunkSource>)
-            .collect(),
-        ResolverConfig {
-            verify_retries: 2,
-            ..ResolverConfig::default()
-        },
-    )
+fn resolver(tiers: Vec<Arc<dyn ChunkTier>>) -> Resolver {
+    Resolver::standalone(tiers, config())
 }
 
 #[tokio::test]
 async fn a_flipped_byte_is_fetched_again_from_the_same_tier() {
-    let (c, data) = chunk(1);
-    let tier = Arc::new(MemTier::new("flaky", &[(c, data.clone())], 1));
+    let (c, data) = raw_chunk(1, 4096);
+    let tier = Arc::new(MemTier::new("flaky", &[(c, data.clone())]).corrupt_first(1));
     let r = resolver(vec![tier.clone()]);
     assert_eq!(r.read(&c).await.unwrap(), data);
-    assert_eq!(tier.requests().len(), 2);
+    assert_eq!(tier.record.requests().len(), 2);
     let st = r.metrics().snapshot();
     assert_eq!(st.tiers[0].verify_failures, 1);
     assert_eq!(st.tiers[0].chunks, 1);
@@ -131,14 +37,14 @@ async fn a_flipped_byte_is_fetched_again_from_the_same_tier() {
 
 #[tokio::test]
 async fn a_tier_that_keeps_sending_bad_bytes_is_given_up_for_the_next() {
-    let (c, data) = chunk(2);
-    let bad = Arc::new(MemTier::new("bad", &[(c, data.clone())], u64::MAX));
-    let good = Arc::new(MemTier::new("good", &[(c, data.clone())], 0));
+    let (c, data) = raw_chunk(2, 4096);
+    let bad = Arc::new(MemTier::new("bad", &[(c, data.clone())]).corrupt_first(u64::MAX));
+    let good = Arc::new(MemTier::new("good", &[(c, data.clone())]));
     let r = resolver(vec![bad.clone(), good.clone()]);
     assert_eq!(r.read(&c).await.unwrap(), data);
     // Asked once, then twice more (verify_retries), then the next tier.
-    assert_eq!(bad.requests().len(), 3);
-    assert_eq!(good.requests().len(), 1);
+    assert_eq!(bad.record.requests().len(), 3);
+    assert_eq!(good.record.requests().len(), 1);
     let st = r.metrics().snapshot();
     assert_eq!(st.tiers[0].verify_failures, 3);
     assert_eq!(st.tiers[1].chunks, 1);
@@ -146,8 +52,8 @@ async fn a_tier_that_keeps_sending_bad_bytes_is_given_up_for_the_next() {
 
 #[tokio::test]
 async fn permanent_corruption_is_a_corrupt_error_not_wrong_bytes() {
-    let (c, data) = chunk(3);
-    let bad = Arc::new(MemTier::new("bad", &[(c, data)], u64::MAX));
+    let (c, data) = raw_chunk(3, 4096);
+    let bad = Arc::new(MemTier::new("bad", &[(c, data)]).corrupt_first(u64::MAX));
     let r = resolver(vec![bad.clone()]);
     match r.read(&c).await {
         Err(ReadError::Corrupt { digest, detail }) => {
@@ -156,41 +62,214 @@ async fn permanent_corruption_is_a_corrupt_error_not_wrong_bytes() {
         }
         other => panic!("expected a corrupt error, got {other:?}"),
     }
-    assert_eq!(bad.requests().len(), 3);
+    assert_eq!(bad.record.requests().len(), 3);
     // Nothing bad was cached: a second read asks again.
     assert!(r.read(&c).await.is_err());
-    assert_eq!(bad.requests().len(), 6);
+    assert_eq!(bad.record.requests().len(), 6);
+}
+
+#[tokio::test]
+async fn a_tier_error_reaches_the_reader_as_itself() {
+    let (c, _) = raw_chunk(9, 4096);
+    let failing = Arc::new(FailingTier::new(
+        "registry",
+        TierErrorKind::Status,
+        "HTTP 503 after 3 tries",
+    ));
+    let r = resolver(vec![failing.clone()]);
+    match r.read(&c).await {
+        Err(e @ ReadError::TierFailed { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("registry: HTTP 503 after 3 tries"), "{msg}");
+            assert!(!msg.contains("unavailable") && !msg.contains("not in any tier"), "{msg}");
+        }
+        other => panic!("expected the tier's error, got {other:?}"),
+    }
+    let st = r.metrics().snapshot();
+    let t = st.tier("registry").unwrap();
+    assert_eq!(t.errors, 1);
+    assert_eq!(t.errors_by_kind, vec![(TierErrorKind::Status, 1)]);
+}
+
+#[tokio::test]
+async fn a_later_tier_answers_what_an_earlier_one_failed() {
+    let (c, data) = raw_chunk(10, 4096);
+    let failing = Arc::new(FailingTier::new("peer", TierErrorKind::Network, "reset"));
+    let good = Arc::new(MemTier::new("registry", &[(c, data.clone())]));
+    let r = resolver(vec![failing, good]);
+    assert_eq!(r.read(&c).await.unwrap(), data);
+}
+
+#[tokio::test]
+async fn a_chunk_no_tier_has_is_not_found() {
+    let (c, _) = raw_chunk(11, 4096);
+    let empty = Arc::new(MemTier::new("empty", &[]));
+    let r = resolver(vec![empty]);
+    assert!(matches!(r.read(&c).await, Err(ReadError::NotFound { .. })));
+}
+
+#[tokio::test]
+async fn a_bad_answer_is_reported_to_the_tier_that_gave_it() {
+    let (c, data) = raw_chunk(12, 4096);
+    let liar = Arc::new(
+        CorruptingTier::new(
+            "peer",
+            Arc::new(MemTier::new("inner", &[(c, data.clone())])),
+            u64::MAX,
+        )
+        .on_bad_answer(Retry::Next),
+    );
+    let honest = Arc::new(MemTier::new("registry", &[(c, data.clone())]));
+    let r = resolver(vec![liar.clone(), honest.clone()]);
+    assert_eq!(r.read(&c).await.unwrap(), data);
+    // The liar heard about its bad answer, once, and was not asked again (it said Next).
+    assert_eq!(liar.record.bad_answers(), vec![c.digest]);
+    assert_eq!(liar.record.requests().len(), 1);
+    // The honest tier heard nothing bad.
+    assert!(honest.record.bad_answers().is_empty());
+}
+
+fn core_with_store(store: Arc<MemStore>, write_queue: usize) -> Arc<ResolverCore> {
+    ResolverCore::with_store(
+        store,
+        ResolverConfig {
+            write_queue,
+            ..config()
+        },
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_store_write_does_not_delay_a_read() {
+    let chunks: Vec<_> = (20..24).map(|s| raw_chunk(s, 4096)).collect();
+    let store = Arc::new(MemStore::new());
+    store.hold_puts();
+    let core = core_with_store(store.clone(), 64);
+    let tier = Arc::new(MemTier::new("registry", &chunks));
+    let r = Resolver::new(core.clone(), vec![tier]);
+    let refs: Vec<_> = chunks.iter().map(|(c, _)| *c).collect();
+    // Every write is held inside the store, yet the read completes.
+    let got = tokio::time::timeout(Duration::from_secs(10), r.read_batch(&refs))
+        .await
+        .expect("a read waited for the store");
+    for (g, (_, want)) in got.iter().zip(&chunks) {
+        assert_eq!(g.as_ref().unwrap(), want);
+    }
+    assert_eq!(store.puts(), 0);
+    store.release_puts();
+    tokio::time::timeout(Duration::from_secs(10), r.flush())
+        .await
+        .unwrap();
+    assert_eq!(store.puts(), 4);
+    for (c, _) in &chunks {
+        assert!(store.contains(&c.digest));
+    }
+    assert_eq!(r.metrics().snapshot().writes_dropped, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_back_queue_drops_and_counts() {
+    let chunks: Vec<_> = (30..38).map(|s| raw_chunk(s, 4096)).collect();
+    let store = Arc::new(MemStore::new());
+    store.hold_puts();
+    let core = core_with_store(store.clone(), 2);
+    let tier = Arc::new(MemTier::new("registry", &chunks));
+    let r = Resolver::new(core.clone(), vec![tier]);
+    let refs: Vec<_> = chunks.iter().map(|(c, _)| *c).collect();
+    let got = tokio::time::timeout(Duration::from_secs(10), r.read_batch(&refs))
+        .await
+        .expect("a read waited for a full queue");
+    assert!(got.iter().all(|g| g.is_ok()));
+    let st = r.metrics().snapshot();
+    // One write may be inside the held put, two wait in the queue; the rest were dropped.
+    assert!(st.writes_dropped >= 8 - 3, "{st:?}");
+    assert_eq!(st.writes_dropped + st.writes_queued, 8);
+    assert_eq!(core.stats().writes_dropped, st.writes_dropped);
+    store.release_puts();
+    r.flush().await;
+    assert_eq!(store.puts(), st.writes_queued);
+}
+
+#[tokio::test]
+async fn a_bad_store_copy_is_rejected_and_fetched_from_the_next_tier() {
+    let (c, data) = raw_chunk(40, 4096);
+    let store = Arc::new(MemStore::new());
+    let mut tampered = data.to_vec();
+    tampered[7] ^= 1;
+    store.insert(c.digest, tampered.into(), dfagent_core::Compression::None);
+    let core = core_with_store(store.clone(), 8);
+    let tier = Arc::new(MemTier::new("registry", &[(c, data.clone())]));
+    let r = Resolver::new(core, vec![tier.clone()]);
+    assert_eq!(r.read(&c).await.unwrap(), data);
+    assert_eq!(store.rejected(), vec![c.digest]);
+    // The store is asked once and never again for that chunk in this read.
+    assert_eq!(store.record.requests().len(), 1);
+    assert_eq!(tier.record.requests().len(), 1);
+    r.flush().await;
+    assert!(store.contains(&c.digest));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chains_of_a_node_fetch_a_shared_chunk_once() {
+    let (c, data) = raw_chunk(50, 4096);
+    let core = ResolverCore::without_store(config());
+    let inner: Arc<dyn ChunkTier> = Arc::new(MemTier::new("registry", &[(c, data.clone())]));
+    let gated = Arc::new(GatedTier::new(inner, c.digest));
+    let _open = OpenOnDrop(gated.clone());
+    let other = Arc::new(MemTier::new("registry", &[(c, data.clone())]));
+    let a = Arc::new(Resolver::new(core.clone(), vec![gated.clone()]));
+    let b = Arc::new(Resolver::new(core.clone(), vec![other.clone()]));
+    let ra = a.clone();
+    let first = tokio::spawn(async move { ra.read(&c).await });
+    for _ in 0..200 {
+        if gated.hits() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rb = b.clone();
+    let second = tokio::spawn(async move { rb.read(&c).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gated.open();
+    assert_eq!(first.await.unwrap().unwrap(), data);
+    assert_eq!(second.await.unwrap().unwrap(), data);
+    // The second chain waited for the first chain's fetch instead of asking its own tier.
+    assert!(other.record.requests().is_empty());
+    assert_eq!(b.metrics().snapshot().coalesced, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_work_waits_for_reads_in_flight() {
-    let (fg, fg_data) = chunk(4);
-    let (bg, bg_data) = chunk(5);
-    let gate = Arc::new(Semaphore::new(0));
-    let mut tier = MemTier::new("gated", &[(fg, fg_data.clone()), (bg, bg_data.clone())], 0);
-    tier.gated = Some((fg.digest, gate.clone()));
-    let tier = Arc::new(tier);
+    let (fg, fg_data) = raw_chunk(4, 4096);
+    let (bg, bg_data) = raw_chunk(5, 4096);
+    let inner: Arc<dyn ChunkTier> = Arc::new(MemTier::new(
+        "mem",
+        &[(fg, fg_data.clone()), (bg, bg_data.clone())],
+    ));
+    let tier = Arc::new(GatedTier::new(inner, fg.digest));
+    let _open = OpenOnDrop(tier.clone());
     let r = Arc::new(resolver(vec![tier.clone()]));
 
     let r1 = r.clone();
     let foreground = tokio::spawn(async move { r1.read_batch(&[fg]).await });
     // The foreground request is with the tier (and held there).
     for _ in 0..200 {
-        if tier.in_request.load(Ordering::SeqCst) == 1 {
+        if tier.record.in_request() == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(tier.requests().len(), 1);
+    assert_eq!(tier.record.requests().len(), 1);
     let r2 = r.clone();
     let background = tokio::spawn(async move { r2.read_batch_background(&[bg]).await });
     // While the read is held, the background batch does not reach the tier.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(tier.requests().len(), 1, "background went ahead of a read");
-    gate.add_permits(1);
+    assert_eq!(tier.record.requests().len(), 1, "background went ahead of a read");
+    tier.open();
     let f = foreground.await.unwrap();
     let b = background.await.unwrap();
     assert_eq!(f[0].as_ref().unwrap(), &fg_data);
     assert_eq!(b[0].as_ref().unwrap(), &bg_data);
-    assert_eq!(tier.requests(), vec![vec![fg.digest], vec![bg.digest]]);
+    assert_eq!(tier.record.requests(), vec![vec![fg.digest], vec![bg.digest]]);
 }

@@ -2,7 +2,7 @@
 //!
 //! Column families: `chunks` (digest → header + stored bytes), `access` (digest → last use and
 //! size, small so recency updates never rewrite chunk data), `pins` (image + digest → nothing),
-//! `meta` (string key → bytes: manifests, bootstraps, image records).
+//! `meta` ([`MetaKey`] → bytes: image records, bootstraps, pulled marks).
 
 use dfagent_core::{ChunkDigest, Compression, DigestAlgo};
 
@@ -12,6 +12,29 @@ pub(crate) const CF_CHUNKS: &str = "chunks";
 pub(crate) const CF_ACCESS: &str = "access";
 pub(crate) const CF_PINS: &str = "pins";
 pub(crate) const CF_META: &str = "meta";
+
+/// Key of a metadata record. The encodings are the on-disk keys of earlier versions, kept so
+/// existing stores read on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum MetaKey<'a> {
+    /// What the registry said about an image reference (an opaque record).
+    Image(&'a str),
+    /// A bootstrap, by the digest of the layer it came in.
+    Bootstrap(&'a str),
+    /// The image reference was pulled (its pins outlive its mounts).
+    Pulled(&'a str),
+}
+
+impl MetaKey<'_> {
+    pub(crate) fn encode(self) -> Vec<u8> {
+        let (prefix, name) = match self {
+            MetaKey::Image(r) => ("image/", r),
+            MetaKey::Bootstrap(d) => ("bootstrap/", d),
+            MetaKey::Pulled(r) => ("pulled/", r),
+        };
+        [prefix.as_bytes(), name.as_bytes()].concat()
+    }
+}
 
 /// Version byte of chunk values.
 const CHUNK_V1: u8 = 1;
@@ -52,14 +75,6 @@ pub(crate) fn hex_key(k: &[u8]) -> String {
     k.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn compression_code(c: Compression) -> u8 {
-    match c {
-        Compression::None => 0,
-        Compression::Lz4Block => 1,
-        Compression::Zstd => 3,
-    }
-}
-
 /// Encode a chunk value.
 pub(crate) fn chunk_value(
     compression: Compression,
@@ -68,7 +83,8 @@ pub(crate) fn chunk_value(
 ) -> Vec<u8> {
     let mut v = Vec::with_capacity(CHUNK_HEADER + data.len());
     v.push(CHUNK_V1);
-    v.push(compression_code(compression));
+    // The store records compression with RAFS's ids (they fit a byte).
+    v.push(compression.rafs_id() as u8);
     v.extend_from_slice(&uncompressed_size.to_le_bytes());
     v.extend_from_slice(data);
     v
@@ -86,12 +102,8 @@ pub(crate) fn parse_chunk_value(key: &[u8], v: &[u8]) -> Result<(Compression, u3
     if v[0] != CHUNK_V1 {
         return Err(bad("unknown chunk value version"));
     }
-    let compression = match v[1] {
-        0 => Compression::None,
-        1 => Compression::Lz4Block,
-        3 => Compression::Zstd,
-        _ => return Err(bad("unknown compression")),
-    };
+    let compression =
+        Compression::from_rafs_id(u32::from(v[1])).map_err(|_| bad("unknown compression"))?;
     let size = u32::from_le_bytes([v[2], v[3], v[4], v[5]]);
     Ok((compression, size))
 }

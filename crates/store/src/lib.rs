@@ -1,9 +1,12 @@
 //! The node's chunk store: chunks kept in RocksDB under their digest, as they arrived (still
 //! compressed), with what is needed to decode and verify them; per-image pins so a mounted
 //! image's chunks are evicted last; a capacity with least-recently-used eviction; small metadata
-//! records (manifests, bootstraps) for offline mounts. One process owns a store at a time.
+//! records (image records, bootstraps, pulled marks) for offline mounts. One process owns a
+//! store at a time.
 //!
-//! [`StoreTier`] makes it a resolver tier (`ChunkSource`) and sink (`ChunkSink`).
+//! [`StoreTier`] puts it in the resolver's store role (`dfagent_core::ChunkStore`). This crate
+//! must not know the registry, the resolver or FUSE: it stores bytes under digests and opaque
+//! records under typed keys.
 
 mod error;
 mod layout;
@@ -13,5 +16,5 @@ mod store;
 mod tier;
 
 pub use error::StoreError;
-pub use store::{Store, StoreConfig, StoreStats, StoredValue, VerifyReport};
+pub use store::{GcReport, Store, StoreConfig, StoreStats, StoredValue, VerifyReport};
 pub use tier::StoreTier;

@@ -80,6 +80,15 @@ pub struct VerifyReport {
     pub removed: Vec<(ChunkDigest, String)>,
 }
 
+/// What [`Store::gc`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Chunks removed.
+    pub chunks: u64,
+    /// Bytes of chunk data freed.
+    pub bytes: u64,
+}
+
 /// The node's chunk store.
 pub struct Store {
     db: DB,
@@ -387,19 +396,52 @@ impl Store {
         Ok(out)
     }
 
-    /// Keep a small metadata record (manifest, bootstrap, image record) under `key`.
-    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        Ok(self.db.put_cf(self.cf(CF_META), key.as_bytes(), value)?)
+    fn put_meta(&self, key: MetaKey<'_>, value: &[u8]) -> Result<(), StoreError> {
+        Ok(self.db.put_cf(self.cf(CF_META), key.encode(), value)?)
     }
 
-    /// The metadata record `key`.
-    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get_cf(self.cf(CF_META), key.as_bytes())?)
+    fn get_meta(&self, key: MetaKey<'_>) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_META), key.encode())?)
     }
 
-    /// Remove metadata record `key`.
-    pub fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
-        Ok(self.db.delete_cf(self.cf(CF_META), key.as_bytes())?)
+    fn delete_meta(&self, key: MetaKey<'_>) -> Result<(), StoreError> {
+        Ok(self.db.delete_cf(self.cf(CF_META), key.encode())?)
+    }
+
+    /// Keep what the registry last said about image `reference` (an opaque record its client
+    /// wrote), so the image can be mounted when the registry is unreachable.
+    pub fn put_image_record(&self, reference: &str, record: &[u8]) -> Result<(), StoreError> {
+        self.put_meta(MetaKey::Image(reference), record)
+    }
+
+    /// The record [`Store::put_image_record`] kept for `reference`.
+    pub fn image_record(&self, reference: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_meta(MetaKey::Image(reference))
+    }
+
+    /// Keep the bootstrap (RAFS metadata) whose layer has digest `layer_digest`.
+    pub fn put_bootstrap(&self, layer_digest: &str, bootstrap: &[u8]) -> Result<(), StoreError> {
+        self.put_meta(MetaKey::Bootstrap(layer_digest), bootstrap)
+    }
+
+    /// The bootstrap kept under `layer_digest`.
+    pub fn bootstrap(&self, layer_digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_meta(MetaKey::Bootstrap(layer_digest))
+    }
+
+    /// Record that `reference` was pulled: its chunks stay pinned after unmounts.
+    pub fn mark_pulled(&self, reference: &str) -> Result<(), StoreError> {
+        self.put_meta(MetaKey::Pulled(reference), b"1")
+    }
+
+    /// Whether `reference` was pulled.
+    pub fn is_pulled(&self, reference: &str) -> Result<bool, StoreError> {
+        Ok(self.get_meta(MetaKey::Pulled(reference))?.is_some())
+    }
+
+    /// Forget that `reference` was pulled.
+    pub fn unmark_pulled(&self, reference: &str) -> Result<(), StoreError> {
+        self.delete_meta(MetaKey::Pulled(reference))
     }
 
     /// Sizes and counters.
@@ -459,10 +501,10 @@ impl Store {
         Ok(report)
     }
 
-    /// Remove every chunk no image pins; returns (chunks, bytes) freed.
-    pub fn gc(&self) -> Result<(u64, u64), StoreError> {
+    /// Remove every chunk no image pins.
+    pub fn gc(&self) -> Result<GcReport, StoreError> {
         let victims = self.lru().unpinned();
-        let mut freed = (0, 0);
+        let mut report = GcReport::default();
         for d in victims {
             let size = self.lru().remove(&d).unwrap_or(0);
             let key = digest_key(&d);
@@ -470,10 +512,10 @@ impl Store {
             b.delete_cf(self.cf(CF_CHUNKS), key);
             b.delete_cf(self.cf(CF_ACCESS), key);
             self.db.write(b)?;
-            freed.0 += 1;
-            freed.1 += size;
+            report.chunks += 1;
+            report.bytes += size;
         }
-        Ok(freed)
+        Ok(report)
     }
 
     /// Remove everything: chunks, pins and metadata.

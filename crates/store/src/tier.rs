@@ -1,16 +1,17 @@
-//! The store as a resolver tier and sink.
+//! [`StoreTier`]: the store in the resolver's store role — asked first for chunks, fed with the
+//! verified chunks other tiers delivered, told to drop copies that failed verification.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use dfagent_core::{
-    BoxFuture, ChunkDigest, ChunkRef, ChunkSink, ChunkSource, Compression, SourceError, StoredChunk,
+    BoxFuture, ChunkDigest, ChunkRef, ChunkStore, ChunkTier, Slot, StoredChunk, TierError,
+    TierErrorKind,
 };
 
 use crate::store::Store;
 
 /// Adapts a [`Store`] to the resolver: reads go to blocking threads, so RocksDB never stalls
-/// the async runtime.
+/// the async runtime; writes come from the resolver's write-back thread.
 #[derive(Clone)]
 pub struct StoreTier {
     store: Arc<Store>,
@@ -28,64 +29,62 @@ impl StoreTier {
     }
 }
 
-impl ChunkSource for StoreTier {
+impl ChunkTier for StoreTier {
     fn name(&self) -> &str {
         "store"
     }
 
-    fn fetch<'a>(
-        &'a self,
-        chunks: &'a [ChunkRef],
-    ) -> BoxFuture<'a, Result<Vec<StoredChunk>, SourceError>> {
+    fn fetch<'a>(&'a self, slots: &'a mut [Slot]) -> BoxFuture<'a, ()> {
         let store = self.store.clone();
-        let digests: Vec<ChunkDigest> = chunks.iter().map(|c| c.digest).collect();
+        let digests: Vec<ChunkDigest> = slots.iter().map(|s| s.chunk().digest).collect();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut out = Vec::new();
-                for (index, d) in digests.iter().enumerate() {
-                    match store.get(d) {
-                        Ok(Some(v)) => out.push(StoredChunk {
-                            index,
-                            data: v.data,
-                            compression: v.compression,
-                        }),
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!(chunk = %d, error = %e, "store read failed"),
+            let read = tokio::task::spawn_blocking(move || {
+                digests.iter().map(|d| store.get(d)).collect::<Vec<_>>()
+            })
+            .await;
+            let read = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    let e = TierError::new(
+                        "store",
+                        TierErrorKind::Other,
+                        format!("reader task failed: {e}"),
+                    );
+                    for s in slots.iter_mut() {
+                        s.failed(e.clone());
+                    }
+                    return;
+                }
+            };
+            for (slot, r) in slots.iter_mut().zip(read) {
+                match r {
+                    Ok(Some(v)) => slot.found(v.data, v.compression),
+                    Ok(None) => {}
+                    Err(e) => {
+                        slot.failed(TierError::new("store", TierErrorKind::Io, e.to_string()))
                     }
                 }
-                out
-            })
-            .await
-            .map_err(|e| SourceError::new("store", format!("reader task failed: {e}")))
+            }
         })
     }
 }
 
-impl ChunkSink for StoreTier {
-    fn put<'a>(
-        &'a self,
-        chunk: &'a ChunkRef,
-        stored: Bytes,
-        compression: Compression,
-    ) -> BoxFuture<'a, Result<(), SourceError>> {
-        let store = self.store.clone();
-        let (digest, size) = (chunk.digest, chunk.uncompressed_size);
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || store.put(&digest, compression, size, &stored))
-                .await
-                .map_err(|e| SourceError::new("store", format!("writer task failed: {e}")))?
-                .map_err(|e| SourceError::new("store", e.to_string()))
-        })
+impl ChunkStore for StoreTier {
+    fn put(&self, chunk: &ChunkRef, stored: &StoredChunk) -> Result<(), TierError> {
+        self.store
+            .put(
+                &chunk.digest,
+                stored.compression,
+                chunk.uncompressed_size,
+                &stored.data,
+            )
+            .map_err(|e| TierError::new("store", TierErrorKind::Io, e.to_string()))
     }
 
-    fn reject<'a>(&'a self, digest: &'a ChunkDigest) -> BoxFuture<'a, ()> {
-        let store = self.store.clone();
-        let d = *digest;
-        Box::pin(async move {
-            let r = tokio::task::spawn_blocking(move || store.reject(&d)).await;
-            if let Ok(Err(e)) = r {
-                tracing::warn!(chunk = %d, error = %e, "could not drop a bad chunk from the store");
-            }
-        })
+    fn reject(&self, chunk: &ChunkRef, detail: &str) {
+        tracing::warn!(chunk = %chunk.digest, error = detail, "dropping a stored chunk that failed verification");
+        if let Err(e) = self.store.reject(&chunk.digest) {
+            tracing::warn!(chunk = %chunk.digest, error = %e, "could not drop a bad chunk from the store");
+        }
     }
 }

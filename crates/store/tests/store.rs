@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dfagent_core::{
-    BlobId, BoxFuture, ChunkDigest, ChunkRef, ChunkSource, Compression, DigestAlgo, SourceError,
-    StoredChunk,
-};
-use dfagent_resolver::{Resolver, ResolverConfig, StoreTier as ResolverStore};
+use dfagent_core::{BlobId, ChunkDigest, ChunkRef, Compression, DigestAlgo};
+use dfagent_resolver::{Resolver, ResolverConfig, ResolverCore};
 use dfagent_store::{Store, StoreConfig, StoreError, StoreTier};
+use dfagent_test_support::tiers::MemTier;
 
 fn chunk(i: u32, len: usize) -> (ChunkDigest, Vec<u8>) {
     let data: Vec<u8> = (0..len)
@@ -36,16 +34,26 @@ fn chunks_survive_reopen() {
         let s = Store::open(dir.path(), config(1 << 30)).unwrap();
         s.put(&d, Compression::None, data.len() as u32, &data)
             .unwrap();
-        s.put_meta("manifest/x", b"{}").unwrap();
+        s.put_image_record("localhost:5000/x:v1", b"{}").unwrap();
+        s.put_bootstrap("sha256:00", b"boot").unwrap();
+        s.mark_pulled("localhost:5000/x:v1").unwrap();
     }
     let s = Store::open(dir.path(), config(1 << 30)).unwrap();
     let v = s.get(&d).unwrap().expect("chunk kept across reopen");
     assert_eq!(&v.data[..], &data[..]);
     assert_eq!(v.compression, Compression::None);
     assert_eq!(
-        s.get_meta("manifest/x").unwrap().as_deref(),
+        s.image_record("localhost:5000/x:v1").unwrap().as_deref(),
         Some(&b"{}"[..])
     );
+    assert_eq!(
+        s.bootstrap("sha256:00").unwrap().as_deref(),
+        Some(&b"boot"[..])
+    );
+    assert!(s.is_pulled("localhost:5000/x:v1").unwrap());
+    assert!(!s.is_pulled("localhost:5000/y:v1").unwrap());
+    s.unmark_pulled("localhost:5000/x:v1").unwrap();
+    assert!(!s.is_pulled("localhost:5000/x:v1").unwrap());
     assert_eq!(s.stats().chunks, 1);
     assert_eq!(s.stats().bytes, 100_000);
 }
@@ -109,39 +117,7 @@ fn capacity_is_kept_and_pinned_chunks_go_last() {
     s.unpin("img").unwrap();
     s.put(d, Compression::None, data.len() as u32, data)
         .unwrap();
-    assert_eq!(s.gc().unwrap().0, 2);
-}
-
-/// A tier that serves the true bytes of a fixed set of chunks, counting requests.
-struct Truth {
-    chunks: Vec<(ChunkDigest, Vec<u8>)>,
-    asked: std::sync::atomic::AtomicU64,
-}
-
-impl ChunkSource for Truth {
-    fn name(&self) -> &str {
-        "truth"
-    }
-    fn fetch<'a>(
-        &'a self,
-        refs: &'a [ChunkRef],
-    ) -> BoxFuture<'a, Result<Vec<StoredChunk>, SourceError>> {
-        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(async move {
-            Ok(refs
-                .iter()
-                .enumerate()
-                .filter_map(|(index, r)| {
-                    let (_, data) = self.chunks.iter().find(|(d, _)| *d == r.digest)?;
-                    Some(StoredChunk {
-                        index,
-                        data: Bytes::from(data.clone()),
-                        compression: Compression::None,
-                    })
-                })
-                .collect())
-        })
-    }
+    assert_eq!(s.gc().unwrap().chunks, 2);
 }
 
 #[test]
@@ -155,19 +131,6 @@ fn a_tampered_chunk_is_detected_dropped_and_refetched() {
         .put(&d, Compression::None, bad.len() as u32, &bad)
         .unwrap();
 
-    let truth = Arc::new(Truth {
-        chunks: vec![(d, data.clone())],
-        asked: Default::default(),
-    });
-    let tier = StoreTier::new(store.clone());
-    let resolver = Resolver::with_store(
-        Some(ResolverStore {
-            source: Arc::new(tier.clone()),
-            sink: Arc::new(tier),
-        }),
-        vec![truth.clone()],
-        ResolverConfig::default(),
-    );
     let r = ChunkRef {
         digest: d,
         blob: BlobId::from_bytes([1; 32]),
@@ -176,10 +139,19 @@ fn a_tampered_chunk_is_detected_dropped_and_refetched() {
         uncompressed_size: data.len() as u32,
         compression: Compression::None,
     };
+    let truth = Arc::new(MemTier::new("truth", &[(r, Bytes::from(data.clone()))]));
+    let core = ResolverCore::with_store(
+        Arc::new(StoreTier::new(store.clone())),
+        ResolverConfig::default(),
+    )
+    .unwrap();
+    let resolver = Resolver::new(core, vec![truth.clone()]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let got = rt.block_on(resolver.read(&r)).unwrap();
     assert_eq!(&got[..], &data[..]);
-    assert_eq!(truth.asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(truth.record.requests().len(), 1);
+    // The good copy goes to the store off the read's path: wait for it.
+    rt.block_on(resolver.flush());
     assert_eq!(resolver.metrics().snapshot().verify_failures, 1);
     assert_eq!(store.stats().rejected, 1);
     // The store now holds the good bytes.

@@ -10,10 +10,10 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dfagent_core::{ChunkDigest, ChunkRef, ChunkSource};
+use dfagent_core::{ChunkDigest, ChunkReader, ChunkRef, ChunkTier};
 use dfagent_nydusfs::{FsConfig, FsMetrics, Mounted, NydusFs};
 use dfagent_rafs::{FileChunk, Image, Inode};
-use dfagent_resolver::{BlobDirSource, Resolver, ResolverConfig};
+use dfagent_resolver::{BlobDirTier, Resolver, ResolverConfig};
 use sha2::Digest as _;
 
 /// The three images built from texture tree 1.
@@ -131,6 +131,16 @@ pub fn file_chunk_refs(image: &Image, path: &str) -> Vec<ChunkRef> {
         .into_iter()
         .map(|c| c.chunk)
         .collect()
+}
+
+/// A resolver of its own (default configuration, no store) reading through `tier` alone.
+pub fn reader_over(tier: Arc<dyn ChunkTier>) -> Arc<dyn ChunkReader> {
+    Arc::new(Resolver::standalone(vec![tier], ResolverConfig::default()))
+}
+
+/// A resolver reading fixture image `name`'s chunks from its blob directory.
+pub fn fixture_reader(name: &str) -> Arc<dyn ChunkReader> {
+    reader_over(Arc::new(BlobDirTier::new(fixture(name).join("blobs"))))
 }
 
 /// A temporary directory under /tmp.
@@ -268,11 +278,11 @@ impl TestMount {
     /// Mount fixture `name` over its own blob directory.
     pub fn fixture(name: &str) -> Self {
         let blobs = fixture(name).join("blobs");
-        Self::with_tier(name, Arc::new(BlobDirSource::new(blobs)))
+        Self::with_tier(name, Arc::new(BlobDirTier::new(blobs)))
     }
 
     /// Mount fixture `name`'s bootstrap, reading chunks from `tier` alone.
-    pub fn with_tier(name: &str, tier: Arc<dyn ChunkSource>) -> Self {
+    pub fn with_tier(name: &str, tier: Arc<dyn ChunkTier>) -> Self {
         let image = open_image(name);
         let dir = tmp_dir(&format!("nydusfs-{name}-"));
         let mountpoint = dir.path().join("mnt");
@@ -282,7 +292,7 @@ impl TestMount {
             .enable_all()
             .build()
             .unwrap();
-        let resolver = Arc::new(Resolver::new(vec![tier], ResolverConfig::default()));
+        let resolver = reader_over(tier);
         let fs = NydusFs::new(
             image.clone(),
             resolver,

@@ -11,48 +11,34 @@
 
 use std::io::Write;
 
-use dfagent_core::{BlobId, ChunkDigest, Compression, DigestAlgo, MAX_CHUNK_SIZE};
+use dfagent_core::{encode_chunk, BlobId, ChunkDigest, Compression, DigestAlgo, MAX_CHUNK_SIZE};
 use sha2::Digest as _;
 
 use super::{BlobSpec, ChunkPlacement};
-use crate::blob_meta::{META_HEADER_SIZE, META_MAGIC};
-use crate::blob_table::features;
+use crate::blob_meta::ChunkInfo;
+use crate::layout::blob_meta_header as header;
+use crate::layout::chunk_addr::MAX_CHUNKS_PER_BLOB;
+use crate::layout::chunk_info::{
+    self, MAX_V1_COMPRESSED_OFFSET as MAX_C_OFFSET, MAX_V1_UNCOMPRESSED_OFFSET as MAX_U_OFFSET,
+};
+use crate::layout::{blob_features as features, BLOCK_SIZE};
 
 /// Features of a native blob, as upstream sets them in the header and the blob table.
 const NATIVE_FEATURES: u32 = features::ALIGNED | features::CAP_TAR_TOC;
-/// Largest compressed offset a v1 chunk-info record holds (40 bits).
-const MAX_C_OFFSET: u64 = (1 << 40) - 1;
-/// Largest uncompressed offset a v1 chunk-info record holds (44 bits).
-const MAX_U_OFFSET: u64 = (1 << 44) - 1;
-/// Most chunks a blob can address (24-bit chunk index in an inode's chunk address).
-const MAX_CHUNKS: usize = 0x0100_0000;
 
 fn invalid(msg: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, msg)
 }
 
-/// Compress `data` with `compression`; `None` when that does not make it smaller (then the
-/// caller stores it raw, as upstream does).
-pub(crate) fn compress(compression: Compression, data: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
-    let out = match compression {
-        Compression::None => return Ok(None),
-        Compression::Lz4Block => lz4_flex::block::compress(data),
-        Compression::Zstd => zstd::bulk::compress(data, 3)?,
-    };
-    Ok((out.len() < data.len()).then_some(out))
-}
-
 /// One v1 chunk-info record.
 fn chunk_info(c: &ChunkPlacement) -> [u8; 16] {
-    let d = u64::from(c.uncompressed_size - 1);
-    let s = u64::from(c.compressed_size - 1);
-    let u =
-        (c.uncompressed_offset & 0x0000_0fff_ffff_f000) | ((d & 0xf_ffff) << 44) | ((d >> 20) << 8);
-    let k = (c.compressed_offset & MAX_C_OFFSET) | ((s & 0xf_ffff) << 44) | ((s >> 20) << 40);
-    let mut r = [0u8; 16];
-    r[..8].copy_from_slice(&u.to_le_bytes());
-    r[8..].copy_from_slice(&k.to_le_bytes());
-    r
+    chunk_info::encode_v1(&ChunkInfo {
+        compressed_offset: c.compressed_offset,
+        compressed_size: c.compressed_size,
+        uncompressed_offset: c.uncompressed_offset,
+        uncompressed_size: c.uncompressed_size,
+        compressed: c.compressed,
+    })
 }
 
 /// Appends chunks to one data blob and writes the blob's chunk-info array and 4 KiB meta header
@@ -128,10 +114,12 @@ impl<W: Write> BlobWriter<W> {
                 if compressed { "compressed" } else { "raw" }
             )));
         }
-        if self.chunks.len() >= MAX_CHUNKS {
-            return Err(invalid(format!("blob already holds {MAX_CHUNKS} chunks")));
+        if self.chunks.len() >= MAX_CHUNKS_PER_BLOB as usize {
+            return Err(invalid(format!(
+                "blob already holds {MAX_CHUNKS_PER_BLOB} chunks"
+            )));
         }
-        let uncompressed_offset = self.uncompressed_end.div_ceil(4096) * 4096;
+        let uncompressed_offset = self.uncompressed_end.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
         let placement = ChunkPlacement {
             digest,
             blob_index: 0,
@@ -161,27 +149,36 @@ impl<W: Write> BlobWriter<W> {
     /// Write the chunk-info array and header; return the writer and the blob's table entry.
     /// `compressed_size` of the entry is the size of the whole blob file, as upstream records it.
     pub fn finish(mut self) -> std::io::Result<(W, BlobSpec)> {
-        let mut raw = Vec::with_capacity(self.chunks.len() * 16);
+        let mut raw = Vec::with_capacity(self.chunks.len() * chunk_info::V1_SIZE as usize);
         for c in &self.chunks {
             raw.extend_from_slice(&chunk_info(c));
         }
-        let (ci, ci_compression) = match compress(self.compression, &raw)? {
-            Some(c) => (c, self.compression),
-            None => (raw.clone(), Compression::None),
-        };
+        // The array is compressed like a chunk: with the blob's compressor when that pays.
+        let (ci, ci_compression) =
+            encode_chunk(self.compression, &raw).map_err(std::io::Error::other)?;
+        let ci = ci.into_owned();
         let ci_offset = self.written;
         self.write(&ci)?;
-        let mut header = vec![0u8; META_HEADER_SIZE as usize];
-        header[0..4].copy_from_slice(&META_MAGIC.to_le_bytes());
-        header[4..8].copy_from_slice(&NATIVE_FEATURES.to_le_bytes());
-        header[8..12]
-            .copy_from_slice(&super::bootstrap::compression_id(ci_compression).to_le_bytes());
-        header[12..16].copy_from_slice(&(self.chunks.len() as u32).to_le_bytes());
-        header[16..24].copy_from_slice(&ci_offset.to_le_bytes());
-        header[24..32].copy_from_slice(&(ci.len() as u64).to_le_bytes());
-        header[32..40].copy_from_slice(&(raw.len() as u64).to_le_bytes());
-        header[4092..4096].copy_from_slice(&META_MAGIC.to_le_bytes());
-        self.write(&header)?;
+        let mut h = vec![0u8; header::SIZE as usize];
+        let mut put = |at: usize, bytes: &[u8]| h[at..at + bytes.len()].copy_from_slice(bytes);
+        put(header::MAGIC, &header::META_MAGIC.to_le_bytes());
+        put(header::FEATURES, &NATIVE_FEATURES.to_le_bytes());
+        put(
+            header::CI_COMPRESSOR,
+            &ci_compression.rafs_id().to_le_bytes(),
+        );
+        put(
+            header::CI_ENTRIES,
+            &(self.chunks.len() as u32).to_le_bytes(),
+        );
+        put(header::CI_OFFSET, &ci_offset.to_le_bytes());
+        put(header::CI_COMPRESSED_SIZE, &(ci.len() as u64).to_le_bytes());
+        put(
+            header::CI_UNCOMPRESSED_SIZE,
+            &(raw.len() as u64).to_le_bytes(),
+        );
+        put(header::MAGIC_END, &header::META_MAGIC.to_le_bytes());
+        self.write(&h)?;
         self.out.flush()?;
         let id = BlobId::from_bytes(self.hash.finalize().into());
         let spec = BlobSpec {
@@ -191,7 +188,7 @@ impl<W: Write> BlobWriter<W> {
             compression: self.compression,
             digest_algo: self.digest_algo,
             compressed_size: self.written,
-            uncompressed_size: self.uncompressed_end.div_ceil(4096) * 4096,
+            uncompressed_size: self.uncompressed_end.div_ceil(BLOCK_SIZE) * BLOCK_SIZE,
             features: NATIVE_FEATURES,
             ci_offset,
             ci_compressed_size: ci.len() as u64,

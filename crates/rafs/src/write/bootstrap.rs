@@ -14,45 +14,25 @@
 
 use std::collections::BTreeMap;
 
-use dfagent_core::{Compression, DigestAlgo};
-
-use super::layout::{layout, Data, Layout, Slot, BLOCK, DIRENT, INODE_SIZE};
+use super::placement::{place, target, Data, Placement, Slot};
 use super::{validate, xattr, BlobSpec, BootstrapOptions, ChunkPlacement, Content, Tree};
-use crate::blob_table::features;
-use crate::chunk_table::chunk_flags;
 use crate::error::{RafsError, Result};
-use crate::inode::{layout as data_layout, FileType};
-use crate::superblock::{
-    flags, BLOB_ENTRY_SIZE, CHUNK_RECORD_SIZE, COMPAT_RAFS_V6, DEVICE_SLOT_SIZE, EROFS_MAGIC,
-    EXT_SUPER_SIZE, INCOMPAT_CHUNKED_FILE, INCOMPAT_DEVICE_TABLE, SUPER_OFFSET, SUPER_SIZE,
+use crate::inode::FileType;
+use crate::layout::chunk_addr::ChunkAddr;
+use crate::layout::inode::{self as disk, extended};
+use crate::layout::{
+    blob_entry, blob_features as features, chunk_addr, chunk_flags, chunk_record, device_slot,
+    dirent, ext_sb, inode::SLOT_SIZE, sb, super_flags as flags, BLOB_ID_LEN, BLOCK_BITS,
+    BLOCK_SIZE as BLOCK, PREFETCH_ENTRY_SIZE,
 };
 
-/// Byte offset of the device table.
-const DEVTABLE_OFFSET: u64 = SUPER_OFFSET + SUPER_SIZE + EXT_SUPER_SIZE;
+/// Byte offset of the device table: right after the superblocks, as upstream puts it.
+const DEVTABLE_OFFSET: u64 = ext_sb::END;
 /// Device mapping addresses are aligned to 512 KiB, as upstream aligns them.
 const DEVICE_ALIGN: u64 = 0x8_0000;
-/// Flag of an inode chunk format: the inode holds 8-byte chunk indexes.
-const CHUNK_FORMAT_INDEXES: u32 = 0x20;
 
 fn align(v: u64, to: u64) -> u64 {
     v.div_ceil(to) * to
-}
-
-/// Numeric compression id of the blob table.
-pub(crate) fn compression_id(c: Compression) -> u32 {
-    match c {
-        Compression::None => 0,
-        Compression::Lz4Block => 1,
-        Compression::Zstd => 3,
-    }
-}
-
-/// Numeric digest id of the blob table.
-pub(crate) fn digest_id(d: DigestAlgo) -> u32 {
-    match d {
-        DigestAlgo::Blake3 => 0,
-        DigestAlgo::Sha256 => 1,
-    }
 }
 
 fn put16(b: &mut [u8], at: usize, v: u16) {
@@ -78,11 +58,11 @@ pub fn write_bootstrap(
 ) -> Result<Vec<u8>> {
     validate::validate(tree, blobs, opts)?;
     let nblobs = blobs.len() as u64;
-    let blob_table_offset = align(DEVTABLE_OFFSET + nblobs * DEVICE_SLOT_SIZE, BLOCK);
-    let blob_table_size = nblobs * BLOB_ENTRY_SIZE;
+    let blob_table_offset = align(DEVTABLE_OFFSET + nblobs * device_slot::SIZE, BLOCK);
+    let blob_table_size = nblobs * blob_entry::SIZE;
     // Upstream records a prefetch table only when the image has blobs to prefetch from.
     let prefetch_size = if nblobs > 0 {
-        opts.prefetch.len() as u64 * 4
+        opts.prefetch.len() as u64 * PREFETCH_ENTRY_SIZE
     } else {
         0
     };
@@ -92,8 +72,8 @@ pub fn write_bootstrap(
         0
     };
     let meta_addr = align(blob_table_offset + blob_table_size + prefetch_size, BLOCK);
-    let lay = layout(tree, opts.chunk_size, meta_addr + BLOCK)?;
-    let nid = |slot: &Slot| -> u64 { (slot.offset - meta_addr) / 32 };
+    let lay = place(tree, opts.chunk_size, meta_addr + BLOCK)?;
+    let nid = |slot: &Slot| -> u64 { (slot.offset - meta_addr) / SLOT_SIZE };
     let root_nid =
         u16::try_from(nid(&lay.slots[lay.slot_of[0] as usize])).map_err(|_| too_big("root nid"))?;
 
@@ -117,7 +97,7 @@ pub fn write_bootstrap(
     // breadth-first dump order, as upstream's table (a map overwritten per use) ends up with.
     let cs = u64::from(opts.chunk_size);
     for &i in &lay.bfs {
-        let t = super::layout::target(tree, i);
+        let t = target(tree, i);
         if let Content::File { chunks, .. } = &tree.nodes[t as usize].content {
             for (k, c) in chunks.iter().enumerate() {
                 let key = (*c.digest.bytes(), c.blob_index, c.index_in_blob);
@@ -128,29 +108,30 @@ pub fn write_bootstrap(
         }
     }
     let chunk_table_offset = align(out.len() as u64, BLOCK);
-    let chunk_table_size = chunk_table.len() as u64 * CHUNK_RECORD_SIZE;
+    let chunk_table_size = chunk_table.len() as u64 * chunk_record::SIZE;
     let total = align(chunk_table_offset + chunk_table_size, BLOCK);
     out.resize(total as usize, 0);
     for (k, (c, file_offset)) in chunk_table.values().enumerate() {
-        let at = (chunk_table_offset + k as u64 * CHUNK_RECORD_SIZE) as usize;
-        let r = &mut out[at..at + CHUNK_RECORD_SIZE as usize];
-        r[..32].copy_from_slice(c.digest.bytes());
-        put32(r, 32, c.blob_index);
+        let at = (chunk_table_offset + k as u64 * chunk_record::SIZE) as usize;
+        let r = &mut out[at..at + chunk_record::SIZE as usize];
+        let digest = c.digest.bytes();
+        r[chunk_record::DIGEST..chunk_record::DIGEST + digest.len()].copy_from_slice(digest);
+        put32(r, chunk_record::BLOB_INDEX, c.blob_index);
         put32(
             r,
-            36,
+            chunk_record::FLAGS,
             if c.compressed {
                 chunk_flags::COMPRESSED
             } else {
                 0
             },
         );
-        put32(r, 40, c.compressed_size);
-        put32(r, 44, c.uncompressed_size);
-        put64(r, 48, c.compressed_offset);
-        put64(r, 56, c.uncompressed_offset);
-        put64(r, 64, *file_offset);
-        put32(r, 72, c.index_in_blob);
+        put32(r, chunk_record::COMPRESSED_SIZE, c.compressed_size);
+        put32(r, chunk_record::UNCOMPRESSED_SIZE, c.uncompressed_size);
+        put64(r, chunk_record::COMPRESSED_OFFSET, c.compressed_offset);
+        put64(r, chunk_record::UNCOMPRESSED_OFFSET, c.uncompressed_offset);
+        put64(r, chunk_record::FILE_OFFSET, *file_offset);
+        put32(r, chunk_record::INDEX, c.index_in_blob);
     }
 
     // Device slots: each blob mapped after the bootstrap, at 512 KiB boundaries.
@@ -164,54 +145,56 @@ pub fn write_bootstrap(
         blocks = blocks
             .checked_add(cnt)
             .ok_or_else(|| too_big("total data blocks"))?;
-        let at = (DEVTABLE_OFFSET + i as u64 * DEVICE_SLOT_SIZE) as usize;
-        let s = &mut out[at..at + DEVICE_SLOT_SIZE as usize];
-        s[..64].copy_from_slice(b.id.hex().as_bytes());
-        put32(s, 64, cnt);
-        put32(s, 68, mapped);
+        let at = (DEVTABLE_OFFSET + i as u64 * device_slot::SIZE) as usize;
+        let s = &mut out[at..at + device_slot::SIZE as usize];
+        put_blob_id(s, device_slot::BLOB_ID, b);
+        put32(s, device_slot::BLOCKS, cnt);
+        put32(s, device_slot::MAPPED_BLKADDR, mapped);
     }
     for (i, b) in blobs.iter().enumerate() {
-        let at = (blob_table_offset + i as u64 * BLOB_ENTRY_SIZE) as usize;
-        write_blob_entry(&mut out[at..at + BLOB_ENTRY_SIZE as usize], i as u32, b);
+        let at = (blob_table_offset + i as u64 * blob_entry::SIZE) as usize;
+        write_blob_entry(&mut out[at..at + blob_entry::SIZE as usize], i as u32, b);
     }
     for (k, &p) in opts
         .prefetch
         .iter()
         .enumerate()
-        .take((prefetch_size / 4) as usize)
+        .take((prefetch_size / PREFETCH_ENTRY_SIZE) as usize)
     {
         let slot = &lay.slots[lay.slot_of[p as usize] as usize];
         let n = u32::try_from(nid(slot)).map_err(|_| too_big("prefetch nid"))?;
-        put32(&mut out, (prefetch_offset + 4 * k as u64) as usize, n);
+        let at = prefetch_offset + PREFETCH_ENTRY_SIZE * k as u64;
+        put32(&mut out, at as usize, n);
     }
 
     // Superblock.
-    let sb = &mut out[SUPER_OFFSET as usize..(SUPER_OFFSET + SUPER_SIZE) as usize];
-    put32(sb, 0, EROFS_MAGIC);
-    put32(sb, 8, COMPAT_RAFS_V6);
-    sb[12] = 12;
-    put16(sb, 14, root_nid);
-    put64(sb, 16, lay.inos);
-    put32(sb, 36, blocks);
+    let s = &mut out[sb::OFFSET as usize..(sb::OFFSET + sb::SIZE) as usize];
+    put32(s, sb::MAGIC, sb::EROFS_MAGIC);
+    put32(s, sb::FEATURE_COMPAT, sb::COMPAT_RAFS_V6);
+    s[sb::BLKSZBITS] = BLOCK_BITS;
+    put16(s, sb::ROOT_NID, root_nid);
+    put64(s, sb::INOS, lay.inos);
+    put32(s, sb::BLOCKS, blocks);
     put32(
-        sb,
-        40,
+        s,
+        sb::META_BLKADDR,
         u32::try_from(meta_addr / BLOCK).map_err(|_| too_big("meta address"))?,
     );
-    put32(sb, 80, INCOMPAT_CHUNKED_FILE | INCOMPAT_DEVICE_TABLE);
-    put16(sb, 86, blobs.len() as u16);
-    put16(sb, 88, (DEVTABLE_OFFSET / DEVICE_SLOT_SIZE) as u16);
+    put32(
+        s,
+        sb::FEATURE_INCOMPAT,
+        sb::INCOMPAT_CHUNKED_FILE | sb::INCOMPAT_DEVICE_TABLE,
+    );
+    put16(s, sb::EXTRA_DEVICES, blobs.len() as u16);
+    put16(
+        s,
+        sb::DEVT_SLOTOFF,
+        (DEVTABLE_OFFSET / device_slot::SIZE) as u16,
+    );
 
     let mut f = flags::EXPLICIT_UID_GID | flags::ENCRYPTION_NONE;
-    f |= match opts.compression {
-        Compression::None => flags::COMPRESSION_NONE,
-        Compression::Lz4Block => flags::COMPRESSION_LZ4,
-        Compression::Zstd => flags::COMPRESSION_ZSTD,
-    };
-    f |= match opts.digest_algo {
-        DigestAlgo::Blake3 => flags::HASH_BLAKE3,
-        DigestAlgo::Sha256 => flags::HASH_SHA256,
-    };
+    f |= flags::compression(opts.compression);
+    f |= flags::hash(opts.digest_algo);
     if has_xattr {
         f |= flags::HAS_XATTR;
     }
@@ -221,34 +204,43 @@ pub fn write_bootstrap(
     {
         f |= flags::INLINED_CHUNK_DIGEST;
     }
-    let ext = &mut out[(SUPER_OFFSET + SUPER_SIZE) as usize..DEVTABLE_OFFSET as usize];
-    put64(ext, 0, f);
-    put64(ext, 8, blob_table_offset);
-    put32(ext, 16, blob_table_size as u32);
-    put32(ext, 20, opts.chunk_size);
-    put64(ext, 24, chunk_table_offset);
-    put64(ext, 32, chunk_table_size);
-    put64(ext, 40, prefetch_offset);
-    put32(ext, 48, prefetch_size as u32);
+    let ext = &mut out[ext_sb::OFFSET as usize..ext_sb::END as usize];
+    put64(ext, ext_sb::FLAGS, f);
+    put64(ext, ext_sb::BLOB_TABLE_OFFSET, blob_table_offset);
+    put32(ext, ext_sb::BLOB_TABLE_SIZE, blob_table_size as u32);
+    put32(ext, ext_sb::CHUNK_SIZE, opts.chunk_size);
+    put64(ext, ext_sb::CHUNK_TABLE_OFFSET, chunk_table_offset);
+    put64(ext, ext_sb::CHUNK_TABLE_SIZE, chunk_table_size);
+    put64(ext, ext_sb::PREFETCH_TABLE_OFFSET, prefetch_offset);
+    put32(ext, ext_sb::PREFETCH_TABLE_SIZE, prefetch_size as u32);
     Ok(out)
 }
 
+/// The blob's id (sha256 hex) in the [`BLOB_ID_LEN`]-byte field at `at`.
+fn put_blob_id(b: &mut [u8], at: usize, blob: &BlobSpec) {
+    b[at..at + BLOB_ID_LEN].copy_from_slice(blob.id.hex().as_bytes());
+}
+
 fn write_blob_entry(e: &mut [u8], index: u32, b: &BlobSpec) {
-    e[..64].copy_from_slice(b.id.hex().as_bytes());
-    put32(e, 64, index);
-    put32(e, 68, b.chunk_size);
-    put32(e, 72, b.chunk_count);
-    put32(e, 76, compression_id(b.compression));
-    put32(e, 80, digest_id(b.digest_algo));
-    put32(e, 84, b.features);
-    put64(e, 88, b.compressed_size);
-    put64(e, 96, b.uncompressed_size);
-    // 104: TOC size, 0 for blobs whose meta sits at their tail.
-    put32(e, 108, compression_id(b.ci_compression));
-    put64(e, 112, b.ci_offset);
-    put64(e, 120, b.ci_compressed_size);
-    put64(e, 128, b.ci_uncompressed_size);
-    // 136..216: TOC digest, meta digest and size, cipher IV: zero; 216: cipher none.
+    put_blob_id(e, blob_entry::BLOB_ID, b);
+    put32(e, blob_entry::BLOB_INDEX, index);
+    put32(e, blob_entry::CHUNK_SIZE, b.chunk_size);
+    put32(e, blob_entry::CHUNK_COUNT, b.chunk_count);
+    put32(e, blob_entry::COMPRESSOR, b.compression.rafs_id());
+    put32(
+        e,
+        blob_entry::DIGESTER,
+        blob_entry::digest_id(b.digest_algo),
+    );
+    put32(e, blob_entry::FEATURES, b.features);
+    put64(e, blob_entry::COMPRESSED_SIZE, b.compressed_size);
+    put64(e, blob_entry::UNCOMPRESSED_SIZE, b.uncompressed_size);
+    // TOC size: 0 for blobs whose meta sits at their tail.
+    put32(e, blob_entry::CI_COMPRESSOR, b.ci_compression.rafs_id());
+    put64(e, blob_entry::CI_OFFSET, b.ci_offset);
+    put64(e, blob_entry::CI_COMPRESSED_SIZE, b.ci_compressed_size);
+    put64(e, blob_entry::CI_UNCOMPRESSED_SIZE, b.ci_uncompressed_size);
+    // TOC digest, meta digest and size, cipher IV: zero; cipher: 0 (none).
 }
 
 /// EROFS chunk format of a file: upstream widens the chunk to the next power of two of the
@@ -264,13 +256,13 @@ fn chunk_format(chunks: &[ChunkPlacement], size: u64, chunk_size: u32) -> u32 {
     } else {
         chunk_size.trailing_zeros()
     };
-    CHUNK_FORMAT_INDEXES | (bits - 12)
+    disk::chunk_format(bits)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn write_inode(
     tree: &Tree,
-    lay: &Layout,
+    lay: &Placement,
     slot: &Slot,
     meta_addr: u64,
     opts: &BootstrapOptions,
@@ -279,19 +271,19 @@ fn write_inode(
 ) -> Result<()> {
     let n = &tree.nodes[slot.node as usize];
     let nid_of =
-        |node: u32| (lay.slots[lay.slot_of[node as usize] as usize].offset - meta_addr) / 32;
+        |node: u32| (lay.slots[lay.slot_of[node as usize] as usize].offset - meta_addr) / SLOT_SIZE;
     let mut xattrs = n.xattrs.clone();
     xattrs.sort();
     let icount = xattr::icount(slot.xattr_size as usize)
         .ok_or_else(|| RafsError::InvalidTree("xattrs too large".into()))?;
     let layout_bits = match slot.data {
-        Data::None | Data::Plain => data_layout::FLAT_PLAIN,
-        Data::Inline => data_layout::FLAT_INLINE,
-        Data::Chunks => data_layout::CHUNK_BASED,
+        Data::None | Data::Plain => disk::FLAT_PLAIN,
+        Data::Inline => disk::FLAT_INLINE,
+        Data::Chunks => disk::CHUNK_BASED,
     };
     let union = match (slot.file_type, &n.content) {
         (FileType::CharDev | FileType::BlockDev, _) => {
-            (n.rdev_minor & 0xff) | (n.rdev_major << 8) | ((n.rdev_minor & !0xff) << 12)
+            disk::encode_rdev(n.rdev_major, n.rdev_minor)
         }
         (FileType::File, Content::File { size, chunks }) => {
             chunk_format(chunks, *size, opts.chunk_size)
@@ -300,21 +292,21 @@ fn write_inode(
         _ => slot.blkaddr,
     };
     let at = slot.offset as usize;
-    let ino = &mut out[at..at + INODE_SIZE as usize];
-    put16(ino, 0, 1 | (layout_bits << 1));
-    put16(ino, 2, icount);
-    put16(ino, 4, n.mode as u16);
-    put64(ino, 8, slot.size);
-    put32(ino, 16, union);
-    put32(ino, 20, slot.ino);
-    put32(ino, 24, n.uid);
-    put32(ino, 28, n.gid);
-    put64(ino, 32, n.mtime);
-    put32(ino, 40, n.mtime_nsec);
-    put32(ino, 44, slot.nlink);
+    let ino = &mut out[at..at + disk::EXTENDED_SIZE as usize];
+    put16(ino, disk::I_FORMAT, disk::extended_format(layout_bits));
+    put16(ino, disk::I_XATTR_ICOUNT, icount);
+    put16(ino, disk::I_MODE, n.mode as u16);
+    put64(ino, extended::I_SIZE, slot.size);
+    put32(ino, disk::I_U, union);
+    put32(ino, disk::I_INO, slot.ino);
+    put32(ino, extended::I_UID, n.uid);
+    put32(ino, extended::I_GID, n.gid);
+    put64(ino, extended::I_MTIME, n.mtime);
+    put32(ino, extended::I_MTIME_NSEC, n.mtime_nsec);
+    put32(ino, extended::I_NLINK, slot.nlink);
     let mut body = Vec::with_capacity(slot.xattr_size as usize);
     xattr::encode(&xattrs, &mut body);
-    let xat = at + INODE_SIZE as usize;
+    let xat = at + disk::EXTENDED_SIZE as usize;
     out[xat..xat + body.len()].copy_from_slice(&body);
     let data_at = xat + body.len();
 
@@ -340,16 +332,16 @@ fn write_inode(
             out[start..start + target.len()].copy_from_slice(target);
         }
         (Content::File { chunks, .. }, _) => {
-            let base = data_at.div_ceil(8) * 8;
+            let align = chunk_addr::ALIGN as usize;
+            let size = chunk_addr::SIZE as usize;
+            let base = data_at.div_ceil(align) * align;
             for (k, c) in chunks.iter().enumerate() {
-                let a = &mut out[base + 8 * k..base + 8 * k + 8];
-                put16(a, 0, (c.index_in_blob & 0xffff) as u16);
-                put16(
-                    a,
-                    2,
-                    ((c.blob_index + 1) as u16) | (((c.index_in_blob >> 16) as u16) << 8),
+                let addr = ChunkAddr::new(
+                    c.blob_index,
+                    c.index_in_blob,
+                    (c.uncompressed_offset / BLOCK) as u32,
                 );
-                put32(a, 4, (c.uncompressed_offset / BLOCK) as u32);
+                out[base + size * k..base + size * (k + 1)].copy_from_slice(&addr.encode());
                 let key = (*c.digest.bytes(), c.blob_index, c.index_in_blob);
                 chunk_table.entry(key).or_insert((*c, 0));
             }
@@ -361,17 +353,17 @@ fn write_inode(
 
 /// One directory block: dirents, then the names packed after them.
 fn dir_block(tree: &Tree, block: &[(Vec<u8>, u32)], nid_of: &dyn Fn(u32) -> u64) -> Vec<u8> {
-    let mut bytes = vec![0u8; block.len() * DIRENT];
+    let mut bytes = vec![0u8; block.len() * dirent::SIZE];
     let mut nameoff = bytes.len();
     for (k, (name, node)) in block.iter().enumerate() {
-        let t = super::layout::target(tree, *node);
+        let t = target(tree, *node);
         let code = validate::file_type(tree, t, &tree.nodes[t as usize])
             .map(|ft| ft.dirent_code())
             .unwrap_or(0);
-        let d = &mut bytes[k * DIRENT..(k + 1) * DIRENT];
-        put64(d, 0, nid_of(*node));
-        put16(d, 8, nameoff as u16);
-        d[10] = code;
+        let d = &mut bytes[k * dirent::SIZE..(k + 1) * dirent::SIZE];
+        put64(d, dirent::NID, nid_of(*node));
+        put16(d, dirent::NAMEOFF, nameoff as u16);
+        d[dirent::FILE_TYPE] = code;
         nameoff += name.len();
     }
     for (name, _) in block {

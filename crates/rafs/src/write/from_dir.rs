@@ -9,7 +9,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::blob::compress;
+use dfagent_core::{encode_chunk, Compression};
+
 use super::{BlobWriter, BootstrapOptions, ChunkPlacement, Content, Node, Tree};
 use crate::error::{RafsError, Result};
 use crate::walk::MAX_DEPTH;
@@ -154,11 +155,11 @@ impl<W: Write> Walker<'_, W> {
             let placement = match self.dedup.get(&digest) {
                 Some(p) => *p,
                 None => {
-                    let p =
-                        match compress(self.opts.compression, data).map_err(|e| io_err(path, e))? {
-                            Some(c) => self.blob.add_chunk(digest, want as u32, &c, true),
-                            None => self.blob.add_chunk(digest, want as u32, data, false),
-                        }
+                    let (stored, used) = encode_chunk(self.opts.compression, data)
+                        .map_err(|e| io_err(path, std::io::Error::other(e)))?;
+                    let p = self
+                        .blob
+                        .add_chunk(digest, want as u32, &stored, used != Compression::None)
                         .map_err(|e| io_err(path, e))?;
                     self.dedup.insert(digest, p);
                     p

@@ -5,7 +5,7 @@
 mod blob;
 mod bootstrap;
 mod from_dir;
-mod layout;
+mod placement;
 mod validate;
 mod xattr;
 
@@ -123,6 +123,26 @@ pub struct BlobSpec {
     pub ci_uncompressed_size: u64,
     /// Compression of the chunk-info array.
     pub ci_compression: Compression,
+}
+
+impl From<&crate::BlobInfo> for BlobSpec {
+    /// A blob another image references (a chunk dictionary's), to reference again.
+    fn from(b: &crate::BlobInfo) -> Self {
+        BlobSpec {
+            id: b.id,
+            chunk_size: b.chunk_size,
+            chunk_count: b.chunk_count,
+            compression: b.compression,
+            digest_algo: b.digest_algo,
+            compressed_size: b.compressed_size,
+            uncompressed_size: b.uncompressed_size,
+            features: b.features,
+            ci_offset: b.ci_offset,
+            ci_compressed_size: b.ci_compressed_size,
+            ci_uncompressed_size: b.ci_uncompressed_size,
+            ci_compression: b.ci_compression,
+        }
+    }
 }
 
 /// Image-wide settings of a bootstrap.

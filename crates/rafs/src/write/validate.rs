@@ -5,22 +5,23 @@ use std::collections::{HashMap, HashSet};
 
 use dfagent_core::MAX_CHUNK_SIZE;
 
+use super::placement::is_dir_mode;
 use super::{xattr, BlobSpec, BootstrapOptions, ChunkPlacement, Content, Node, Tree};
-use crate::blob_table::features;
-use crate::dir::MAX_NAME_LEN;
 use crate::error::{RafsError, Result};
 use crate::inode::FileType;
+use crate::layout::chunk_addr::{self, MAX_CHUNKS_PER_BLOB};
+use crate::layout::chunk_info::{
+    self, MAX_V1_COMPRESSED_OFFSET as MAX_C_OFFSET, MAX_V1_UNCOMPRESSED_OFFSET as MAX_U_OFFSET,
+};
+use crate::layout::dirent::MAX_NAME_LEN;
+use crate::layout::inode::{MAX_RDEV_MAJOR, MAX_RDEV_MINOR};
+use crate::layout::{blob_features as features, is_valid_chunk_size, BLOCK_SIZE};
 
-/// Most blobs an image can reference: chunk addresses store `blob index + 1` in one byte.
-pub(crate) const MAX_BLOBS: usize = 254;
-/// Largest chunk index within a blob a chunk address can hold (24 bits).
-const MAX_CHUNK_INDEX: u32 = 0x00ff_ffff;
+/// Most blobs an image written here may reference (one fewer than chunk addresses, which store
+/// `blob index + 1` in one byte, could name).
+pub(crate) const MAX_BLOBS: usize = chunk_addr::MAX_BLOBS as usize - 1;
 /// Longest symlink target (Linux' PATH_MAX minus the NUL).
 pub(crate) const MAX_SYMLINK: usize = 4095;
-/// Largest compressed offset a v1 chunk-info entry can hold (40 bits).
-const MAX_C_OFFSET: u64 = (1 << 40) - 1;
-/// Largest uncompressed offset a v1 chunk-info entry can hold (44 bits).
-const MAX_U_OFFSET: u64 = (1 << 44) - 1;
 
 fn bad(msg: String) -> RafsError {
     RafsError::InvalidTree(msg)
@@ -91,7 +92,7 @@ pub(crate) fn validate(tree: &Tree, blobs: &[BlobSpec], opts: &BootstrapOptions)
 
 fn check_options(blobs: &[BlobSpec], opts: &BootstrapOptions) -> Result<()> {
     let cs = opts.chunk_size;
-    if !cs.is_power_of_two() || !(4096..=MAX_CHUNK_SIZE).contains(&cs) {
+    if !is_valid_chunk_size(cs) {
         return Err(bad(format!(
             "chunk size {cs} is not a power of two between 4 KiB and 16 MiB"
         )));
@@ -120,7 +121,7 @@ fn check_options(blobs: &[BlobSpec], opts: &BootstrapOptions) -> Result<()> {
                 b.chunk_size
             )));
         }
-        if b.chunk_count == 0 || b.uncompressed_size < 4096 {
+        if b.chunk_count == 0 || b.uncompressed_size < BLOCK_SIZE {
             return Err(bad(format!(
                 "{what} holds no chunks; upstream rejects a device of 0 blocks, leave it out"
             )));
@@ -134,11 +135,7 @@ fn check_options(blobs: &[BlobSpec], opts: &BootstrapOptions) -> Result<()> {
                 b.features & unsupported
             )));
         }
-        let entry = if b.features & features::CHUNK_INFO_V2 != 0 {
-            24
-        } else {
-            16
-        };
+        let entry = chunk_info::entry_size(b.features);
         if b.features & features::IS_CHUNKDICT_GENERATED == 0
             && b.ci_uncompressed_size != u64::from(b.chunk_count) * entry
         {
@@ -155,7 +152,7 @@ fn check_options(blobs: &[BlobSpec], opts: &BootstrapOptions) -> Result<()> {
                 b.ci_compressed_size, b.ci_uncompressed_size, b.ci_offset
             )));
         }
-        if b.uncompressed_size / 4096 > u64::from(u32::MAX) {
+        if b.uncompressed_size / BLOCK_SIZE > u64::from(u32::MAX) {
             return Err(bad(format!("{what}: uncompressed size is too large")));
         }
     }
@@ -188,7 +185,7 @@ fn check_node(
         let parent = nodes
             .get(n.parent as usize)
             .ok_or_else(|| bad(format!("{what}: parent {} is beyond the tree", n.parent)))?;
-        if parent.mode & 0o170000 != 0o040000 || matches!(parent.content, Content::HardLink(_)) {
+        if !is_dir_mode(parent.mode) || matches!(parent.content, Content::HardLink(_)) {
             return Err(bad(format!(
                 "{what}: parent {} is not a directory",
                 n.parent
@@ -229,7 +226,7 @@ fn check_node(
     match (&n.content, ft) {
         (Content::None, FileType::Dir | FileType::File | FileType::Fifo | FileType::Socket) => {}
         (Content::None, FileType::CharDev | FileType::BlockDev) => {
-            if n.rdev_major > 0xfff || n.rdev_minor > 0xf_ffff {
+            if n.rdev_major > MAX_RDEV_MAJOR || n.rdev_minor > MAX_RDEV_MINOR {
                 return Err(bad(format!(
                     "{what}: device {}:{} does not fit the 32-bit encoding (major <= 4095, minor <= 1048575)",
                     n.rdev_major, n.rdev_minor
@@ -326,7 +323,7 @@ fn check_chunks(
                 blobs.len()
             ))
         })?;
-        if c.index_in_blob >= blob.chunk_count || c.index_in_blob > MAX_CHUNK_INDEX {
+        if c.index_in_blob >= blob.chunk_count || c.index_in_blob >= MAX_CHUNKS_PER_BLOB {
             return Err(bad(format!(
                 "{cw}: chunk index {} is beyond blob {}'s {} chunks",
                 c.index_in_blob, c.blob_index, blob.chunk_count
@@ -339,7 +336,8 @@ fn check_chunks(
                 opts.digest_algo
             )));
         }
-        if c.uncompressed_offset % 4096 != 0 || c.uncompressed_offset > MAX_U_OFFSET {
+        if !c.uncompressed_offset.is_multiple_of(BLOCK_SIZE) || c.uncompressed_offset > MAX_U_OFFSET
+        {
             return Err(bad(format!(
                 "{cw}: uncompressed offset {} is not 4 KiB aligned or too large",
                 c.uncompressed_offset

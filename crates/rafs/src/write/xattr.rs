@@ -3,28 +3,22 @@
 //! written (upstream leaves the shared xattr area empty and nydusd rejects a non-zero one).
 
 use crate::error::{RafsError, Result};
+use crate::layout::xattr::{
+    self as disk, INDEX_LUSTRE, INDEX_POSIX_ACL_ACCESS, INDEX_POSIX_ACL_DEFAULT, PREFIXES,
+};
 
-/// EROFS name indexes and the prefixes they stand for, as upstream nydus-image matches them
-/// (first match wins; the two ACL names are whole names, so their stored suffix is empty).
-const PREFIXES: [(&[u8], u8); 5] = [
-    (b"user.", 1),
-    (b"system.posix_acl_access", 2),
-    (b"system.posix_acl_default", 3),
-    (b"trusted.", 4),
-    (b"security.", 6),
-];
-
-/// Size of the ibody header.
-const HEADER: usize = 12;
 /// Longest name suffix an entry can record (`e_name_len` is one byte).
-const MAX_SUFFIX: usize = 255;
+const MAX_SUFFIX: usize = u8::MAX as usize;
 
-/// Namespace index and stored suffix of a full xattr name.
+/// Namespace index and stored suffix of a full xattr name, matched as upstream nydus-image
+/// matches them: the EROFS prefixes in index order but `lustre.`, first match wins (the two ACL
+/// names are whole names, so their stored suffix is empty).
 fn split(name: &[u8]) -> Option<(u8, &[u8])> {
     PREFIXES
         .iter()
-        .find(|(p, _)| name.starts_with(p))
-        .map(|(p, i)| (*i, &name[p.len()..]))
+        .filter(|(i, _)| *i != INDEX_LUSTRE)
+        .find(|(_, p)| name.starts_with(p))
+        .map(|(i, p)| (*i, &name[p.len()..]))
 }
 
 /// Check one attribute can be stored and read back by upstream readers.
@@ -48,7 +42,7 @@ pub(crate) fn check(name: &[u8], value: &[u8], what: &str) -> Result<()> {
             suffix.len()
         )));
     }
-    if suffix.is_empty() && index != 2 && index != 3 {
+    if suffix.is_empty() && index != INDEX_POSIX_ACL_ACCESS && index != INDEX_POSIX_ACL_DEFAULT {
         return Err(bad("empty name after the namespace prefix".into()));
     }
     if suffix.contains(&0) {
@@ -68,22 +62,19 @@ pub(crate) fn body_size(xattrs: &[(Vec<u8>, Vec<u8>)]) -> usize {
     if xattrs.is_empty() {
         return 0;
     }
-    HEADER
+    disk::IBODY_HEADER_SIZE
         + xattrs
             .iter()
             .map(|(n, v)| {
                 let suffix = split(n).map_or(n.len(), |(_, s)| s.len());
-                (4 + suffix + v.len()).div_ceil(4) * 4
+                disk::entry_size(suffix, v.len())
             })
             .sum::<usize>()
 }
 
 /// `i_xattr_icount` for a body of `size` bytes.
 pub(crate) fn icount(size: usize) -> Option<u16> {
-    if size == 0 {
-        return Some(0);
-    }
-    u16::try_from((size - HEADER) / 4 + 1).ok()
+    disk::icount(size)
 }
 
 /// Append the inline body of `xattrs` (already checked and sorted) to `out`.
@@ -91,16 +82,18 @@ pub(crate) fn encode(xattrs: &[(Vec<u8>, Vec<u8>)], out: &mut Vec<u8>) {
     if xattrs.is_empty() {
         return;
     }
-    out.extend_from_slice(&[0u8; HEADER]);
+    out.extend_from_slice(&[0u8; disk::IBODY_HEADER_SIZE]);
     for (name, value) in xattrs {
         let (index, suffix) = split(name).unwrap_or((0, name));
         let start = out.len();
-        out.push(suffix.len() as u8);
-        out.push(index);
-        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        let mut head = [0u8; disk::ENTRY_HEADER_SIZE];
+        head[disk::E_NAME_LEN] = suffix.len() as u8;
+        head[disk::E_NAME_INDEX] = index;
+        head[disk::E_VALUE_SIZE..disk::E_VALUE_SIZE + 2]
+            .copy_from_slice(&(value.len() as u16).to_le_bytes());
+        out.extend_from_slice(&head);
         out.extend_from_slice(suffix);
         out.extend_from_slice(value);
-        let used = out.len() - start;
-        out.resize(start + used.div_ceil(4) * 4, 0);
+        out.resize(start + disk::entry_size(suffix.len(), value.len()), 0);
     }
 }

@@ -9,7 +9,7 @@ use sha2::Digest as _;
 use tokio::io::AsyncWriteExt;
 
 use crate::client::{parse_reference, Op, Registry};
-use crate::error::{Error, Failure, Result};
+use crate::error::{Failure, RegistryError, Result};
 
 /// `reference` pinned to `digest` (`host/repo@sha256:…`), e.g. to fetch a manifest an index
 /// points to.
@@ -25,8 +25,8 @@ pub fn reference_with_digest(reference: &str, digest: &str) -> Result<String> {
 
 impl Registry {
     /// Download blob `digest` of `size` bytes from the repository of `reference` into the file
-    /// `dest` (created or truncated), verifying size and sha256. Transient failures are retried
-    /// from the start.
+    /// `dest` (created or truncated), verifying size and sha256. The host's mirrors are tried
+    /// first; transient failures of the host are retried from the start.
     pub async fn download_blob(
         &self,
         reference: &str,
@@ -37,20 +37,20 @@ impl Registry {
         let r = parse_reference(reference)?;
         let hex = digest.strip_prefix("sha256:").unwrap_or("");
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::Protocol(format!(
+            return Err(RegistryError::Protocol(format!(
                 "blob digest {digest:?} is not sha256"
             )));
         }
         let what = format!("download blob {digest}");
         let what = what.as_str();
-        self.with_retries(what, || async {
+        self.read_via_mirrors(&r, what, |r| async move {
             let (host, client) = self.prepare(&r, Op::Pull).await?;
             let mut stream = client
                 .pull_blob_stream(&r, digest)
                 .await
                 .map_err(|e| self.failure(&host, &r, e, what))?;
             let io = |source| {
-                Failure::fatal(Error::Io {
+                Failure::fatal(RegistryError::Io {
                     path: dest.display().to_string(),
                     source,
                 })
@@ -60,14 +60,14 @@ impl Registry {
             let mut got: u64 = 0;
             while let Some(piece) = stream.next().await {
                 let piece = piece.map_err(|e| {
-                    Failure::transient(Error::Io {
+                    Failure::transient(RegistryError::Io {
                         path: what.to_string(),
                         source: e,
                     })
                 })?;
                 got += piece.len() as u64;
                 if got > size {
-                    return Err(Failure::fatal(Error::Protocol(format!(
+                    return Err(Failure::fatal(RegistryError::Protocol(format!(
                         "{what}: the registry sent more than the {size} bytes of the descriptor"
                     ))));
                 }
@@ -76,7 +76,7 @@ impl Registry {
             }
             file.flush().await.map_err(io)?;
             if got < size {
-                return Err(Failure::transient(Error::ShortRead {
+                return Err(Failure::transient(RegistryError::ShortRead {
                     what: what.to_string(),
                     got,
                     expected: size,
@@ -84,7 +84,7 @@ impl Registry {
             }
             let actual = format!("sha256:{}", hex::encode(h.finalize()));
             if actual != digest {
-                return Err(Failure::fatal(Error::Digest {
+                return Err(Failure::fatal(RegistryError::Digest {
                     what: what.to_string(),
                     expected: digest.to_string(),
                     actual,

@@ -1,14 +1,15 @@
-//! [`RegistrySource`]: the registry as a [`ChunkSource`] tier. A batch of chunks becomes few
-//! range requests: chunks of one blob are sorted by offset and neighbours are merged into one
-//! request, whose response is cut back into chunks without copying.
+//! [`RegistryTier`]: the registry as a [`ChunkTier`]. A batch of chunks becomes few range
+//! requests: chunks of one blob are sorted by offset and neighbours are merged into one
+//! request, whose response is cut back into chunks without copying. A range that fails
+//! answers each of its chunks with the failure, as the client said it.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use dfagent_core::{BlobId, BoxFuture, ChunkRef, ChunkSource, SourceError, StoredChunk};
+use dfagent_core::{BlobId, BoxFuture, ChunkRef, ChunkTier, Retry, Slot, TierError};
 use futures::StreamExt;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::client::Registry;
 use crate::image::NydusImage;
@@ -92,7 +93,7 @@ fn finish(
 /// with merged HTTP range requests. Bytes are handed out as stored and not verified (the
 /// resolver decodes and verifies them).
 #[derive(Clone, Debug)]
-pub struct RegistrySource {
+pub struct RegistryTier {
     /// The client.
     pub registry: Arc<Registry>,
     /// The image whose blobs are read.
@@ -101,7 +102,7 @@ pub struct RegistrySource {
     pub max_merge: u64,
 }
 
-impl RegistrySource {
+impl RegistryTier {
     /// A tier reading `image`'s blobs through `registry`, merging up to
     /// [`DEFAULT_MAX_MERGE`] bytes per request.
     pub fn new(registry: Arc<Registry>, image: Arc<NydusImage>) -> Self {
@@ -112,28 +113,22 @@ impl RegistrySource {
         }
     }
 
-    async fn fetch_all(&self, chunks: &[ChunkRef]) -> Vec<StoredChunk> {
-        let (known, unknown): (Vec<ChunkRef>, Vec<ChunkRef>) = chunks
-            .iter()
-            .copied()
-            .partition(|c| self.image.blob_size(&c.blob).is_some());
-        if !unknown.is_empty() {
+    async fn fetch_all(&self, slots: &mut [Slot]) {
+        // Plan over the chunks of blobs the image has; the rest are left to other tiers.
+        let known: Vec<usize> = (0..slots.len())
+            .filter(|&i| self.image.blob_size(&slots[i].chunk().blob).is_some())
+            .collect();
+        if known.len() < slots.len() {
             debug!(
-                chunks = unknown.len(),
+                chunks = slots.len() - known.len(),
                 image = %self.image.reference,
                 "chunks of blobs the image does not have are left to other tiers"
             );
         }
-        // Plan over the original indexes: keep a map from the filtered list back.
-        let back: Vec<usize> = chunks
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| self.image.blob_size(&c.blob).is_some())
-            .map(|(i, _)| i)
-            .collect();
-        let plans = plan_ranges(&known, self.max_merge.max(1));
+        let chunks: Vec<ChunkRef> = known.iter().map(|&i| *slots[i].chunk()).collect();
+        let plans = plan_ranges(&chunks, self.max_merge.max(1));
         debug!(
-            chunks = known.len(),
+            chunks = chunks.len(),
             requests = plans.len(),
             "registry batch planned"
         );
@@ -148,43 +143,41 @@ impl RegistrySource {
             .buffer_unordered(CONCURRENT_RANGES)
             .collect()
             .await;
-        let mut out = Vec::with_capacity(known.len());
         for (plan, res) in results {
             match res {
                 Ok(data) => {
                     for (i, rel) in plan.members {
-                        out.push(StoredChunk {
-                            index: back[i],
-                            data: data.slice(rel),
-                            // Blob bytes are in the reference's encoding.
-                            compression: known[i].compression,
-                        });
+                        let slot = &mut slots[known[i]];
+                        // Blob bytes are in the reference's encoding.
+                        let compression = slot.chunk().compression;
+                        slot.found(data.slice(rel), compression);
                     }
                 }
-                Err(e) => warn!(
-                    blob = %plan.blob,
-                    range = ?plan.range,
-                    chunks = plan.members.len(),
-                    error = %e,
-                    "registry range read failed; its chunks are left out"
-                ),
+                Err(e) => {
+                    let err = TierError::new("registry", e.tier_error_kind(), e.to_string());
+                    for (i, _) in plan.members {
+                        slots[known[i]].failed(err.clone());
+                    }
+                }
             }
         }
-        out.sort_by_key(|c| c.index);
-        out
     }
 }
 
-impl ChunkSource for RegistrySource {
+impl ChunkTier for RegistryTier {
     fn name(&self) -> &str {
         "registry"
     }
 
-    fn fetch<'a>(
-        &'a self,
-        chunks: &'a [ChunkRef],
-    ) -> BoxFuture<'a, Result<Vec<StoredChunk>, SourceError>> {
-        Box::pin(async move { Ok(self.fetch_all(chunks).await) })
+    fn fetch<'a>(&'a self, slots: &'a mut [Slot]) -> BoxFuture<'a, ()> {
+        Box::pin(self.fetch_all(slots))
+    }
+
+    /// A chunk that failed verification most likely had a byte flipped on the way: ask again
+    /// (the resolver bounds how often).
+    fn bad_answer(&self, chunk: &ChunkRef, detail: &str) -> Retry {
+        debug!(chunk = %chunk.digest, blob = %chunk.blob, detail, "registry bytes failed verification; asking again");
+        Retry::AskAgain
     }
 }
 

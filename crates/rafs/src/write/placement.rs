@@ -1,4 +1,5 @@
-//! Where every inode and directory block of a bootstrap goes, decided exactly as upstream
+//! Where every inode and directory block of a bootstrap goes (the writer's placement; the format
+//! itself is [`crate::layout`]), decided exactly as upstream
 //! nydus-image decides it, so our bootstraps are upstream's byte for byte: inodes are numbered
 //! in entry order (the root, each directory's entries sorted by name, subdirectories depth
 //! first; hard links share the first entry's number) and placed in the same order by the same
@@ -10,13 +11,8 @@ use super::validate::file_type;
 use super::{xattr, Content, Tree};
 use crate::error::{RafsError, Result};
 use crate::inode::FileType;
-
-/// Block size of the metadata.
-pub(crate) const BLOCK: u64 = 4096;
-/// Size of an extended inode (the only form written: it keeps mtime, 32-bit ids and sizes).
-pub(crate) const INODE_SIZE: u64 = 64;
-/// Size of one dirent.
-pub(crate) const DIRENT: usize = 12;
+use crate::layout::inode::{EXTENDED_SIZE as INODE_SIZE, SLOT_SIZE};
+use crate::layout::{chunk_addr, dirent, BLOCK_SIZE as BLOCK};
 
 /// One directory entry before it is written: name and the node it names.
 pub(crate) type Entry = (Vec<u8>, u32);
@@ -60,7 +56,7 @@ pub(crate) struct Slot {
 }
 
 /// The placed metadata of a whole tree.
-pub(crate) struct Layout {
+pub(crate) struct Placement {
     /// Inodes in placement order.
     pub slots: Vec<Slot>,
     /// For every node, the index of its inode in `slots`.
@@ -105,7 +101,7 @@ fn walk_order(tree: &Tree) -> (Vec<u32>, Vec<Vec<u32>>) {
         });
         order.extend_from_slice(&children);
         for &c in children.iter().rev() {
-            if tree.nodes[c as usize].mode & 0o170000 == 0o040000
+            if is_dir_mode(tree.nodes[c as usize].mode)
                 && !matches!(tree.nodes[c as usize].content, Content::HardLink(_))
             {
                 stack.push(c);
@@ -116,13 +112,18 @@ fn walk_order(tree: &Tree) -> (Vec<u32>, Vec<Vec<u32>>) {
     (order, sorted)
 }
 
-/// Fill directory blocks with `entries` (sorted by name): each entry takes 12 bytes plus its
-/// name, and a block holds what fits in 4096 bytes. Returns the blocks and `i_size`.
+/// Whether a mode's type bits say directory.
+pub(crate) fn is_dir_mode(mode: u32) -> bool {
+    FileType::from_mode(mode) == Some(FileType::Dir)
+}
+
+/// Fill directory blocks with `entries` (sorted by name): each entry takes a dirent plus its
+/// name, and a block holds what fits in one block. Returns the blocks and `i_size`.
 fn dir_blocks(entries: Vec<Entry>) -> (Vec<Vec<Entry>>, u64) {
     let mut blocks: Vec<Vec<Entry>> = vec![Vec::new()];
     let mut used = 0usize;
     for e in entries {
-        let len = DIRENT + e.0.len();
+        let len = dirent::SIZE + e.0.len();
         if used + len > BLOCK as usize {
             blocks.push(Vec::new());
             used = 0;
@@ -141,7 +142,7 @@ fn align(v: u64, to: u64) -> u64 {
 }
 
 /// Upstream nydus-image's metadata allocator: a cursor, and the unused tails of blocks it left
-/// behind, queued by how many 32-byte slots each has free, so later small inodes fill them.
+/// behind, queued by how many inode slots each has free, so later small inodes fill them.
 struct Allocator {
     cursor: u64,
     free: Vec<std::collections::VecDeque<u64>>,
@@ -151,14 +152,14 @@ impl Allocator {
     fn new(cursor: u64) -> Self {
         Allocator {
             cursor,
-            free: vec![std::collections::VecDeque::new(); (BLOCK / 32) as usize],
+            free: vec![std::collections::VecDeque::new(); (BLOCK / SLOT_SIZE) as usize],
         }
     }
 
     /// Remember the free tail of the block holding `offset` (nothing when it is a boundary).
     fn leave(&mut self, offset: u64) {
         if !offset.is_multiple_of(BLOCK) {
-            let slots = ((BLOCK - offset % BLOCK) / 32) as usize;
+            let slots = ((BLOCK - offset % BLOCK) / SLOT_SIZE) as usize;
             self.free[slots].push_back(offset - offset % BLOCK);
         }
     }
@@ -174,11 +175,11 @@ impl Allocator {
         if size >= BLOCK {
             return None;
         }
-        let need = size.div_ceil(32) as usize;
+        let need = size.div_ceil(SLOT_SIZE) as usize;
         for slots in need..self.free.len() {
             if let Some(block) = self.free[slots].pop_front() {
-                let at = block + BLOCK - slots as u64 * 32;
-                self.leave(at + need as u64 * 32);
+                let at = block + BLOCK - slots as u64 * SLOT_SIZE;
+                self.leave(at + need as u64 * SLOT_SIZE);
                 return Some(at);
             }
         }
@@ -187,7 +188,7 @@ impl Allocator {
 }
 
 /// Place every inode of `tree` starting at byte `start` (the root's offset).
-pub(crate) fn layout(tree: &Tree, chunk_size: u32, start: u64) -> Result<Layout> {
+pub(crate) fn place(tree: &Tree, chunk_size: u32, start: u64) -> Result<Placement> {
     let nodes = &tree.nodes;
     let (order, sorted) = walk_order(tree);
     let mut slot_of = vec![u32::MAX; nodes.len()];
@@ -214,7 +215,7 @@ pub(crate) fn layout(tree: &Tree, chunk_size: u32, start: u64) -> Result<Layout>
                 let mut subdirs = 0u32;
                 for &c in &sorted[t as usize] {
                     let ct = target(tree, c);
-                    if ct == c && nodes[c as usize].mode & 0o170000 == 0o040000 {
+                    if ct == c && is_dir_mode(nodes[c as usize].mode) {
                         subdirs += 1;
                     }
                     entries.push((nodes[c as usize].name.clone(), c));
@@ -281,7 +282,8 @@ pub(crate) fn layout(tree: &Tree, chunk_size: u32, start: u64) -> Result<Layout>
                 a.cursor += head;
             }
             Data::Chunks => {
-                let total = align(head, 8) + 8 * slot.size.div_ceil(cs);
+                let total =
+                    align(head, chunk_addr::ALIGN) + chunk_addr::SIZE * slot.size.div_ceil(cs);
                 slot.offset = a.take(total).unwrap_or_else(|| {
                     let at = a.cursor;
                     a.cursor += total;
@@ -323,7 +325,7 @@ pub(crate) fn layout(tree: &Tree, chunk_size: u32, start: u64) -> Result<Layout>
                     u32::try_from(data_at / BLOCK).map_err(|_| too_big("directory blocks"))?;
             }
         }
-        a.cursor = align(a.cursor, 32);
+        a.cursor = align(a.cursor, SLOT_SIZE);
     }
     let end = a.cursor;
     let inos = order.len() as u64;
@@ -354,7 +356,7 @@ pub(crate) fn layout(tree: &Tree, chunk_size: u32, start: u64) -> Result<Layout>
         bfs.extend_from_slice(&sorted[d]);
         k += 1;
     }
-    Ok(Layout {
+    Ok(Placement {
         slots,
         slot_of,
         inos,

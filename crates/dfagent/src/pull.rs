@@ -1,0 +1,77 @@
+//! `dfagent pull` (with a progress bar) and `dfagent push`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use dfagent_node::config::Overrides;
+
+use crate::node_args::{load, open_node, ConfigArgs, RegistryArgs, StoreArgs};
+
+/// `dfagent pull`: fill the store with every chunk of an image.
+pub fn pull(
+    reference: &str,
+    store: &StoreArgs,
+    reg: &RegistryArgs,
+    config: &ConfigArgs,
+) -> anyhow::Result<ExitCode> {
+    let rt = dfagent_node::runtime()?;
+    let mut cfg = load(config, reg.overrides(store.overrides(Overrides::new())))?;
+    // A pull streams the image through: a small decoded-chunk cache is enough.
+    cfg.cache.decoded_mib = cfg.cache.decoded_mib.min(64);
+    let node = open_node(&rt, &cfg, true)?;
+    let started = Instant::now();
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} pulling [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = rt
+        .block_on(node.pull(reference, |p| {
+            bar.set_length(p.total_bytes);
+            bar.set_position(p.done_bytes);
+        }))
+        .with_context(|| format!("pulling {reference}"))?;
+    bar.finish_and_clear();
+    if report.offline {
+        eprintln!("dfagent: registry unreachable; used the stored copy of {reference}");
+    }
+    let p = report.progress;
+    eprintln!(
+        "dfagent: pulled {reference}: {} chunks, {} bytes from the registry, in {:.1} s{}",
+        p.total_chunks,
+        report.fetched_bytes,
+        started.elapsed().as_secs_f64(),
+        if p.failed_chunks > 0 {
+            format!(", {} chunks FAILED", p.failed_chunks)
+        } else {
+            String::new()
+        }
+    );
+    Ok(if p.failed_chunks > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `dfagent push`: publish a local Nydus image in nydusify's layout.
+pub fn push(
+    bootstrap: &Path,
+    blob_dir: &Path,
+    reference: &str,
+    reg: &RegistryArgs,
+    config: &ConfigArgs,
+) -> anyhow::Result<ExitCode> {
+    let rt = dfagent_node::runtime()?;
+    let cfg = load(config, reg.overrides(Overrides::new()))?;
+    let node = open_node(&rt, &cfg, false)?;
+    let digest = rt
+        .block_on(node.push(bootstrap, blob_dir, reference))
+        .with_context(|| format!("pushing {} to {reference}", bootstrap.display()))?;
+    println!("{reference}@{digest}");
+    Ok(ExitCode::SUCCESS)
+}

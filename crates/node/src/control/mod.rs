@@ -1,0 +1,11 @@
+//! The control API of a daemon: the service (`proto/dfagent/control/v1/control.proto`), its
+//! server on the daemon's unix socket, the client the CLI uses, and who may call it.
+
+pub mod access;
+pub mod client;
+pub mod server;
+
+/// Generated code of the control API.
+pub mod proto {
+    tonic::include_proto!("dfagent.control.v1");
+}

@@ -1,0 +1,488 @@
+//! The control API server: gRPC (tonic) over the daemon's unix socket. Every call checks the
+//! caller first; requests are bounded in size; every failure is a typed status with a message
+//! that names what went wrong (and never a secret).
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use dfagent_resolver::prefetch::PrefetchPolicy;
+use futures::Stream;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use super::access::{admitted, secure_socket, Caller};
+use super::proto::control_server::{Control, ControlServer};
+use super::proto::{self, mount_request};
+use crate::daemon::{Daemon, MountInfo};
+use crate::error::{NodeError, Result};
+use crate::image::ImageSource;
+use crate::mount::{MountOptions, MountSpec};
+
+/// Largest control request accepted (they are a few hundred bytes).
+pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+/// Longest path accepted in a request.
+const MAX_PATH: usize = 4096;
+
+/// The control service over a daemon.
+pub struct ControlService {
+    daemon: Arc<Daemon>,
+    group: Option<u32>,
+    socket: PathBuf,
+    metrics_addr: String,
+}
+
+impl ControlService {
+    /// Serving `daemon`; `group` may use it besides root.
+    pub fn new(daemon: Arc<Daemon>, group: Option<u32>, socket: PathBuf, metrics_addr: String) -> Self {
+        Self {
+            daemon,
+            group,
+            socket,
+            metrics_addr,
+        }
+    }
+
+    /// The caller, if admitted.
+    fn caller<T>(&self, req: &Request<T>) -> std::result::Result<Caller, Status> {
+        let cred = req
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred)
+            .ok_or_else(|| Status::permission_denied("the caller's credentials are unknown"))?;
+        let caller = Caller {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+        };
+        if admitted(&caller, self.group) {
+            Ok(caller)
+        } else {
+            tracing::warn!(uid = caller.uid, gid = caller.gid, pid = ?caller.pid, "control call refused");
+            Err(Status::permission_denied(format!(
+                "uid {} is not root{}",
+                caller.uid,
+                match self.group {
+                    Some(g) => format!(" and not in group {g}"),
+                    None => " (the control socket admits root only)".into(),
+                }
+            )))
+        }
+    }
+}
+
+/// The gRPC status a node error becomes.
+pub fn status_of(e: &NodeError) -> Status {
+    use dfagent_registry::RegistryError as R;
+    let msg = e.to_string();
+    match e {
+        NodeError::Mountpoint { .. } => Status::failed_precondition(msg),
+        NodeError::Resolve { .. } => Status::unavailable(msg),
+        NodeError::Registry(r) => match r {
+            R::NotFound { .. } | R::NotNydus { .. } => Status::not_found(msg),
+            R::Auth { .. } => Status::permission_denied(msg),
+            R::Reference { .. } | R::InvalidRequest(_) => Status::invalid_argument(msg),
+            _ => Status::unavailable(msg),
+        },
+        NodeError::BadImage { .. } | NodeError::Rafs(_) => Status::invalid_argument(msg),
+        NodeError::Unsupported(_) => Status::failed_precondition(msg),
+        NodeError::Store(_) | NodeError::Io { .. } => Status::internal(msg),
+    }
+}
+
+fn check_path(what: &str, p: &str) -> std::result::Result<PathBuf, Status> {
+    if p.is_empty() {
+        return Err(Status::invalid_argument(format!("{what} is empty")));
+    }
+    if p.len() > MAX_PATH || p.contains('\0') {
+        return Err(Status::invalid_argument(format!("{what} is not a usable path")));
+    }
+    let path = PathBuf::from(p);
+    if !path.is_absolute() {
+        return Err(Status::invalid_argument(format!("{what} {p:?} is not absolute")));
+    }
+    Ok(path)
+}
+
+/// A group member may only mount on a directory it owns (root may mount anywhere).
+fn check_mountpoint_owner(caller: &Caller, mp: &Path) -> std::result::Result<(), Status> {
+    use std::os::unix::fs::MetadataExt;
+    if caller.is_root() {
+        return Ok(());
+    }
+    let meta = std::fs::metadata(mp)
+        .map_err(|e| Status::failed_precondition(format!("mount point {}: {e}", mp.display())))?;
+    if meta.uid() != caller.uid {
+        return Err(Status::permission_denied(format!(
+            "mount point {} is not owned by uid {}",
+            mp.display(),
+            caller.uid
+        )));
+    }
+    Ok(())
+}
+
+fn options(o: Option<proto::MountOptions>, defaults: &MountOptions) -> std::result::Result<MountOptions, Status> {
+    let o = o.unwrap_or_default();
+    let prefetch = match proto::Prefetch::try_from(o.prefetch) {
+        Ok(proto::Prefetch::Unspecified) => defaults.prefetch,
+        Ok(proto::Prefetch::None) => PrefetchPolicy::None,
+        Ok(proto::Prefetch::Table) => PrefetchPolicy::Table,
+        Ok(proto::Prefetch::All) => PrefetchPolicy::All,
+        Err(_) => return Err(Status::invalid_argument(format!("unknown prefetch policy {}", o.prefetch))),
+    };
+    let readahead = match o.readahead_mib {
+        Some(m) if m > 1024 => {
+            return Err(Status::invalid_argument(format!(
+                "read-ahead of {m} MiB is beyond the 1024 MiB limit"
+            )))
+        }
+        Some(m) => u64::from(m) << 20,
+        None => defaults.readahead,
+    };
+    Ok(MountOptions {
+        prefetch,
+        readahead,
+        force: o.force,
+    })
+}
+
+fn mount_info(m: &MountInfo) -> proto::MountInfo {
+    let s = &m.stats;
+    let p = s.prefetch.unwrap_or_default();
+    proto::MountInfo {
+        image: m.image.clone(),
+        image_digest: m.image_digest.clone(),
+        mountpoint: m.mountpoint.display().to_string(),
+        state: m.state.to_string(),
+        fetched: s
+            .resolver
+            .tiers
+            .iter()
+            .map(|t| proto::TierBytes {
+                tier: t.name.clone(),
+                bytes: t.bytes,
+                chunks: t.chunks,
+            })
+            .collect(),
+        chunks_cached: s.chunks_cached,
+        chunks_total: s.chunks_total,
+        prefetch_done_bytes: p.done_bytes,
+        prefetch_total_bytes: p.total_bytes,
+        prefetch_state: match s.prefetch {
+            None => "off".into(),
+            Some(p) if p.finished && p.failed_chunks > 0 => {
+                format!("done ({} chunks failed)", p.failed_chunks)
+            }
+            Some(p) if p.finished => "done".into(),
+            Some(_) => "running".into(),
+        },
+        mounted_at: m
+            .mounted_at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        offline: m.offline,
+    }
+}
+
+type PullStream = Pin<Box<dyn Stream<Item = std::result::Result<proto::PullProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn mount(
+        &self,
+        req: Request<proto::MountRequest>,
+    ) -> std::result::Result<Response<proto::MountReply>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let mp = check_path("mount point", &r.mountpoint)?;
+        let image = match r.image {
+            Some(mount_request::Image::Registry(i)) => {
+                if i.reference.is_empty() || i.reference.len() > 1024 {
+                    return Err(Status::invalid_argument("image reference is empty or too long"));
+                }
+                ImageSource::Registry(i.reference)
+            }
+            Some(mount_request::Image::Local(l)) => {
+                if !caller.is_root() {
+                    return Err(Status::permission_denied(format!(
+                        "uid {}: mounting a local bootstrap and blob directory is for root only \
+                         (the daemon would read paths with its own rights)",
+                        caller.uid
+                    )));
+                }
+                ImageSource::Local {
+                    bootstrap: check_path("bootstrap", &l.bootstrap)?,
+                    blob_dir: check_path("blob directory", &l.blob_dir)?,
+                }
+            }
+            None => return Err(Status::invalid_argument("no image given")),
+        };
+        check_mountpoint_owner(&caller, &mp)?;
+        let spec = MountSpec {
+            image,
+            mountpoint: mp.clone(),
+            options: options(r.options, self.daemon.defaults())?,
+        };
+        let name = spec.image.name();
+        match self.daemon.mount_as(spec, caller.uid).await {
+            Ok(info) => {
+                tracing::info!(uid = caller.uid, image = %name, mountpoint = %mp.display(), "mount served");
+                Ok(Response::new(proto::MountReply {
+                    mount: Some(mount_info(&info)),
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(uid = caller.uid, image = %name, mountpoint = %mp.display(), error = %e, "mount refused");
+                Err(status_of(&e))
+            }
+        }
+    }
+
+    async fn umount(
+        &self,
+        req: Request<proto::UmountRequest>,
+    ) -> std::result::Result<Response<proto::UmountReply>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let mp = check_path("mount point", &r.mountpoint)?;
+        match self.daemon.umount_as(&mp, r.lazy, caller.uid).await {
+            Ok(true) => Ok(Response::new(proto::UmountReply {})),
+            Ok(false) => Err(Status::not_found(format!(
+                "{} is not a mount of this daemon",
+                mp.display()
+            ))),
+            Err(e @ NodeError::Mountpoint { .. }) if !caller.is_root() => {
+                Err(Status::permission_denied(e.to_string()))
+            }
+            Err(e) => Err(status_of(&e)),
+        }
+    }
+
+    async fn list_mounts(
+        &self,
+        req: Request<proto::ListMountsRequest>,
+    ) -> std::result::Result<Response<proto::ListMountsReply>, Status> {
+        self.caller(&req)?;
+        let daemon = self.daemon.clone();
+        let mounts = tokio::task::spawn_blocking(move || daemon.list())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(proto::ListMountsReply {
+            mounts: mounts.iter().map(mount_info).collect(),
+        }))
+    }
+
+    type PullStream = PullStream;
+
+    async fn pull(
+        &self,
+        req: Request<proto::PullRequest>,
+    ) -> std::result::Result<Response<Self::PullStream>, Status> {
+        let caller = self.caller(&req)?;
+        let reference = req.into_inner().reference;
+        if reference.is_empty() || reference.len() > 1024 {
+            return Err(Status::invalid_argument("image reference is empty or too long"));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let node = self.daemon.node().clone();
+        tracing::info!(uid = caller.uid, reference = %reference, "pull started");
+        self.daemon.node().runtime().spawn(async move {
+            let progress_tx = tx.clone();
+            let result = node
+                .pull(&reference, |p| {
+                    // A client that went away does not stop the pull.
+                    let _ = progress_tx.try_send(Ok(progress(p, false, "")));
+                })
+                .await;
+            let last = match result {
+                Ok(report) => {
+                    tracing::info!(reference = %reference, chunks = report.progress.done_chunks, failed = report.progress.failed_chunks, "pull finished");
+                    Ok(progress(&report.progress, true, &report.digest))
+                }
+                Err(e) => {
+                    tracing::warn!(reference = %reference, error = %e, "pull failed");
+                    Err(status_of(&e))
+                }
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn cache_stat(
+        &self,
+        req: Request<proto::CacheStatRequest>,
+    ) -> std::result::Result<Response<proto::CacheStatReply>, Status> {
+        self.caller(&req)?;
+        let store = self.store()?;
+        let st = store.stats();
+        let images = store
+            .pinned_images()
+            .map_err(|e| status_of(&NodeError::Store(e)))?;
+        Ok(Response::new(proto::CacheStatReply {
+            path: store.path().display().to_string(),
+            chunks: st.chunks,
+            bytes: st.bytes,
+            capacity_bytes: st.capacity,
+            pinned_images: images.len() as u64,
+            pinned_chunks: st.pinned_chunks,
+            evictions: st.evictions,
+            images: images.len() as u64,
+            pinned_bytes: st.pinned_bytes,
+            image_names: images,
+        }))
+    }
+
+    async fn cache_gc(
+        &self,
+        req: Request<proto::CacheGcRequest>,
+    ) -> std::result::Result<Response<proto::CacheGcReply>, Status> {
+        let caller = self.caller(&req)?;
+        let store = self.store()?.clone();
+        let r = tokio::task::spawn_blocking(move || store.gc())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| status_of(&NodeError::Store(e)))?;
+        tracing::info!(uid = caller.uid, chunks = r.chunks, bytes = r.bytes, "cache gc");
+        Ok(Response::new(proto::CacheGcReply {
+            removed_chunks: r.chunks,
+            removed_bytes: r.bytes,
+        }))
+    }
+
+    async fn cache_verify(
+        &self,
+        req: Request<proto::CacheVerifyRequest>,
+    ) -> std::result::Result<Response<proto::CacheVerifyReply>, Status> {
+        self.caller(&req)?;
+        let store = self.store()?.clone();
+        let r = tokio::task::spawn_blocking(move || store.verify())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| status_of(&NodeError::Store(e)))?;
+        for (d, _) in &r.removed {
+            self.daemon.node().resolver_core().forget(d);
+        }
+        Ok(Response::new(proto::CacheVerifyReply {
+            checked: r.checked,
+            bad: r.removed.len() as u64,
+            bad_digests: r
+                .removed
+                .iter()
+                .map(|(d, why)| format!("{d}: {why}"))
+                .collect(),
+        }))
+    }
+
+    async fn cache_clear(
+        &self,
+        req: Request<proto::CacheClearRequest>,
+    ) -> std::result::Result<Response<proto::CacheClearReply>, Status> {
+        let caller = self.caller(&req)?;
+        if self.daemon.mount_count() > 0 {
+            return Err(Status::failed_precondition(format!(
+                "{} images are mounted; unmount them before clearing the store",
+                self.daemon.mount_count()
+            )));
+        }
+        let store = self.store()?.clone();
+        let chunks = store.stats().chunks;
+        tokio::task::spawn_blocking(move || store.clear())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| status_of(&NodeError::Store(e)))?;
+        self.daemon.node().resolver_core().clear_cache();
+        tracing::info!(uid = caller.uid, chunks, "cache cleared");
+        Ok(Response::new(proto::CacheClearReply {
+            removed_chunks: chunks,
+        }))
+    }
+
+    async fn status(
+        &self,
+        req: Request<proto::StatusRequest>,
+    ) -> std::result::Result<Response<proto::StatusReply>, Status> {
+        self.caller(&req)?;
+        Ok(Response::new(proto::StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: self.daemon.uptime().as_secs(),
+            pid: std::process::id(),
+            store_path: self
+                .daemon
+                .node()
+                .store()
+                .map(|s| s.path().display().to_string())
+                .unwrap_or_default(),
+            mounts: self.daemon.mount_count() as u32,
+            metrics_addr: self.metrics_addr.clone(),
+            socket: self.socket.display().to_string(),
+        }))
+    }
+}
+
+impl ControlService {
+    fn store(&self) -> std::result::Result<&Arc<dfagent_store::Store>, Status> {
+        self.daemon
+            .node()
+            .require_store()
+            .map_err(|e| status_of(&e))
+    }
+}
+
+fn progress(p: &crate::pull::PullProgress, finished: bool, digest: &str) -> proto::PullProgress {
+    proto::PullProgress {
+        done_bytes: p.done_bytes,
+        total_bytes: p.total_bytes,
+        done_chunks: p.done_chunks,
+        total_chunks: p.total_chunks,
+        finished,
+        image_digest: digest.to_string(),
+        failed_chunks: p.failed_chunks,
+    }
+}
+
+/// Bind the control socket at `path` (replacing a stale socket file, refusing if another
+/// daemon answers there), secure it, and serve until `shutdown` completes.
+pub async fn serve(
+    service: ControlService,
+    path: &Path,
+    group: Option<u32>,
+    ready: impl FnOnce(),
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| NodeError::io(format!("creating {}", dir.display()), e))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(NodeError::Unsupported(format!(
+                "another daemon answers on {}; stop it first",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| NodeError::io(format!("removing the stale socket {}", path.display()), e))?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| NodeError::io(format!("binding {}", path.display()), e))?;
+    secure_socket(path, group)?;
+    tracing::info!(socket = %path.display(), group = ?group, "control API listening");
+    ready();
+    let server = ControlServer::new(service)
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(16 << 20);
+    let r = tonic::transport::Server::builder()
+        .add_service(server)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(path);
+    r.map_err(|e| NodeError::io("control API server", std::io::Error::other(e.to_string())))
+}

@@ -1,0 +1,40 @@
+//! Test scaffolding shared by dfagent's crates. A dev-dependency only: nothing here ships, and
+//! production code never depends on it.
+//!
+//! - [`fixtures`]: the shared folder (`$DFAGENT_SHARED`, else `../shared` beside the clone):
+//!   fixture images, expected listings, `list-tree.py` and `make-texture.py`.
+//! - [`registry`]: a real `docker-registry` on a free 127.0.0.1 port or a given address.
+//! - [`proxy`]: an HTTP proxy in front of it that records each request (and the client's
+//!   address), and can corrupt range answers, answer a status of its own or redirect.
+//! - [`tiers`]: fake tiers and stores for the resolver's contract (in memory, counting, gated,
+//!   corrupting, failing).
+//! - [`mountinfo`]: `/proc/self/mountinfo`, parsed and unescaped.
+//! - [`mount`]: mount guards that kill the serving processes and detach the mount on drop.
+//! - [`cli`]: the `dfagent` binary, kept away from the machine's daemon and environment.
+//! - [`process`], [`wait`], [`net`]: bounded process runs and waits, free loopback ports.
+//!
+//! What it must not do: send traffic anywhere but 127.0.0.0/8 or the network namespaces a test
+//! makes itself; leave anything behind (processes, mounts, directories are cleaned up on drop);
+//! wait without a bound (every wait has a timeout that fails the test). Helpers panic, which is
+//! how a test fails. It depends on no dfagent crate but `dfagent-core`, and on no RocksDB, so
+//! every crate's tests can use it cheaply.
+
+pub mod cli;
+pub mod fixtures;
+pub mod mount;
+pub mod mountinfo;
+pub mod net;
+pub mod process;
+pub mod proxy;
+pub mod registry;
+pub mod tiers;
+pub mod wait;
+
+/// A temporary directory under /tmp (not `$TMPDIR`: FUSE mount points and trees with device
+/// files want a local file system), removed on drop.
+pub fn tmp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("creating a temporary directory under /tmp")
+}

@@ -1,0 +1,177 @@
+//! A real registry: Debian's `docker-registry` (distribution 2.8) serving from a temporary
+//! directory, on a free 127.0.0.1 port or on a given address (a bridge address in a network
+//! namespace the test made). Start-up is bounded; the process is killed and its directory
+//! removed on drop.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::net::free_addr;
+
+/// How long the registry may take to answer `GET /v2/`.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The registry's configuration: storage under `root` (deletes allowed), listening on `addr`,
+/// warnings only, no access log; `extra` is appended as is (an `auth:` section, ...).
+pub fn config_yaml(root: &Path, addr: SocketAddr, extra: &str) -> String {
+    format!(
+        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
+         storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
+         http:\n  addr: {addr}\n{extra}",
+        root = root.display(),
+    )
+}
+
+/// Whether something at `addr` answers `GET /v2/` with an HTTP status line (200, or 401 for a
+/// registry with authentication); each probe is bounded to a few seconds.
+pub fn answers(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    if s
+        .write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
+}
+
+/// How to start a [`Registry`].
+#[derive(Clone, Debug, Default)]
+pub struct RegistryBuilder {
+    addr: Option<SocketAddr>,
+    extra: String,
+}
+
+impl RegistryBuilder {
+    /// Listen on `addr` (default: a free 127.0.0.1 port).
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = Some(addr);
+        self
+    }
+
+    /// Append `yaml` to the configuration (an `auth:` section for htpasswd or token auth).
+    pub fn config_extra(mut self, yaml: &str) -> Self {
+        self.extra.push_str(yaml);
+        self
+    }
+
+    /// Start it and wait (bounded) until it answers; fails with its log if it does not.
+    pub fn start(self) -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("dfagent-registry-")
+            .tempdir()
+            .expect("creating the registry's directory");
+        let addr = self.addr.unwrap_or_else(free_addr);
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            config_yaml(&dir.path().join("data"), addr, &self.extra),
+        )
+        .expect("writing the registry's configuration");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("registry log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting docker-registry (Debian package docker-registry; scripts/setup.sh installs it)");
+        let mut r = Registry { child, addr, dir };
+        r.wait_ready();
+        r
+    }
+}
+
+/// A running `docker-registry`, killed on drop (its data directory goes with it).
+pub struct Registry {
+    child: Child,
+    addr: SocketAddr,
+    // Dropped after the process is killed (fields drop after `Drop::drop`).
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// A registry on a free 127.0.0.1 port.
+    pub fn start() -> Registry {
+        Self::builder().start()
+    }
+
+    /// A registry listening on `addr` (such as a bridge address of a test's network namespace).
+    pub fn start_on(addr: SocketAddr) -> Registry {
+        Self::builder().addr(addr).start()
+    }
+
+    /// Options: address, extra configuration.
+    pub fn builder() -> RegistryBuilder {
+        RegistryBuilder::default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("docker-registry exited with {status}: {}", self.log());
+            }
+            if answers(self.addr) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry on {} not ready after {READY_TIMEOUT:?}: {}",
+                self.addr,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `HOST:PORT`, the registry part of an image reference.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Its temporary directory (configuration, data, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Its log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        crate::process::kill(&mut self.child);
+    }
+}
