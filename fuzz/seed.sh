@@ -4,12 +4,12 @@
 #   corpus/blob_meta/  the tails of every fixture blob (chunk-info array and header, TOC)
 #   corpus/tar_layer/  the fixture layer tar (whiteouts, opaque dir), gzip'd and zstd'd too, and a
 #                      GNU PAX tar with xattrs (binary and empty), long names, links, a fifo
-# The fixtures are found at ../../shared/fixtures/rafs from this folder, or at $DFAGENT_FIXTURES.
+# The fixtures are found in the shared folder: $DFAGENT_SHARED, else ../shared beside the clone.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-fixtures=${DFAGENT_FIXTURES:-$here/../../shared/fixtures/rafs}
+fixtures=${DFAGENT_SHARED:-$here/../../shared}/fixtures/rafs
 if [ ! -f "$fixtures/README.md" ]; then
-  echo "seed.sh: no fixtures at $fixtures (set DFAGENT_FIXTURES)" >&2
+  echo "seed.sh: no fixtures at $fixtures (set DFAGENT_SHARED to the shared folder)" >&2
   exit 1
 fi
 mkdir -p "$here/corpus/bootstrap" "$here/corpus/blob_meta"

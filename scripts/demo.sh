@@ -1,62 +1,88 @@
 #!/usr/bin/env bash
-# The main job: a real Nydus image (built by upstream nydus-image) served by a local
-# docker-registry, mounted lazily with `dfagent mount REF MP`, read through the mount, unmounted.
-# Everything it starts (registry, mount, temporary store) is stopped and removed on exit.
+# The main job: real Nydus images (built by upstream nydus-image) in a local docker-registry,
+# served lazily by one `dfagent daemon`: two images mounted through the CLI (which returns as
+# soon as each mount is ready), listed with `dfagent ps`, read, and the daemon's Prometheus
+# metrics shown. Everything it starts (registry, daemon, mounts, temporary store) is stopped and
+# removed on exit.
 #   scripts/demo.sh [FIXTURE]     FIXTURE: a folder of ../shared/fixtures/rafs (v6-zstd-blake3)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+# Install and build whatever this machine still lacks (idempotent; quick when all is there).
+"$here/scripts/setup.sh"
 fixtures=${DFAGENT_SHARED:-$here/../shared}/fixtures/rafs
 img=$fixtures/${1:-v6-zstd-blake3}
-target=${CARGO_TARGET_DIR:-/var/cache/dfagent/target}
+img2=$fixtures/v6-chunkdict
+target=${CARGO_TARGET_DIR:-${DFAGENT_CACHE:-/var/cache/dfagent}/target}
 # The build setup.sh made (dev profile); DFAGENT=PATH picks another (e.g. target/release/dfagent).
 bin=${DFAGENT:-$target/debug/dfagent}
-[ -x "$bin" ] || { echo "demo.sh: no dfagent binary; run scripts/setup.sh first" >&2; exit 1; }
+[ -x "$bin" ] || { echo "demo.sh: no dfagent binary at $bin after scripts/setup.sh" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/dfagent-demo.XXXXXX)
-mp=$work/mnt
-mkdir -p "$mp" "$work/registry"
-export DFAGENT_STORE=$work/store
-reg_pid='' mount_pid=''
+mkdir -p "$work/mnt1" "$work/mnt2" "$work/registry"
+export DFAGENT_SOCKET=$work/dfagent.sock
+reg_pid='' daemon_pid=''
 cleanup() {
-  if [ -n "$mount_pid" ] && kill -0 "$mount_pid" 2>/dev/null; then
-    "$bin" umount --lazy "$mp" 2>/dev/null || true
-    kill "$mount_pid" 2>/dev/null || true
-    wait "$mount_pid" 2>/dev/null || true
+  set +e
+  if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
+    kill -TERM "$daemon_pid"          # the daemon unmounts everything on SIGTERM
+    for _ in $(seq 200); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$daemon_pid" 2>/dev/null
+    wait "$daemon_pid" 2>/dev/null
   fi
+  for mp in "$work/mnt1" "$work/mnt2"; do
+    mountpoint -q "$mp" 2>/dev/null && umount -l "$mp"
+  done
   if [ -n "$reg_pid" ]; then
-    kill "$reg_pid" 2>/dev/null || true
-    wait "$reg_pid" 2>/dev/null || true
+    kill "$reg_pid" 2>/dev/null
+    wait "$reg_pid" 2>/dev/null
   fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$work/registry.yml" <<EOF
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+cat >"$work/registry.yml" <<YML
 version: 0.1
 log: {level: error}
 storage: {filesystem: {rootdirectory: $work/registry}}
 http: {addr: 127.0.0.1:$port}
-EOF
+YML
 echo "== docker-registry on 127.0.0.1:$port"
 docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 reg_pid=$!
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
 
 ref=127.0.0.1:$port/demo/$(basename "$img"):v1
-echo "== dfagent check, then push $img as $ref (nydusify's layout)"
+ref2=127.0.0.1:$port/demo/$(basename "$img2"):v1
+echo "== dfagent check, then push both images (nydusify's layout)"
 "$bin" check "$img/bootstrap" --blob-dir "$img/blobs"
-"$bin" push --bootstrap "$img/bootstrap" --blob-dir "$img/blobs" "$ref"
+"$bin" --no-daemon push --bootstrap "$img/bootstrap" --blob-dir "$img/blobs" "$ref"
+"$bin" --no-daemon push --bootstrap "$img2/bootstrap" --blob-dir "$img2/blobs" "$ref2"
 
-echo "== dfagent mount $ref $mp (lazy: nothing but the bootstrap is fetched yet)"
-"$bin" -v mount "$ref" "$mp" --prefetch none &
-mount_pid=$!
-for _ in $(seq 300); do [ -e "$mp/hello.txt" ] && break; sleep 0.1; done
-ls -la "$mp" | head -8
-echo "hello.txt: $(head -c 60 "$mp/hello.txt")"
-sha256sum "$mp/multi-chunk.bin"
-"$bin" umount "$mp"
-wait "$mount_pid"
-mount_pid=''
-echo "== the chunks read are now in the node's store"
+metrics_port=$(free_port)
+echo "== dfagent daemon (control socket $DFAGENT_SOCKET, metrics 127.0.0.1:$metrics_port)"
+"$bin" daemon --store "$work/store" --metrics-addr "127.0.0.1:$metrics_port" 2>"$work/daemon.log" &
+daemon_pid=$!
+for _ in $(seq 300); do grep -q "daemon ready" "$work/daemon.log" 2>/dev/null && break; sleep 0.1; done
+grep -q "daemon ready" "$work/daemon.log" || { cat "$work/daemon.log" >&2; exit 1; }
+
+echo "== dfagent mount (through the daemon; lazy: nothing but the bootstraps is fetched yet)"
+"$bin" mount "$ref" "$work/mnt1" --prefetch none
+"$bin" mount "$ref2" "$work/mnt2" --prefetch none
+"$bin" ps
+echo "== read through the mounts"
+ls -la "$work/mnt1" | head -8
+echo "hello.txt: $(head -c 60 "$work/mnt1/hello.txt")"
+sha256sum "$work/mnt1/multi-chunk.bin" "$work/mnt2/hello.txt"
+echo "== dfagent ps: bytes fetched per tier, chunks cached"
+"$bin" ps
+echo "== Prometheus metrics (excerpt)"
+curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep -E '^dfagent_(tier_bytes_total|tier_chunks_total|cache_hits_total|store_chunks|mounts)' 
+echo "== the daemon's store"
 "$bin" cache stat
+"$bin" umount "$work/mnt2"
+kill -TERM "$daemon_pid"
+wait "$daemon_pid"
+daemon_pid=''
+echo "== daemon stopped: every mount gone"

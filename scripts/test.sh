@@ -4,7 +4,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/dfagent/target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${DFAGENT_CACHE:-/var/cache/dfagent}/target}
 DFAGENT_SKIP_BUILD=1 scripts/setup.sh
 if [ ! -d "${DFAGENT_SHARED:-$here/../shared}/fixtures/rafs" ]; then
   echo "test.sh: fixtures not found at ${DFAGENT_SHARED:-$here/../shared}/fixtures/rafs" >&2

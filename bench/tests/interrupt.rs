@@ -2,17 +2,11 @@
 //! the harness exits 130, and no mount, process or scratch file it made is left. Needs root.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn mounts_under(dir: &str) -> usize {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|p| p.starts_with(dir)))
-        .count()
-}
+use dfagent_test_support::mountinfo::mounts_under;
 
 /// Processes whose command line mentions `dir` (the registry's config, mounts, stores).
 fn processes_using(dir: &str) -> Vec<String> {
@@ -50,6 +44,11 @@ fn sigint_during_a_mount_leaves_nothing_behind() {
         .arg(results.path())
         .arg("--dfagent")
         .arg(&dfagent)
+        // Its dfagent commands never reach a daemon running on this machine.
+        .env(
+            "DFAGENT_SOCKET",
+            results.path().join("no-daemon/dfagent.sock"),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -76,7 +75,7 @@ fn sigint_during_a_mount_leaves_nothing_behind() {
     }
     let work = work.unwrap_or_else(|| panic!("no work dir announced: {seen:?}"));
     // Wait for a live FUSE mount under the work dir.
-    while mounts_under(&work) == 0 {
+    while mounts_under(Path::new(&work)) == 0 {
         assert!(Instant::now() < deadline, "no mount appeared under {work}");
         assert!(child.try_wait().unwrap().is_none(), "the bench ended early");
         std::thread::sleep(Duration::from_millis(5));
@@ -97,7 +96,11 @@ fn sigint_during_a_mount_leaves_nothing_behind() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(130), "{status}");
-    assert_eq!(mounts_under(&work), 0, "a mount is left under {work}");
+    assert_eq!(
+        mounts_under(Path::new(&work)),
+        0,
+        "a mount is left under {work}"
+    );
     assert!(!std::path::Path::new(&work).exists(), "{work} is left");
     let procs = processes_using(&work);
     assert!(procs.is_empty(), "processes left: {procs:?}");

@@ -55,6 +55,11 @@ fn quick_mode_reports_every_scenario() {
         .arg(results.path())
         .arg("--dfagent")
         .arg(&dfagent)
+        // Its dfagent commands never reach a daemon running on this machine.
+        .env(
+            "DFAGENT_SOCKET",
+            results.path().join("no-daemon/dfagent.sock"),
+        )
         .output()
         .expect("running dfagent-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -1,7 +1,7 @@
 //! Attributes as the kernel shows them: xattrs, hard links, device numbers, statfs, and the
 //! refusal of every write.
 
-mod common;
+pub mod common;
 
 use std::ffi::CString;
 use std::io;
@@ -10,7 +10,10 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{bounded, inode_at, TestMount};
+use common::{inode_at, TestMount};
+use dfagent_test_support::fixtures::{expected_file, expected_lines, sha256_hex};
+use dfagent_test_support::mountinfo::entry_at;
+use dfagent_test_support::wait::bounded;
 
 fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
@@ -115,7 +118,7 @@ fn xattrs_match_the_image() {
         );
 
         // The listing's hex values agree.
-        let line = common::expected_lines("v6-zstd-blake3")
+        let line = expected_lines("v6-zstd-blake3")
             .into_iter()
             .find(|l| l.contains("\"path\": \"xattr.txt\""))
             .unwrap();
@@ -250,21 +253,16 @@ fn statfs_answers() {
     assert_eq!(sv.f_bavail, 0);
     assert_eq!(sv.f_files, m.image.superblock().inodes);
     // mountinfo: "... MOUNT-OPTIONS [optional fields] - FSTYPE SOURCE SUPER-OPTIONS".
-    let line = common::mountinfo_line(m.path()).unwrap();
-    assert!(
-        line.split(' ')
-            .nth(5)
-            .unwrap()
-            .split(',')
-            .any(|o| o == "ro"),
-        "{line}"
-    );
-    let (_, tail) = line.split_once(" - ").unwrap();
-    let tail: Vec<&str> = tail.split(' ').collect();
+    let entry = entry_at(m.path()).unwrap();
+    let line = &entry.line;
+    assert!(entry.has_option("ro"), "{line}");
     // fuser's direct mount (as root) does not pass the subtype: "fuse", or "fuse.nydus"
     // through fusermount3.
-    assert!(tail[0] == "fuse" || tail[0] == "fuse.nydus", "{line}");
-    assert_eq!(tail[1], "nydusfs-test:v6-zstd-blake3", "{line}");
+    assert!(
+        entry.fs_type == "fuse" || entry.fs_type == "fuse.nydus",
+        "{line}"
+    );
+    assert_eq!(entry.source, "nydusfs-test:v6-zstd-blake3", "{line}");
     m.unmount();
 }
 
@@ -353,8 +351,8 @@ fn writes_fail_with_erofs() {
         }
         // Nothing changed.
         assert_eq!(
-            common::sha256_hex(&std::fs::read(&hello).unwrap()),
-            common::expected_file("v6-zstd-blake3", "hello.txt").sha256
+            sha256_hex(&std::fs::read(&hello).unwrap()),
+            expected_file("v6-zstd-blake3", "hello.txt").sha256
         );
         assert!(!root.join("new-file").exists());
     });

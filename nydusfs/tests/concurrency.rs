@@ -1,20 +1,20 @@
 //! Concurrent readers get the right bytes, and a read stuck on one slow chunk blocks neither
 //! the session nor reads of other files.
 
-mod common;
+pub mod common;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{
-    bounded, digests, expected_file, expected_files, file_chunk_refs, fixture, inode_at,
-    sha256_hex, wait_until, ExpectedFile, TestMount,
-};
-use dfagent_core::{BoxFuture, ChunkDigest, ChunkTier, Slot, TierError, TierErrorKind};
+use common::{file_chunk_refs, inode_at, TestMount};
 use dfagent_resolver::BlobDirTier;
+use dfagent_test_support::fixtures::{
+    expected_file, expected_files, fixture, sha256_hex, ExpectedFile,
+};
+use dfagent_test_support::tiers::{digests, GatedTier, OpenOnDrop};
+use dfagent_test_support::wait::{bounded, wait_until};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -83,64 +83,16 @@ fn sixteen_readers_none_64k() {
     parallel_reads("v6-none-64k");
 }
 
-/// A tier that holds back one chunk until the test opens the gate.
-struct GatedTier {
-    inner: BlobDirTier,
-    gated: ChunkDigest,
-    hits: AtomicUsize,
-    open: tokio::sync::watch::Sender<bool>,
-}
-
-impl GatedTier {
-    fn open_gate(&self) {
-        self.open.send_replace(true);
-    }
-}
-
-impl ChunkTier for GatedTier {
-    fn name(&self) -> &str {
-        "gated"
-    }
-
-    fn fetch<'a>(&'a self, slots: &'a mut [Slot]) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            if slots.iter().any(|s| s.chunk().digest == self.gated) {
-                let mut open = self.open.subscribe();
-                self.hits.fetch_add(1, Ordering::SeqCst);
-                if open.wait_for(|o| *o).await.is_err() {
-                    let e = TierError::new("gated", TierErrorKind::Other, "gate dropped");
-                    for s in slots.iter_mut() {
-                        s.failed(e.clone());
-                    }
-                    return;
-                }
-            }
-            self.inner.fetch(slots).await
-        })
-    }
-}
-
-/// Opens the gate when dropped, so a failing test never leaves a reader stuck in the kernel.
-struct OpenOnDrop(Arc<GatedTier>);
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.0.open_gate();
-    }
-}
-
 #[test]
 fn a_stuck_chunk_blocks_only_its_own_reader() {
     let image = "v6-zstd-blake3";
     let img = common::open_image(image);
     let multi = file_chunk_refs(&img, "multi-chunk.bin");
     let gated = multi[0].digest;
-    let tier = Arc::new(GatedTier {
-        inner: BlobDirTier::new(fixture(image).join("blobs")),
+    let tier = Arc::new(GatedTier::new(
+        Arc::new(BlobDirTier::new(fixture(image).join("blobs"))),
         gated,
-        hits: AtomicUsize::new(0),
-        open: tokio::sync::watch::channel(false).0,
-    });
+    ));
     let m = TestMount::with_tier(image, tier.clone());
     // Declared after the mount, so dropped (gate opened) before the mount is torn down.
     let gate = OpenOnDrop(tier.clone());
@@ -151,8 +103,7 @@ fn a_stuck_chunk_blocks_only_its_own_reader() {
         let _ = tx.send(std::fs::read(p).map(|d| sha256_hex(&d)));
     });
     assert!(
-        wait_until(Duration::from_secs(10), || tier.hits.load(Ordering::SeqCst)
-            > 0),
+        wait_until(Duration::from_secs(10), || tier.hits() > 0),
         "the read of multi-chunk.bin never reached the gated chunk"
     );
 
@@ -202,7 +153,7 @@ fn a_stuck_chunk_blocks_only_its_own_reader() {
         matches!(blocked.try_recv(), Err(TryRecvError::Empty)),
         "the read of multi-chunk.bin finished while its first chunk was held back"
     );
-    tier.open_gate();
+    tier.open();
     let sha = blocked
         .recv_timeout(Duration::from_secs(10))
         .expect("the blocked read did not finish within 10 s of opening the gate")

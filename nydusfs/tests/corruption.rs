@@ -1,18 +1,20 @@
 //! A chunk whose stored bytes were damaged is never served: reading it fails with EIO, and every
 //! other file still reads correctly.
 
-mod common;
+pub mod common;
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{
-    bounded, expected_file, expected_files, file_chunk_refs, fixture, sha256_hex, tmp_dir,
-    TestMount, TEXTURE_IMAGES,
-};
+use common::{file_chunk_refs, TestMount};
 use dfagent_core::decode_chunk;
 use dfagent_resolver::BlobDirTier;
+use dfagent_test_support::fixtures::{
+    expected_file, expected_files, fixture, sha256_hex, TEXTURE_IMAGES,
+};
+use dfagent_test_support::tmp_dir;
+use dfagent_test_support::wait::bounded;
 
 fn corrupt_chunk_gives_eio(image: &str) {
     let img = common::open_image(image);

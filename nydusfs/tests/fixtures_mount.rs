@@ -1,41 +1,17 @@
 //! Every fixture image, mounted in-process over its blob directory, shows exactly the tree of
 //! its expected listing, as `tools/list-tree.py` prints it (the root's mtime aside).
 
-mod common;
+pub mod common;
 
-use std::process::Command;
-use std::time::Duration;
-
-use common::{expected_lines, run_bounded, shared_dir, TestMount};
-
-/// A listing line as JSON, without its "mtime" (for the root, whose mtime is not meaningful).
-fn without_mtime(line: &str) -> serde_json::Value {
-    let mut v: serde_json::Value = serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("listing line is not JSON ({e}): {line}"));
-    v.as_object_mut()
-        .expect("listing line is an object")
-        .remove("mtime");
-    v
-}
+use common::TestMount;
+use dfagent_test_support::fixtures::{
+    expected_lines, fixtures_dir, list_tree, without_mtime, ALL_IMAGES,
+};
 
 fn check_listing(image: &str) {
     let m = TestMount::fixture(image);
-    let tool = shared_dir().join("tools/list-tree.py");
-    let out = run_bounded(
-        Command::new("python3")
-            .arg(&tool)
-            .arg(m.path())
-            .env("PYTHONIOENCODING", "utf-8"),
-        Duration::from_secs(120),
-    );
-    assert!(
-        out.status.success(),
-        "{image}: list-tree.py failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).expect("listing is UTF-8");
-    let actual: Vec<&str> = stdout.lines().collect();
+    let listed = list_tree(m.path());
+    let actual: Vec<&str> = listed.iter().map(String::as_str).collect();
     let expected = expected_lines(image);
 
     assert!(!actual.is_empty(), "{image}: empty listing");
@@ -90,14 +66,14 @@ fn v6_nydusify_2layer_matches_listing() {
 #[test]
 fn every_fixture_is_covered() {
     // Guards against a fixture added to the shared folder without a listing test here.
-    let mut found: Vec<String> = std::fs::read_dir(shared_dir().join("fixtures/rafs"))
+    let mut found: Vec<String> = std::fs::read_dir(fixtures_dir())
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join("bootstrap").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     found.sort();
-    let mut known: Vec<String> = common::ALL_IMAGES.iter().map(|s| s.to_string()).collect();
+    let mut known: Vec<String> = ALL_IMAGES.iter().map(|s| s.to_string()).collect();
     known.sort();
     assert_eq!(found, known);
 }

@@ -1,58 +1,36 @@
 //! Laziness: mounting fetches nothing, and reading one file through the mount asks the tier for
 //! that file's chunks and no others.
 
-mod common;
+pub mod common;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{bounded, digests, expected_file, file_chunk_refs, fixture, sha256_hex, TestMount};
-use dfagent_core::{BoxFuture, ChunkDigest, ChunkTier, Slot};
+use common::{file_chunk_refs, TestMount};
+use dfagent_core::ChunkDigest;
 use dfagent_resolver::BlobDirTier;
+use dfagent_test_support::fixtures::{expected_file, fixture, sha256_hex};
+use dfagent_test_support::tiers::{digests, CountingTier};
+use dfagent_test_support::wait::{bounded, wait_until};
 
-/// A tier that records every chunk it is asked for, then lets a blob directory answer.
-struct CountingTier {
-    inner: BlobDirTier,
-    requested: Mutex<Vec<ChunkDigest>>,
-}
-
-impl CountingTier {
-    fn new(image: &str) -> Arc<Self> {
-        Arc::new(Self {
-            inner: BlobDirTier::new(fixture(image).join("blobs")),
-            requested: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn requested(&self) -> Vec<ChunkDigest> {
-        self.requested.lock().unwrap().clone()
-    }
-}
-
-impl ChunkTier for CountingTier {
-    fn name(&self) -> &str {
-        "counting"
-    }
-
-    fn fetch<'a>(&'a self, slots: &'a mut [Slot]) -> BoxFuture<'a, ()> {
-        self.requested
-            .lock()
-            .unwrap()
-            .extend(slots.iter().map(|s| s.chunk().digest));
-        self.inner.fetch(slots)
-    }
+/// A tier that records every chunk it is asked for, then lets `image`'s blob directory answer.
+fn counting_tier(image: &str) -> Arc<CountingTier> {
+    Arc::new(CountingTier::new(
+        "counting",
+        Arc::new(BlobDirTier::new(fixture(image).join("blobs"))),
+    ))
 }
 
 /// Mount `image`, read only `path` (lookups, no listing), and check that exactly its chunks
 /// were fetched, each once.
 fn read_fetches_only_that_file(image: &str, path: &str) {
-    let tier = CountingTier::new(image);
+    let tier = counting_tier(image);
     let m = TestMount::with_tier(image, tier.clone());
     assert!(
-        tier.requested().is_empty(),
+        tier.record.requested().is_empty(),
         "mounting fetched chunks: {:?}",
-        tier.requested()
+        tier.record.requested()
     );
 
     let want = expected_file(image, path);
@@ -72,7 +50,7 @@ fn read_fetches_only_that_file(image: &str, path: &str) {
 
     let expected = digests(&file_chunk_refs(&m.image, path));
     assert!(!expected.is_empty());
-    let requested = tier.requested();
+    let requested = tier.record.requested();
     let requested_set: HashSet<ChunkDigest> = requested.iter().copied().collect();
     assert_eq!(
         requested_set, expected,
@@ -91,7 +69,7 @@ fn read_fetches_only_that_file(image: &str, path: &str) {
     })
     .unwrap();
     assert_eq!(sha256_hex(&again), want.sha256);
-    assert_eq!(tier.requested().len(), requested.len());
+    assert_eq!(tier.record.requested().len(), requested.len());
     m.unmount();
 }
 
@@ -115,7 +93,7 @@ fn reading_a_file_of_the_second_layer_fetches_only_its_chunks() {
 
 #[test]
 fn metadata_operations_fetch_nothing() {
-    let tier = CountingTier::new("v6-zstd-blake3");
+    let tier = counting_tier("v6-zstd-blake3");
     let m = TestMount::with_tier("v6-zstd-blake3", tier.clone());
     let root = m.path().to_path_buf();
     bounded("metadata walk", Duration::from_secs(30), move || {
@@ -137,9 +115,9 @@ fn metadata_operations_fetch_nothing() {
         assert!(n > 600, "walk saw only {n} entries");
     });
     assert!(
-        tier.requested().is_empty(),
+        tier.record.requested().is_empty(),
         "metadata operations fetched chunks: {:?}",
-        tier.requested()
+        tier.record.requested()
     );
     m.unmount();
 }
@@ -149,7 +127,7 @@ fn a_sequential_reader_gets_the_next_chunks_fetched_ahead() {
     // multi-chunk.bin: 2109497 bytes in 64 KiB chunks (33), well inside the 16 MiB window.
     let image = "v6-none-64k";
     let path = "multi-chunk.bin";
-    let tier = CountingTier::new(image);
+    let tier = counting_tier(image);
     let m = TestMount::with_tier(image, tier.clone());
     let own = digests(&file_chunk_refs(&m.image, path));
     assert!(own.len() > 30);
@@ -167,10 +145,10 @@ fn a_sequential_reader_gets_the_next_chunks_fetched_ahead() {
     .unwrap();
     assert_eq!(head.len(), 4096);
     // The rest of the file is fetched in the background, each chunk once, nothing else.
-    let done = common::wait_until(Duration::from_secs(10), || {
-        tier.requested().iter().collect::<HashSet<_>>().len() == own.len()
+    let done = wait_until(Duration::from_secs(10), || {
+        tier.record.requested().iter().collect::<HashSet<_>>().len() == own.len()
     });
-    let requested = tier.requested();
+    let requested = tier.record.requested();
     assert!(
         done,
         "only {} of {} chunks fetched ahead",
@@ -186,7 +164,7 @@ fn a_sequential_reader_gets_the_next_chunks_fetched_ahead() {
 fn random_reads_get_no_read_ahead() {
     let image = "v6-none-64k";
     let path = "multi-chunk.bin";
-    let tier = CountingTier::new(image);
+    let tier = counting_tier(image);
     let m = TestMount::with_tier(image, tier.clone());
     let p = m.join(path);
     bounded("random reads", Duration::from_secs(10), move || {
@@ -208,6 +186,10 @@ fn random_reads_get_no_read_ahead() {
     });
     assert_eq!(m.metrics.snapshot().readahead_chunks, 0);
     // Each 4 KiB read touches one chunk, or two where it straddles a boundary.
-    assert!(tier.requested().len() <= 8, "{:?}", tier.requested());
+    assert!(
+        tier.record.requested().len() <= 8,
+        "{:?}",
+        tier.record.requested()
+    );
     m.unmount();
 }

@@ -5,22 +5,20 @@
 //! compared with the listing's sha256. Then the errors, the access checks, read-ahead, a chunk
 //! that cannot be read, and the counters.
 
-mod common;
+pub mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::{
-    expected_file, expected_lines, file_chunk_refs, fixture_reader, open_image, sha256_hex,
-    ALL_IMAGES,
-};
+use common::{file_chunk_refs, fixture_reader, open_image};
 use dfagent_core::{BoxFuture, ChunkDigest, ChunkReader, ChunkRef, ReadError};
 use dfagent_nydusfs::{
     Attr, DirEntry, DirEntryPlus, Errno, FsConfig, NydusOps, Opened, XattrReply, ROOT_INO,
 };
 use dfagent_rafs::FileType;
+use dfagent_test_support::fixtures::{expected_file, expected_lines, sha256_hex, ALL_IMAGES};
 
 const HOUR: Duration = Duration::from_secs(3600);
 

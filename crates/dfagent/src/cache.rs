@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use dfagent_node::control::client::Client;
-use dfagent_node::control::proto;
+use dfagent_node::control::{proto, replies};
 
 use crate::node_args::{load, open_store, ConfigArgs, StoreArgs};
 
@@ -105,43 +105,20 @@ pub fn run_remote(
 
 /// In this process.
 pub fn run(cmd: CacheCommand, store: &StoreArgs, config: &ConfigArgs) -> anyhow::Result<ExitCode> {
-    let cfg = load(config, store.overrides(dfagent_node::config::Overrides::new()))?;
+    let cfg = load(
+        config,
+        store.overrides(dfagent_node::config::Overrides::new()),
+    )?;
     let s = open_store(&cfg)?;
     match cmd {
-        CacheCommand::Stat { json } => {
-            let st = s.stats();
-            let images = s.pinned_images()?;
-            print_stat(
-                &proto::CacheStatReply {
-                    path: s.path().display().to_string(),
-                    chunks: st.chunks,
-                    bytes: st.bytes,
-                    capacity_bytes: st.capacity,
-                    pinned_images: images.len() as u64,
-                    pinned_chunks: st.pinned_chunks,
-                    evictions: st.evictions,
-                    images: images.len() as u64,
-                    pinned_bytes: st.pinned_bytes,
-                    image_names: images,
-                },
-                json,
-            );
-        }
+        CacheCommand::Stat { json } => print_stat(&replies::cache_stat(&s)?, json),
         CacheCommand::Gc => {
             let r = s.gc()?;
             println!("removed {} unpinned chunks, {} bytes", r.chunks, r.bytes);
         }
         CacheCommand::Verify => {
             let r = s.verify()?;
-            return Ok(print_verify(&proto::CacheVerifyReply {
-                checked: r.checked,
-                bad: r.removed.len() as u64,
-                bad_digests: r
-                    .removed
-                    .iter()
-                    .map(|(d, why)| format!("{d}: {why}"))
-                    .collect(),
-            }));
+            return Ok(print_verify(&replies::cache_verify(&r)));
         }
         CacheCommand::Clear => {
             s.clear()?;

@@ -36,7 +36,9 @@ impl DaemonArgs {
 
     /// The socket the configuration names (with `--socket` on top).
     pub fn socket(&self, config: &ConfigArgs) -> anyhow::Result<PathBuf> {
-        Ok(load(config, self.overrides(Overrides::new()))?.daemon.socket)
+        Ok(load(config, self.overrides(Overrides::new()))?
+            .daemon
+            .socket)
     }
 
     /// A client of the daemon, or `None` to run in-process (no daemon, or --no-daemon).
@@ -155,7 +157,11 @@ pub fn umount(
 }
 
 /// Pull through the daemon, showing its progress.
-pub fn pull(rt: &tokio::runtime::Runtime, mut c: Client, reference: &str) -> anyhow::Result<ExitCode> {
+pub fn pull(
+    rt: &tokio::runtime::Runtime,
+    mut c: Client,
+    reference: &str,
+) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -188,21 +194,14 @@ pub fn pull(rt: &tokio::runtime::Runtime, mut c: Client, reference: &str) -> any
     let Some(p) = last.filter(|p| p.finished) else {
         bail!("the daemon ended the pull of {reference} without finishing it");
     };
-    eprintln!(
-        "dfagent: pulled {reference} through the daemon: {} chunks in {:.1} s{}",
-        p.total_chunks,
-        started.elapsed().as_secs_f64(),
-        if p.failed_chunks > 0 {
-            format!(", {} chunks FAILED", p.failed_chunks)
-        } else {
-            String::new()
-        }
-    );
-    Ok(if p.failed_chunks > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(crate::pull::finish(
+        &format!(
+            "dfagent: pulled {reference} through the daemon: {} chunks",
+            p.total_chunks
+        ),
+        started,
+        p.failed_chunks,
+    ))
 }
 
 /// `dfagent ps`: the daemon's mounts.

@@ -39,7 +39,10 @@ pub struct DaemonCmd {
 
 impl DaemonCmd {
     fn overrides(&self, daemon: &DaemonArgs) -> Overrides {
-        let mut o = daemon.overrides(self.registry.overrides(self.store.overrides(Overrides::new())));
+        let mut o = daemon.overrides(
+            self.registry
+                .overrides(self.store.overrides(Overrides::new())),
+        );
         if let Some(g) = &self.socket_group {
             o = o.set("--socket-group", "daemon.socket_group", g);
         }
@@ -54,7 +57,11 @@ impl DaemonCmd {
     }
 }
 
-pub fn run(cmd: DaemonCmd, daemon_args: &DaemonArgs, config: &ConfigArgs) -> anyhow::Result<ExitCode> {
+pub fn run(
+    cmd: DaemonCmd,
+    daemon_args: &DaemonArgs,
+    config: &ConfigArgs,
+) -> anyhow::Result<ExitCode> {
     let cfg = load(config, cmd.overrides(daemon_args))?;
     let rt = dfagent_node::runtime()?;
     let group = match cfg.daemon.group() {
@@ -92,7 +99,10 @@ pub fn run(cmd: DaemonCmd, daemon_args: &DaemonArgs, config: &ConfigArgs) -> any
         },
         async {
             use tokio::signal::unix::{signal, SignalKind};
-            match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
                 (Ok(mut int), Ok(mut term)) => {
                     tokio::select! {
                         _ = int.recv() => {}

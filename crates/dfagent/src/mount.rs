@@ -78,7 +78,9 @@ impl MountArgs {
 
     /// The configuration keys these flags set.
     fn overrides(&self) -> Overrides {
-        let mut o = self.registry.overrides(self.store.overrides(Overrides::new()));
+        let mut o = self
+            .registry
+            .overrides(self.store.overrides(Overrides::new()));
         if let Some(m) = self.cache_mib {
             o = o.set("--cache-mib", "cache.decoded_mib", m);
         }

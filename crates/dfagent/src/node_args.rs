@@ -90,10 +90,7 @@ impl RegistryArgs {
     }
 
     /// A registry client with the configuration these flags complete.
-    pub fn registry(
-        &self,
-        config: &ConfigArgs,
-    ) -> anyhow::Result<Arc<dfagent_registry::Registry>> {
+    pub fn registry(&self, config: &ConfigArgs) -> anyhow::Result<Arc<dfagent_registry::Registry>> {
         let c = load(config, self.overrides(Overrides::new()))?;
         Ok(Arc::new(dfagent_registry::Registry::new(
             c.registry_config(),

@@ -40,22 +40,33 @@ pub fn pull(
         eprintln!("dfagent: registry unreachable; used the stored copy of {reference}");
     }
     let p = report.progress;
+    Ok(finish(
+        &format!(
+            "dfagent: pulled {reference}: {} chunks, {} bytes from the registry",
+            p.total_chunks, report.fetched_bytes
+        ),
+        started,
+        p.failed_chunks,
+    ))
+}
+
+/// Print a pull's last line (`summary`, the time, failures) and give its exit code: failure
+/// when any chunk could not be had.
+pub fn finish(summary: &str, started: Instant, failed_chunks: u64) -> ExitCode {
+    let failed = if failed_chunks > 0 {
+        format!(", {failed_chunks} chunks FAILED")
+    } else {
+        String::new()
+    };
     eprintln!(
-        "dfagent: pulled {reference}: {} chunks, {} bytes from the registry, in {:.1} s{}",
-        p.total_chunks,
-        report.fetched_bytes,
-        started.elapsed().as_secs_f64(),
-        if p.failed_chunks > 0 {
-            format!(", {} chunks FAILED", p.failed_chunks)
-        } else {
-            String::new()
-        }
+        "{summary}, in {:.1} s{failed}",
+        started.elapsed().as_secs_f64()
     );
-    Ok(if p.failed_chunks > 0 {
+    if failed_chunks > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
 
 /// `dfagent push`: publish a local Nydus image in nydusify's layout.

@@ -3,29 +3,31 @@
 //! mounts of the results, and malformed inputs. Needs root (texture trees have devices and
 //! owners), /dev/fuse, GNU tar, gzip, skopeo and docker-registry.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use common::{expected, listing, shared, succeeded, Mount, Registry};
+use dfagent_test_support::dfagent_cli;
+use dfagent_test_support::fixtures::{
+    fixture, list_tree_without_root, listing_lines, listing_without_root, make_texture,
+};
+use dfagent_test_support::process::{run_bounded, succeeded};
+use dfagent_test_support::registry::Registry;
+use dfagent_test_support::tmp_dir;
 use sha2::Digest as _;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_dfagent")
-}
-
 fn run(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().unwrap()
+    dfagent_cli!().run(args)
 }
 
 fn ok(args: &[&str]) -> Output {
     succeeded(run(args))
 }
 
+/// Run a helper command (tar, cp, skopeo, python3), which must succeed within 10 minutes.
 fn sh(cmd: &mut Command) {
-    succeeded(cmd.output().unwrap());
+    succeeded(run_bounded(cmd, Duration::from_secs(600)));
 }
 
 fn p(path: &Path) -> &str {
@@ -42,10 +44,7 @@ fn texture(dir: &Path, seed: u32) -> PathBuf {
     if t.exists() {
         return t;
     }
-    sh(Command::new("python3")
-        .arg(shared().join("tools/make-texture.py"))
-        .arg(&t)
-        .arg(seed.to_string()));
+    make_texture(&t, seed);
     if seed == 2 {
         let t1 = texture(dir, 1);
         sh(Command::new("cp")
@@ -188,13 +187,10 @@ fn check(out: &Path) {
 fn mounted_listing(out: &Path, mp: &Path) -> Vec<String> {
     std::fs::create_dir_all(mp).unwrap();
     let blob_arg = format!("--blob-dir={}", p(&out.join("blobs")));
-    let m = Mount::start_with(
-        &blob_arg,
-        mp,
-        &out.join("unused-store"),
-        &["--bootstrap", p(&out.join("bootstrap"))],
-    );
-    let l = listing(mp);
+    let m = dfagent_cli!()
+        .with_store(&out.join("unused-store"))
+        .mount_with(&blob_arg, mp, &["--bootstrap", p(&out.join("bootstrap"))]);
+    let l = list_tree_without_root(mp);
     m.stop();
     l
 }
@@ -221,10 +217,7 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 fn work() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("dfagent-build-cli-")
-        .tempdir_in("/tmp")
-        .unwrap()
+    tmp_dir("dfagent-build-cli-")
 }
 
 #[test]
@@ -239,7 +232,7 @@ fn texture_round_trips_through_inspect_mount_and_check_byte_identically() {
     assert_eq!(s["layers"], 1);
     assert!(s["unique_chunks"].as_u64().unwrap() < s["chunks"].as_u64().unwrap());
     check(&out);
-    let want = expected("texture.expected.jsonl");
+    let want = listing_without_root("texture.expected.jsonl");
     assert_eq!(inspect(&out), want);
     assert_eq!(mounted_listing(&out, &w.path().join("mnt")), want);
 
@@ -378,10 +371,13 @@ fn chunk_dict_leaves_only_new_chunks_in_the_new_blob() {
         &["--chunk-dict", &dict],
     );
     check(&out2);
-    assert_eq!(inspect(&out2), expected("texture2.expected.jsonl"));
+    assert_eq!(
+        inspect(&out2),
+        listing_without_root("texture2.expected.jsonl")
+    );
     assert_eq!(
         mounted_listing(&out2, &w.path().join("mnt")),
-        expected("texture2.expected.jsonl")
+        listing_without_root("texture2.expected.jsonl")
     );
 
     let dict_img = dfagent_rafs::Image::open(out1.join("bootstrap")).unwrap();
@@ -407,10 +403,9 @@ fn chunk_dict_leaves_only_new_chunks_in_the_new_blob() {
         }
     }
     assert_eq!(new_blob.len() as u32, blobs[1].chunk_count);
-    let upstream =
-        dfagent_rafs::Image::open(shared().join("fixtures/rafs/v6-chunkdict/bootstrap")).unwrap();
+    let upstream = dfagent_rafs::Image::open(fixture("v6-chunkdict").join("bootstrap")).unwrap();
     let upstream_dict =
-        dfagent_rafs::Image::open(shared().join("fixtures/rafs/v6-zstd-blake3/bootstrap")).unwrap();
+        dfagent_rafs::Image::open(fixture("v6-zstd-blake3").join("bootstrap")).unwrap();
     let upstream_new = upstream
         .blobs()
         .iter()
@@ -454,8 +449,7 @@ fn two_layers_read_like_the_nydusify_fixture() {
         .arg("-c")
         .arg("import os, sys; os.removexattr(sys.argv[1], 'user.binary')")
         .arg(t.join("xattr.txt")));
-    let layer2 =
-        std::fs::read(shared().join("fixtures/rafs/v6-nydusify-2layer/layer2.tar")).unwrap();
+    let layer2 = std::fs::read(fixture("v6-nydusify-2layer").join("layer2.tar")).unwrap();
     let layout = w.path().join("L");
     oci_layout(&layout, "v1", &[gnu_tar(&t), layer2], true);
     let out = w.path().join("out");
@@ -463,12 +457,7 @@ fn two_layers_read_like_the_nydusify_fixture() {
     assert_eq!(s["layers"], 2);
     check(&out);
     // Here the root's attributes come from layer 2, so the root line is compared too.
-    let want: Vec<String> =
-        std::fs::read_to_string(shared().join("fixtures/rafs/v6-nydusify-2layer.expected.jsonl"))
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect();
+    let want: Vec<String> = listing_lines("v6-nydusify-2layer.expected.jsonl");
     let o = ok(&[
         "inspect",
         "--json",
@@ -578,7 +567,7 @@ fn overlay_of_two_layers_matches_applying_them_to_a_directory() {
         .arg(&upper_tar)
         .arg("-C")
         .arg(&exp));
-    let want = listing(&exp);
+    let want = list_tree_without_root(&exp);
     assert_eq!(inspect(&out), want);
     assert_eq!(mounted_listing(&out, &w.path().join("mnt")), want);
     // Xattrs of every namespace, binary values included, reach the image.
@@ -616,7 +605,7 @@ fn docker_archive_source_gives_the_same_image() {
     build(&format!("oci:{}:v1", p(&layout)), &a, &[]);
     build(&format!("docker-archive:{}", p(&archive)), &b, &[]);
     check(&b);
-    assert_eq!(inspect(&b), expected("texture.expected.jsonl"));
+    assert_eq!(inspect(&b), listing_without_root("texture.expected.jsonl"));
     // skopeo stores the layer uncompressed; the tar inside is the same, so is the image.
     assert_eq!(files(&a), files(&b));
 }
@@ -629,7 +618,7 @@ fn zstd_layers_and_every_compressor_digester_and_chunk_size() {
     // A zstd-compressed layer (stored as given; the compression is found from the bytes).
     oci_layout(&layout, "v1", &[zstd(&gnu_tar(&t))], false);
     let src = format!("oci:{}:v1", p(&layout));
-    let want = expected("texture.expected.jsonl");
+    let want = listing_without_root("texture.expected.jsonl");
     for (i, opts) in [
         &["--compressor", "lz4_block", "--digester", "sha256"][..],
         &["--compressor", "none", "--chunk-size", "64K"][..],
@@ -751,17 +740,14 @@ fn push_and_registry_source_mount_from_the_registry() {
     let t = texture(w.path(), 1);
     let layout = w.path().join("L");
     oci_layout(&layout, "v1", &[gnu_tar(&t)], true);
-    let nydus_ref = format!("127.0.0.1:{}/built/texture:v1", reg.port);
-    let out = Command::new(bin())
-        .args([
-            "build",
-            &format!("oci:{}:v1", p(&layout)),
-            "--push",
-            &nydus_ref,
-            "-q",
-        ])
-        .output()
-        .unwrap();
+    let nydus_ref = format!("{}/built/texture:v1", reg.host());
+    let out = run(&[
+        "build",
+        &format!("oci:{}:v1", p(&layout)),
+        "--push",
+        &nydus_ref,
+        "-q",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -769,8 +755,13 @@ fn push_and_registry_source_mount_from_the_registry() {
     );
     let mp = w.path().join("mnt");
     std::fs::create_dir_all(&mp).unwrap();
-    let m = Mount::start(&nydus_ref, &mp, &store, "none");
-    assert_eq!(listing(&mp), expected("texture.expected.jsonl"));
+    let m = dfagent_cli!()
+        .with_store(&store)
+        .mount(&nydus_ref, &mp, "none");
+    assert_eq!(
+        list_tree_without_root(&mp),
+        listing_without_root("texture.expected.jsonl")
+    );
     m.stop();
 
     // A Nydus image in the registry as the chunk dictionary: the new blob holds only what the
@@ -785,10 +776,13 @@ fn push_and_registry_source_mount_from_the_registry() {
         &["--chunk-dict", &nydus_ref],
     );
     check(&out2);
-    assert_eq!(inspect(&out2), expected("texture2.expected.jsonl"));
+    assert_eq!(
+        inspect(&out2),
+        listing_without_root("texture2.expected.jsonl")
+    );
     assert!(s["dict_chunks"].as_u64().unwrap() > 0, "{s}");
     assert_eq!(s["blobs"].as_array().unwrap().len(), 2, "{s}");
-    let t2_ref = format!("127.0.0.1:{}/built/texture2:v1", reg.port);
+    let t2_ref = format!("{}/built/texture2:v1", reg.host());
     ok(&[
         "build",
         &format!("oci:{}:v1", p(&layout2)),
@@ -799,17 +793,22 @@ fn push_and_registry_source_mount_from_the_registry() {
         "-q",
     ]);
     let store5 = w.path().join("store5");
-    let m = Mount::start(&t2_ref, &mp, &store5, "none");
-    assert_eq!(listing(&mp), expected("texture2.expected.jsonl"));
+    let m = dfagent_cli!()
+        .with_store(&store5)
+        .mount(&t2_ref, &mp, "none");
+    assert_eq!(
+        list_tree_without_root(&mp),
+        listing_without_root("texture2.expected.jsonl")
+    );
     m.stop();
 
     // The source itself in the registry (as skopeo pushes it), converted from there.
-    let src_ref = format!("127.0.0.1:{}/src/texture:v1", reg.port);
+    let src_ref = format!("{}/src/texture:v1", reg.host());
     sh(Command::new("skopeo")
         .args(["copy", "--dest-tls-verify=false"])
         .arg(format!("oci:{}:v1", p(&layout)))
         .arg(format!("docker://{src_ref}")));
-    let nydus2 = format!("127.0.0.1:{}/built/from-registry:v1", reg.port);
+    let nydus2 = format!("{}/built/from-registry:v1", reg.host());
     let o = ok(&["build", &src_ref, "--push", &nydus2, "--json", "-q"]);
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(s["pushed"]["digest"]
@@ -817,13 +816,18 @@ fn push_and_registry_source_mount_from_the_registry() {
         .unwrap()
         .starts_with("sha256:"));
     let store2 = w.path().join("store2");
-    let m = Mount::start(&nydus2, &mp, &store2, "none");
-    assert_eq!(listing(&mp), expected("texture.expected.jsonl"));
+    let m = dfagent_cli!()
+        .with_store(&store2)
+        .mount(&nydus2, &mp, "none");
+    assert_eq!(
+        list_tree_without_root(&mp),
+        listing_without_root("texture.expected.jsonl")
+    );
     m.stop();
 
     // --merge-platform: the tag names an index of the source and the Nydus manifests; the
     // mount picks the Nydus one.
-    let merged = format!("127.0.0.1:{}/built/merged:v1", reg.port);
+    let merged = format!("{}/built/merged:v1", reg.host());
     ok(&[
         "build",
         &src_ref,
@@ -850,8 +854,13 @@ fn push_and_registry_source_mount_from_the_registry() {
         "nydus.remoteimage.v1"
     );
     let store4 = w.path().join("store4");
-    let m = Mount::start(&merged, &mp, &store4, "none");
-    assert_eq!(listing(&mp), expected("texture.expected.jsonl"));
+    let m = dfagent_cli!()
+        .with_store(&store4)
+        .mount(&merged, &mp, "none");
+    assert_eq!(
+        list_tree_without_root(&mp),
+        listing_without_root("texture.expected.jsonl")
+    );
     m.stop();
 
     // An OCI layout we wrote, copied to the registry by skopeo, mounts too.
@@ -863,13 +872,18 @@ fn push_and_registry_source_mount_from_the_registry() {
         &format!("{}:n", p(&ol)),
         "-q",
     ]);
-    let nydus3 = format!("127.0.0.1:{}/built/via-skopeo:v1", reg.port);
+    let nydus3 = format!("{}/built/via-skopeo:v1", reg.host());
     sh(Command::new("skopeo")
         .args(["copy", "--dest-tls-verify=false"])
         .arg(format!("oci:{}:n", p(&ol)))
         .arg(format!("docker://{nydus3}")));
     let store3 = w.path().join("store3");
-    let m = Mount::start(&nydus3, &mp, &store3, "none");
-    assert_eq!(listing(&mp), expected("texture.expected.jsonl"));
+    let m = dfagent_cli!()
+        .with_store(&store3)
+        .mount(&nydus3, &mp, "none");
+    assert_eq!(
+        list_tree_without_root(&mp),
+        listing_without_root("texture.expected.jsonl")
+    );
     m.stop();
 }

@@ -26,7 +26,11 @@ fn stdout(o: &Output) -> String {
 }
 
 fn stderr(o: &Output) -> String {
-    assert!(!o.status.success(), "expected a failure: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "expected a failure: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
@@ -77,14 +81,26 @@ fn bad_keys_and_values_name_the_key_and_where_it_came_from() {
     std::fs::write(&file, "[store]\ncapcity = 1\n").unwrap();
     let f = file.to_str().unwrap();
     let err = stderr(&dfagent(&["config", "--config", f], &[]));
-    assert!(err.contains(f) && err.contains("store.capcity") && err.contains("unknown key"), "{err}");
-    let err = stderr(&dfagent(&["config"], &[("DFAGENT_STORE__CAPACITY", "lots")]));
-    assert!(err.contains("DFAGENT_STORE__CAPACITY") && err.contains("store.capacity"), "{err}");
+    assert!(
+        err.contains(f) && err.contains("store.capcity") && err.contains("unknown key"),
+        "{err}"
+    );
+    let err = stderr(&dfagent(
+        &["config"],
+        &[("DFAGENT_STORE__CAPACITY", "lots")],
+    ));
+    assert!(
+        err.contains("DFAGENT_STORE__CAPACITY") && err.contains("store.capacity"),
+        "{err}"
+    );
     let err = stderr(&dfagent(&["config", "--cache-capacity", "lots"], &[]));
     assert!(err.contains("--cache-capacity"), "{err}");
     // A given file that does not exist is an error, naming it.
     let missing = dir.path().join("nope.toml");
-    let err = stderr(&dfagent(&["config", "--config", missing.to_str().unwrap()], &[]));
+    let err = stderr(&dfagent(
+        &["config", "--config", missing.to_str().unwrap()],
+        &[],
+    ));
     assert!(err.contains("nope.toml"), "{err}");
 }
 
@@ -132,7 +148,10 @@ fn the_default_file_documents_and_reproduces_the_defaults() {
     let file = dir.path().join("default.toml");
     let text = stdout(&dfagent(&["config", "--default"], &[]));
     std::fs::write(&file, &text).unwrap();
-    let from_file = stdout(&dfagent(&["config", "--config", file.to_str().unwrap()], &[]));
+    let from_file = stdout(&dfagent(
+        &["config", "--config", file.to_str().unwrap()],
+        &[],
+    ));
     let defaults = stdout(&dfagent(&["config"], &[]));
     assert_eq!(from_file, defaults);
 }

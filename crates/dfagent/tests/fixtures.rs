@@ -2,41 +2,17 @@
 //! reproduces each image's expected listing, `check` passes, and a single flipped byte inside a
 //! chunk makes both commands fail, naming the chunk digest and its blob offset.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use dfagent_core::Compression;
 use dfagent_rafs::{FileChunk, Image};
+use dfagent_test_support::dfagent_cli;
+use dfagent_test_support::fixtures::{fixtures_dir, listing_of, without_mtime, ALL_IMAGES};
 use serde_json::Value;
 
-/// (fixture folder, listing file)
-const FIXTURES: [(&str, &str); 5] = [
-    ("v6-zstd-blake3", "texture.expected.jsonl"),
-    ("v6-lz4-sha256", "texture.expected.jsonl"),
-    ("v6-none-64k", "texture.expected.jsonl"),
-    ("v6-chunkdict", "texture2.expected.jsonl"),
-    ("v6-nydusify-2layer", "v6-nydusify-2layer.expected.jsonl"),
-];
-
-fn fixtures_dir() -> PathBuf {
-    let dir = match std::env::var_os("DFAGENT_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/rafs"),
-    };
-    assert!(
-        dir.join("README.md").is_file(),
-        "fixtures not found at {}; set DFAGENT_FIXTURES to the fixtures/rafs folder",
-        dir.display()
-    );
-    dir
-}
-
 fn dfagent(args: &[&Path]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dfagent"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("running dfagent")
+    dfagent_cli!().run(args)
 }
 
 fn text(b: &[u8]) -> String {
@@ -64,16 +40,11 @@ fn check(bootstrap: &Path, blob_dir: &Path) -> Output {
     ])
 }
 
-fn without_mtime(line: &str) -> Value {
-    let mut v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
-    v.as_object_mut().expect("a JSON object").remove("mtime");
-    v
-}
-
 #[test]
 fn inspect_json_matches_the_expected_listings() {
     let dir = fixtures_dir();
-    for (name, listing) in FIXTURES {
+    for name in ALL_IMAGES {
+        let listing = listing_of(name);
         let fx = dir.join(name);
         let out = inspect(&fx.join("bootstrap"), &fx.join("blobs"));
         assert!(
@@ -118,7 +89,7 @@ fn merged_image_root_mtime_is_real() {
 #[test]
 fn check_passes_on_every_fixture() {
     let dir = fixtures_dir();
-    for (name, _) in FIXTURES {
+    for name in ALL_IMAGES {
         let fx = dir.join(name);
         let out = check(&fx.join("bootstrap"), &fx.join("blobs"));
         assert!(

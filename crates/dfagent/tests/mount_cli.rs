@@ -2,63 +2,43 @@
 //! FUSE mount, ended by `umount`, by SIGTERM, or killed (leaving a stale mount that `--force`
 //! recovers). Needs root and /dev/fuse.
 
-mod common;
-
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{mounts_at, shared, wait_until};
+use dfagent_test_support::cli::Dfagent;
+use dfagent_test_support::dfagent_cli;
+use dfagent_test_support::fixtures::{expected_file, fixture, sha256_hex};
+use dfagent_test_support::mount::MountGuard;
+use dfagent_test_support::mountinfo::mounts_at;
+use dfagent_test_support::process::{run_bounded, wait_exit};
+use dfagent_test_support::tmp_dir;
+use dfagent_test_support::wait::wait_until;
 
 const IMAGE: &str = "v6-zstd-blake3";
-
-fn fixture() -> PathBuf {
-    let d = shared().join("fixtures/rafs").join(IMAGE);
-    assert!(
-        d.join("bootstrap").is_file(),
-        "fixture {} not found (set DFAGENT_SHARED to the shared folder)",
-        d.display()
-    );
-    d
-}
-
-/// sha256 of hello.txt per the expected listing.
-fn hello_sha256() -> String {
-    let listing =
-        std::fs::read_to_string(shared().join("fixtures/rafs/texture.expected.jsonl")).unwrap();
-    let line = listing
-        .lines()
-        .find(|l| l.contains("\"path\": \"hello.txt\""))
-        .unwrap();
-    let at = line.find("\"sha256\": \"").unwrap() + 11;
-    line[at..at + 64].to_owned()
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(data))
-}
 
 /// A temporary directory with a mount point in it. Dropping it kills any child still running
 /// and detaches whatever is still mounted, so a failed test leaves nothing behind.
 struct Scene {
+    // Dropped first: kills the mount processes, detaches the mount point.
+    guard: MountGuard,
+    mounts: usize,
+    cli: Dfagent,
     dir: tempfile::TempDir,
     mp: PathBuf,
-    children: Vec<Child>,
 }
 
 impl Scene {
     fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("dfagent-mount-cli-")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let dir = tmp_dir("dfagent-mount-cli-");
         let mp = dir.path().join("mnt");
         std::fs::create_dir(&mp).unwrap();
         Scene {
+            guard: MountGuard::new(&mp),
+            mounts: 0,
+            cli: dfagent_cli!(),
             dir,
             mp,
-            children: Vec::new(),
         }
     }
 
@@ -72,10 +52,12 @@ impl Scene {
 
     /// Start `dfagent mount` (plus `extra` arguments) in the background; its index.
     fn start_mount(&mut self, extra: &[&str]) -> usize {
-        let n = self.children.len();
+        let n = self.mounts;
         let log = std::fs::File::create(self.log(n)).unwrap();
-        let fx = fixture();
-        let child = Command::new(env!("CARGO_BIN_EXE_dfagent"))
+        let fx = fixture(IMAGE);
+        let child = self
+            .cli
+            .command()
             .arg("mount")
             .arg("--bootstrap")
             .arg(fx.join("bootstrap"))
@@ -83,22 +65,22 @@ impl Scene {
             .arg(fx.join("blobs"))
             .args(extra)
             .arg(&self.mp)
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawning dfagent mount");
-        self.children.push(child);
+        assert_eq!(self.guard.adopt(child), n);
+        self.mounts += 1;
         n
     }
 
-    fn pid(&self, n: usize) -> libc::pid_t {
-        self.children[n].id() as libc::pid_t
+    fn pid(&mut self, n: usize) -> libc::pid_t {
+        self.guard.child(n).id() as libc::pid_t
     }
 
     /// Wait (bounded) until hello.txt reads correctly through the mount of child `n`.
     fn wait_serving(&mut self, n: usize) {
-        let want = hello_sha256();
+        let want = expected_file(IMAGE, "hello.txt").sha256;
         let hello = self.mp.join("hello.txt");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -106,7 +88,7 @@ impl Scene {
                 assert_eq!(sha256_hex(&d), want, "hello.txt through the mount");
                 return;
             }
-            if let Some(st) = self.children[n].try_wait().unwrap() {
+            if let Some(st) = self.guard.child(n).try_wait().unwrap() {
                 panic!("dfagent mount exited early ({st}): {}", self.log_text(n));
             }
             assert!(
@@ -120,62 +102,27 @@ impl Scene {
 
     /// Wait (bounded) for child `n` to exit.
     fn wait_exit(&mut self, n: usize, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.children[n].try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
+        match wait_exit(self.guard.child(n), timeout) {
+            Some(st) => st,
+            None => panic!(
                 "dfagent mount still running {timeout:?} later: {}",
                 self.log_text(n)
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            ),
         }
     }
 
-    fn signal(&self, n: usize, sig: libc::c_int) {
+    fn signal(&mut self, n: usize, sig: libc::c_int) {
+        let pid = self.pid(n);
         // SAFETY: signalling our own child, which has not been reaped yet.
-        assert_eq!(unsafe { libc::kill(self.pid(n), sig) }, 0);
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
     }
 
     /// Run `dfagent umount MP` to completion (bounded).
     fn umount(&self) -> std::process::Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dfagent"))
-            .arg("umount")
-            .arg(&self.mp)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        assert!(
-            wait_until(Duration::from_secs(10), || child
-                .try_wait()
-                .unwrap()
-                .is_some()),
-            "dfagent umount did not finish within 10 s"
-        );
-        child.wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            if c.try_wait().ok().flatten().is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        let c = std::ffi::CString::new(self.mp.to_string_lossy().as_bytes()).unwrap();
-        for _ in 0..8 {
-            if mounts_at(&self.mp) == 0 {
-                break;
-            }
-            // SAFETY: a valid C string.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        run_bounded(
+            self.cli.command().arg("umount").arg(&self.mp),
+            Duration::from_secs(10),
+        )
     }
 }
 

@@ -1,11 +1,9 @@
 //! `dfagent push`, `mount IMAGE`, `pull` and an offline mount against a real `docker-registry`
 //! on 127.0.0.1, through the binary.
 
-mod common;
-
-use common::{
-    assert_store_verifies, dfagent, expected, fixture, listing, push, stat_json, Mount, Registry,
-};
+use dfagent_test_support::dfagent_cli;
+use dfagent_test_support::fixtures::{fixture, list_tree_without_root, listing_without_root};
+use dfagent_test_support::registry::Registry;
 
 #[test]
 fn push_mount_pull_and_offline_mount() {
@@ -14,30 +12,37 @@ fn push_mount_pull_and_offline_mount() {
     let store = work.path().join("store");
     let mp = work.path().join("mnt");
     std::fs::create_dir(&mp).unwrap();
-    let reference = format!("127.0.0.1:{}/test/chunkdict:v1", reg.port);
+    let reference = format!("{}/test/chunkdict:v1", reg.host());
     let img = fixture("v6-chunkdict");
-    push(&img, &reference, &store);
+    let cli = dfagent_cli!().with_store(&store);
+    cli.push(&img, &reference);
 
     // A lazy mount from the registry shows exactly the image.
-    let m = Mount::start(&reference, &mp, &store, "none");
-    assert_eq!(listing(&mp), expected("texture2.expected.jsonl"));
+    let m = cli.mount(&reference, &mp, "none");
+    assert_eq!(
+        list_tree_without_root(&mp),
+        listing_without_root("texture2.expected.jsonl")
+    );
     m.stop();
 
     // Pull fills the store; then the registry goes away and a new mount still reads everything.
-    let out = dfagent(&["pull", &reference], &store);
+    let out = cli.run(&["pull", &reference]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let st = stat_json(&store);
+    let st = cli.cache_stat();
     let chunks = st["chunks"].as_u64().unwrap();
     assert_eq!(st["pinned_chunks"].as_u64().unwrap(), chunks);
     drop(reg);
-    let m = Mount::start(&reference, &mp, &store, "none");
-    assert_eq!(listing(&mp), expected("texture2.expected.jsonl"));
+    let m = cli.mount(&reference, &mp, "none");
+    assert_eq!(
+        list_tree_without_root(&mp),
+        listing_without_root("texture2.expected.jsonl")
+    );
     m.stop();
-    assert_store_verifies(&store);
+    cli.assert_store_verifies();
 }
 
 #[test]
@@ -45,16 +50,17 @@ fn chunks_shared_by_two_images_are_fetched_and_stored_once() {
     let reg = Registry::start();
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("store");
+    let cli = dfagent_cli!().with_store(&store);
     let mut refs = Vec::new();
     for name in ["v6-chunkdict", "v6-zstd-blake3"] {
         let img = fixture(name);
-        let r = format!("127.0.0.1:{}/test/{name}:v1", reg.port);
-        push(&img, &r, &store);
+        let r = format!("{}/test/{name}:v1", reg.host());
+        cli.push(&img, &r);
         refs.push(r);
     }
-    let out = dfagent(&["pull", &refs[0]], &store);
+    let out = cli.run(&["pull", &refs[0]]);
     assert!(out.status.success());
-    let after_first = stat_json(&store)["chunks"].as_u64().unwrap();
+    let after_first = cli.cache_stat()["chunks"].as_u64().unwrap();
     // v6-chunkdict was built with v6-zstd-blake3 as its chunk dictionary: pulling the second
     // image must fetch and store only the chunks the first lacks.
     let chunks = |name: &str| {
@@ -71,7 +77,7 @@ fn chunks_shared_by_two_images_are_fetched_and_stored_once() {
         .collect();
     assert!(new.len() < 10, "the fixtures share almost every chunk");
     let new_bytes: u64 = new.iter().map(|c| u64::from(c.compressed_size)).sum();
-    let out = dfagent(&["pull", &refs[1]], &store);
+    let out = cli.run(&["pull", &refs[1]]);
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -79,7 +85,7 @@ fn chunks_shared_by_two_images_are_fetched_and_stored_once() {
         "expected {new_bytes} bytes from the registry: {stderr}"
     );
     assert_eq!(
-        stat_json(&store)["chunks"].as_u64().unwrap(),
+        cli.cache_stat()["chunks"].as_u64().unwrap(),
         after_first + new.len() as u64
     );
 }

@@ -1,14 +1,16 @@
 //! What a registry mount asks the registry for, and what it does with bad answers: a recording
 //! (and corrupting) proxy sits between `dfagent mount` and a real `docker-registry`.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use common::proxy::{Corrupt, Proxy, Seen};
-use common::{assert_store_verifies, expected, fixture, listing, push, stat_json, Mount, Registry};
-use sha2::Digest as _;
+use dfagent_test_support::cli::Dfagent;
+use dfagent_test_support::dfagent_cli;
+use dfagent_test_support::fixtures::{
+    fixture, list_tree_without_root, listing_files, listing_without_root, sha256_hex,
+};
+use dfagent_test_support::proxy::{Corrupt, Proxy, Seen};
+use dfagent_test_support::registry::Registry;
 
 const IMAGE: &str = "v6-chunkdict";
 const LISTING: &str = "texture2.expected.jsonl";
@@ -17,8 +19,9 @@ const LISTING: &str = "texture2.expected.jsonl";
 struct Setup {
     reg: Registry,
     repo: String,
-    store: PathBuf,
     mp: PathBuf,
+    /// The CLI on the work directory's store.
+    cli: Dfagent,
     _work: tempfile::TempDir,
 }
 
@@ -30,24 +33,23 @@ impl Setup {
         std::fs::create_dir(&mp).unwrap();
         let reg = Registry::start();
         let repo = format!("test/{IMAGE}:v1");
-        push(
-            &fixture(IMAGE),
-            &format!("127.0.0.1:{}/{repo}", reg.port),
-            &work.path().join("push-store"),
-        );
+        dfagent_cli!()
+            .with_store(&work.path().join("push-store"))
+            .push(&fixture(IMAGE), &format!("{}/{repo}", reg.host()));
+        let cli = dfagent_cli!().with_store(&store);
         Setup {
             reg,
             repo,
-            store,
             mp,
+            cli,
             _work: work,
         }
     }
 
     /// A proxy in front of the registry, and the image's reference through it.
     fn proxied(&self, corrupt: Corrupt) -> (Proxy, String) {
-        let proxy = Proxy::start(self.reg.port, corrupt);
-        let reference = format!("127.0.0.1:{}/{}", proxy.port, self.repo);
+        let proxy = Proxy::start(self.reg.addr(), corrupt);
+        let reference = format!("{}/{}", proxy.host(), self.repo);
         (proxy, reference)
     }
 }
@@ -80,27 +82,22 @@ fn range_gets(log: &[Seen]) -> Vec<&Seen> {
         .collect()
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(data))
-}
-
 /// The sha256 the fixture listing gives for `path`.
 fn expected_sha256(path: &str) -> String {
-    let line = expected(LISTING)
+    listing_files(LISTING)
         .into_iter()
-        .find(|l| l.contains(&format!("\"path\": \"{path}\"")))
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    v["sha256"].as_str().unwrap().to_string()
+        .find(|f| f.path == path)
+        .unwrap()
+        .sha256
 }
 
 #[test]
 fn a_cold_mount_fetches_only_the_bootstrap_and_the_ranges_it_reads() {
     let s = Setup::new();
-    let (store, mp) = (s.store.clone(), s.mp.clone());
+    let mp = s.mp.clone();
     let (proxy, reference) = s.proxied(Corrupt::Never);
 
-    let m = Mount::start(&reference, &mp, &store, "none");
+    let m = s.cli.mount(&reference, &mp, "none");
     let data = std::fs::read(mp.join("hello.txt")).unwrap();
     assert_eq!(sha256_hex(&data), expected_sha256("hello.txt"));
     let log = proxy.take_log();
@@ -155,18 +152,18 @@ fn a_cold_mount_fetches_only_the_bootstrap_and_the_ranges_it_reads() {
 #[test]
 fn a_restarted_agent_asks_the_registry_for_nothing_it_has() {
     let s = Setup::new();
-    let (store, mp) = (s.store.clone(), s.mp.clone());
+    let mp = s.mp.clone();
     let (proxy, reference) = s.proxied(Corrupt::Never);
 
     // First run: a mount that reads everything, so every chunk lands in the store.
-    let m = Mount::start(&reference, &mp, &store, "none");
-    assert_eq!(listing(&mp), expected(LISTING));
+    let m = s.cli.mount(&reference, &mp, "none");
+    assert_eq!(list_tree_without_root(&mp), listing_without_root(LISTING));
     m.stop();
     assert!(!range_gets(&proxy.take_log()).is_empty());
 
     // Second run, registry up: the manifest may be checked, but no blob is fetched.
-    let m = Mount::start(&reference, &mp, &store, "all");
-    assert_eq!(listing(&mp), expected(LISTING));
+    let m = s.cli.mount(&reference, &mp, "all");
+    assert_eq!(list_tree_without_root(&mp), listing_without_root(LISTING));
     m.stop();
     let log = proxy.take_log();
     let blob_gets: Vec<_> = log.iter().filter(|s| s.is_blob_get()).collect();
@@ -176,12 +173,12 @@ fn a_restarted_agent_asks_the_registry_for_nothing_it_has() {
 #[test]
 fn a_flipped_byte_is_retried_and_permanent_corruption_is_eio() {
     let s = Setup::new();
-    let (store, mp) = (s.store.clone(), s.mp.clone());
+    let mp = s.mp.clone();
     let (proxy, reference) = s.proxied(Corrupt::FirstOfEachRange);
 
     // Each range's first answer is corrupted: the resolver asks again and readers see only
     // the right bytes.
-    let m = Mount::start(&reference, &mp, &store, "none");
+    let m = s.cli.mount(&reference, &mp, "none");
     let data = std::fs::read(mp.join("multi-chunk.bin")).unwrap();
     assert_eq!(sha256_hex(&data), expected_sha256("multi-chunk.bin"));
     let log = proxy.take_log();
@@ -207,14 +204,14 @@ fn a_flipped_byte_is_retried_and_permanent_corruption_is_eio() {
     m.stop();
 
     // Nothing that failed verification was stored.
-    assert_store_verifies(&store);
+    s.cli.assert_store_verifies();
 }
 
 #[test]
 fn a_store_smaller_than_the_image_still_serves_all_of_it() {
     let s = Setup::new();
-    let (store, mp) = (s.store.clone(), s.mp.clone());
-    let reference = format!("127.0.0.1:{}/{}", s.reg.port, s.repo);
+    let mp = s.mp.clone();
+    let reference = format!("{}/{}", s.reg.host(), s.repo);
     let image_bytes: u64 = dfagent_rafs::Image::open(fixture(IMAGE).join("bootstrap"))
         .unwrap()
         .all_chunks()
@@ -225,18 +222,17 @@ fn a_store_smaller_than_the_image_still_serves_all_of_it() {
     let capacity = image_bytes / 3;
     let cap = capacity.to_string();
 
-    let m = Mount::start_with(
+    let m = s.cli.mount_with(
         &reference,
         &mp,
-        &store,
         &["--prefetch", "none", "--cache-capacity", &cap],
     );
-    assert_eq!(listing(&mp), expected(LISTING));
+    assert_eq!(list_tree_without_root(&mp), listing_without_root(LISTING));
     // Twice: the second pass reads chunks that were evicted in between.
-    assert_eq!(listing(&mp), expected(LISTING));
+    assert_eq!(list_tree_without_root(&mp), listing_without_root(LISTING));
     let mp_log = mp.with_extension("log");
     m.stop();
-    let st = stat_json(&store);
+    let st = s.cli.cache_stat();
     let used = st["bytes"].as_u64().unwrap();
     assert!(
         used <= capacity,

@@ -5,48 +5,34 @@
 //! output (zstd, none) and its bootstrap byte for byte (but for three documented fields), and
 //! show the same tree through a real FUSE mount.
 
-mod common;
-
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::{mounts_at, shared, wait_until};
 use dfagent_core::{Compression, DigestAlgo};
 use dfagent_rafs::write::{tree_from_dir, write_bootstrap, BlobWriter, BootstrapOptions};
 use dfagent_rafs::Image;
-use serde_json::Value;
+use dfagent_test_support::dfagent_cli;
+use dfagent_test_support::fixtures::{
+    fixture, fixtures_dir, list_tree, listing_lines, make_texture, without_mtime,
+};
+use dfagent_test_support::mount::MountGuard;
+use dfagent_test_support::mountinfo::mounts_at;
+use dfagent_test_support::tmp_dir;
+use dfagent_test_support::wait::wait_until;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
 fn dfagent(args: &[&Path]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dfagent"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("running dfagent")
+    dfagent_cli!().run(args)
 }
 
 /// Make texture tree 1 in a fresh temporary directory (needs root for owners and devices).
 fn texture() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("dfagent-write-texture-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let src = dir.path().join("src");
-    let out = Command::new("python3")
-        .arg(shared().join("tools/make-texture.py"))
-        .arg(&src)
-        .arg("1")
-        .output()
-        .expect("running make-texture.py");
-    assert!(
-        out.status.success(),
-        "make-texture.py: {}",
-        text(&out.stderr)
-    );
+    let dir = tmp_dir("dfagent-write-texture-");
+    make_texture(&dir.path().join("src"), 1);
     dir
 }
 
@@ -68,18 +54,11 @@ fn build(src: &Path, out: &Path, opts: &BootstrapOptions) -> String {
     id
 }
 
-fn without_mtime(line: &str) -> Value {
-    let mut v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
-    v.as_object_mut().expect("a JSON object").remove("mtime");
-    v
-}
-
 /// Compare a listing with the expected texture listing (the root's mtime is not meaningful).
 fn assert_listing(what: &str, got: &str) {
-    let want =
-        std::fs::read_to_string(shared().join("fixtures/rafs/texture.expected.jsonl")).unwrap();
+    let want = listing_lines("texture.expected.jsonl");
     let got: Vec<&str> = got.lines().collect();
-    let want: Vec<&str> = want.lines().collect();
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
     assert_eq!(got.len(), want.len(), "{what}: number of lines");
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         if i == 0 {
@@ -94,7 +73,7 @@ fn assert_listing(what: &str, got: &str) {
 fn texture_round_trips_in_every_configuration() {
     let tmp = texture();
     let src = tmp.path().join("src");
-    let upstream = shared().join("fixtures/rafs");
+    let upstream = fixtures_dir();
     for compression in [Compression::Zstd, Compression::Lz4Block, Compression::None] {
         for digest_algo in [DigestAlgo::Blake3, DigestAlgo::Sha256] {
             for chunk_size in [64 << 10, 1 << 20] {
@@ -164,11 +143,11 @@ fn texture_bootstrap_matches_upstream_byte_for_byte() {
     // (upstream's comes from a hash map; ours is sorted by name) and the chunk records' crc32
     // (upstream adds HAS_CRC32 and a checksum; `ChunkPlacement` carries none).
     let tmp = texture();
-    for (fixture, compression, chunk_size) in [
+    for (name, compression, chunk_size) in [
         ("v6-zstd-blake3", Compression::Zstd, 1 << 20),
         ("v6-none-64k", Compression::None, 64 << 10),
     ] {
-        let out = tmp.path().join(fixture);
+        let out = tmp.path().join(name);
         let opts = BootstrapOptions {
             chunk_size,
             digest_algo: DigestAlgo::Blake3,
@@ -177,14 +156,8 @@ fn texture_bootstrap_matches_upstream_byte_for_byte() {
         };
         build(&tmp.path().join("src"), &out, &opts);
         let ours = std::fs::read(out.join("bootstrap")).unwrap();
-        let theirs = std::fs::read(
-            shared()
-                .join("fixtures/rafs")
-                .join(fixture)
-                .join("bootstrap"),
-        )
-        .unwrap();
-        compare_with_upstream(fixture, ours, theirs);
+        let theirs = std::fs::read(fixture(name).join("bootstrap")).unwrap();
+        compare_with_upstream(name, ours, theirs);
     }
 }
 
@@ -244,29 +217,6 @@ fn compare_with_upstream(fixture: &str, ours: Vec<u8>, theirs: Vec<u8>) {
     );
 }
 
-/// A running mount, torn down on drop even when the test fails.
-struct Mounted {
-    child: Child,
-    mp: PathBuf,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let c = std::ffi::CString::new(self.mp.to_string_lossy().as_bytes()).unwrap();
-        for _ in 0..8 {
-            if mounts_at(&self.mp) == 0 {
-                break;
-            }
-            // SAFETY: a valid C string.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
-}
-
 #[test]
 fn written_image_mounts_over_fuse() {
     let tmp = texture();
@@ -281,22 +231,22 @@ fn written_image_mounts_over_fuse() {
     let mp = tmp.path().join("mnt");
     std::fs::create_dir(&mp).unwrap();
     let log = tmp.path().join("mount.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_dfagent"))
+    let cli = dfagent_cli!();
+    let child = cli
+        .command()
         .arg("mount")
         .arg("--bootstrap")
         .arg(out.join("bootstrap"))
         .arg("--blob-dir")
         .arg(out.join("blobs"))
         .arg(&mp)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("spawning dfagent mount");
-    let mut m = Mounted {
-        child,
-        mp: mp.clone(),
-    };
+    // Kills the mount process and detaches the mount on drop, even when the test fails.
+    let mut m = MountGuard::new(&mp);
+    m.adopt(child);
     let served = wait_until(Duration::from_secs(10), || {
         mounts_at(&mp) == 1 && std::fs::read(mp.join("hello.txt")).is_ok()
     });
@@ -305,21 +255,11 @@ fn written_image_mounts_over_fuse() {
         "mount not serving within 10 s: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    let listing = Command::new("python3")
-        .arg(shared().join("tools/list-tree.py"))
-        .arg(&mp)
-        .output()
-        .unwrap();
-    assert!(
-        listing.status.success(),
-        "list-tree.py: {}",
-        text(&listing.stderr)
-    );
-    assert_listing("FUSE mount", &text(&listing.stdout));
+    assert_listing("FUSE mount", &list_tree(&mp).join("\n"));
     let r = dfagent(&[Path::new("umount"), &mp]);
     assert!(r.status.success(), "umount: {}", text(&r.stderr));
     assert!(wait_until(Duration::from_secs(10), || m
-        .child
+        .child(0)
         .try_wait()
         .ok()
         .flatten()

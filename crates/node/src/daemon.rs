@@ -302,17 +302,42 @@ impl Daemon {
             self.retire(&e.mount);
         }
         let work = tokio::task::spawn_blocking(move || {
+            let mut busy = Vec::new();
             for (mp, entry) in entries {
-                if let Err(e) = unmount_entry(entry, false) {
-                    tracing::warn!(mountpoint = %mp.display(), error = %e, "unmount at shutdown failed; detached lazily");
-                    let _ = dfagent_nydusfs::unmount(&mp, true);
+                // A plain unmount first; a busy mount (a process holds a file open) is detached
+                // lazily and not waited for: it goes when its last user lets go.
+                match dfagent_nydusfs::unmount(&mp, false) {
+                    Ok(()) => tracing::info!(mountpoint = %mp.display(), "unmounted at shutdown"),
+                    Err(e) => {
+                        tracing::warn!(mountpoint = %mp.display(), error = %e, "mount busy at shutdown; detaching it lazily");
+                        if let Err(e) = dfagent_nydusfs::unmount(&mp, true) {
+                            tracing::warn!(mountpoint = %mp.display(), error = %e, "could not detach");
+                        }
+                        busy.push(entry);
+                        continue;
+                    }
                 }
+                // The session has ended (or is ending): releasing the mount is quick.
+                drop(entry);
+            }
+            // Sessions of detached busy mounts end only when their users let go: release them
+            // on a thread of their own so shutdown does not wait for that.
+            if !busy.is_empty() {
+                let _ = std::thread::Builder::new()
+                    .name("dfagent-detached".into())
+                    .spawn(move || drop(busy));
             }
         });
         if tokio::time::timeout(limit, work).await.is_err() {
-            tracing::warn!(mounts = n, "unmounting took longer than {limit:?}; going on");
+            tracing::warn!(
+                mounts = n,
+                "unmounting took longer than {limit:?}; going on"
+            );
         }
-        if tokio::time::timeout(limit, self.node.flush()).await.is_err() {
+        if tokio::time::timeout(limit, self.node.flush())
+            .await
+            .is_err()
+        {
             tracing::warn!("the store writer did not finish within {limit:?}");
         }
     }
@@ -391,7 +416,9 @@ pub async fn serve(
                     // The server failed before binding: report its error.
                     return match task.await {
                         Ok(Err(e)) => Err(e),
-                        _ => Err(NodeError::Unsupported("the metrics server did not start".into())),
+                        _ => Err(NodeError::Unsupported(
+                            "the metrics server did not start".into(),
+                        )),
                     };
                 }
             }

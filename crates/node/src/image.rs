@@ -134,10 +134,8 @@ impl Node {
         let digests = Arc::new(distinct_digests(&image)?);
         let pin = self.pins().pin(&store, reference, &digests)?;
         let nydus = Arc::new(nydus);
-        let tiers: Vec<Arc<dyn ChunkTier>> = vec![Arc::new(RegistryTier::new(
-            self.registry()?,
-            nydus.clone(),
-        ))];
+        let tiers: Vec<Arc<dyn ChunkTier>> =
+            vec![Arc::new(RegistryTier::new(self.registry()?, nydus.clone()))];
         Ok(OpenedImage {
             source: ImageSource::Registry(reference.to_string()),
             image,

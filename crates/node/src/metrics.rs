@@ -109,7 +109,10 @@ impl prometheus_client::collector::Collector for Collector {
                     .find(|(kind, _)| *kind == k)
                     .map(|(_, n)| *n)
                     .unwrap_or(0);
-                errors.push((vec![("tier", t.name.clone()), ("kind", k.as_str().to_string())], n));
+                errors.push((
+                    vec![("tier", t.name.clone()), ("kind", k.as_str().to_string())],
+                    n,
+                ));
             }
         }
         counter_family(
@@ -153,8 +156,18 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         if let Some(store) = node.store() {
             let s = store.stats();
-            gauge(&mut enc, "dfagent_store_bytes", "Bytes of chunk data in the store", s.bytes as i64)?;
-            gauge(&mut enc, "dfagent_store_chunks", "Chunks in the store", s.chunks as i64)?;
+            gauge(
+                &mut enc,
+                "dfagent_store_bytes",
+                "Bytes of chunk data in the store",
+                s.bytes as i64,
+            )?;
+            gauge(
+                &mut enc,
+                "dfagent_store_chunks",
+                "Chunks in the store",
+                s.chunks as i64,
+            )?;
             gauge(
                 &mut enc,
                 "dfagent_store_capacity_bytes",
@@ -310,7 +323,10 @@ pub async fn serve(
                 async move {
                     match r.ready(&d) {
                         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                        Err(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
                     }
                 }
             }),

@@ -189,7 +189,11 @@ impl Node {
     ) -> (Arc<PrefetchProgress>, tokio::task::JoinHandle<()>) {
         let progress = Arc::new(PrefetchProgress::default());
         let chunks = prefetch::plan(&opened.image, policy);
-        let (resolver, store, p) = (opened.resolver.clone(), self.store().cloned(), progress.clone());
+        let (resolver, store, p) = (
+            opened.resolver.clone(),
+            self.store().cloned(),
+            progress.clone(),
+        );
         let task = self.runtime().spawn(async move {
             prefetch::run(resolver, chunks, PREFETCH_BATCH, p, move |bytes| {
                 let Some(store) = &store else { return Ok(()) };
@@ -273,12 +277,14 @@ pub fn unmount_path(mp: &Path, lazy: bool) -> Result<()> {
             path: mp.to_path_buf(),
             detail: "nothing is mounted there".into(),
         }),
-        MountState::Stale => unmount(mp, true).map_err(|e| {
-            NodeError::io(format!("detaching the stale mount {}", mp.display()), e)
-        }),
+        MountState::Stale => unmount(mp, true)
+            .map_err(|e| NodeError::io(format!("detaching the stale mount {}", mp.display()), e)),
         MountState::Live => unmount(mp, lazy).map_err(|e| {
             NodeError::io(
-                format!("unmounting {} (if it is busy, retry with --lazy)", mp.display()),
+                format!(
+                    "unmounting {} (if it is busy, retry with --lazy)",
+                    mp.display()
+                ),
                 e,
             )
         }),

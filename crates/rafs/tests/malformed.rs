@@ -10,32 +10,20 @@
 //! name offset u16 +8), 8-byte chunk addresses (ci index low u16 +0, blob index + 1 in the byte
 //! at +2, ci index bits 16..23 at +3).
 
-use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use dfagent_rafs::blob_meta::{BlobMetaHeader, META_HEADER_SIZE, META_MAGIC};
 use dfagent_rafs::{FileType, Image, RafsError};
+use dfagent_test_support::fixtures::fixture;
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures and byte helpers
 // ---------------------------------------------------------------------------------------------
 
-fn fixtures_dir() -> PathBuf {
-    match std::env::var_os("DFAGENT_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/rafs"),
-    }
-}
-
 fn fixture_bytes(name: &str) -> Vec<u8> {
-    let path = fixtures_dir().join(name).join("bootstrap");
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read fixture {} ({e}); set DFAGENT_FIXTURES to the fixtures/rafs folder",
-            path.display()
-        )
-    })
+    let path = fixture(name).join("bootstrap");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read fixture {} ({e})", path.display()))
 }
 
 /// The bootstrap most corruption tests start from.
@@ -1078,7 +1066,7 @@ fn every_fixture_opens_and_walks() {
         ("v6-chunkdict", 676),
         ("v6-nydusify-2layer", 72),
     ] {
-        let path = fixtures_dir().join(name).join("bootstrap");
+        let path = fixture(name).join("bootstrap");
         let img = Image::open(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut n = 0;
         let mut bytes = 0;

@@ -4,44 +4,20 @@
 //! retries of 503s. All traffic stays on loopback; every wait is bounded.
 
 use std::collections::BTreeSet;
-use std::io::{Read as _, Write as _};
-use std::net::{TcpListener as StdListener, TcpStream as StdStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use dfagent_core::{slots_for, Answer, BlobId, ChunkRef, ChunkTier, TierErrorKind};
-use dfagent_registry::{RegistryError, NydusImage, Registry, RegistryConfig, RegistryTier};
+use dfagent_registry::{NydusImage, Registry, RegistryConfig, RegistryError, RegistryTier};
+use dfagent_test_support::fixtures::ALL_IMAGES;
+use dfagent_test_support::proxy::{Action, Proxy, Request, Seen};
+use dfagent_test_support::registry::Registry as RegistryProc;
+use dfagent_test_support::wait::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const FIXTURES: [&str; 5] = [
-    "v6-zstd-blake3",
-    "v6-lz4-sha256",
-    "v6-none-64k",
-    "v6-chunkdict",
-    "v6-nydusify-2layer",
-];
-
-/// Bound on any single operation of these tests.
-const OP_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn fixtures_dir() -> PathBuf {
-    let shared = std::env::var_os("DFAGENT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    shared.join("fixtures/rafs")
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
 
 fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
@@ -51,91 +27,11 @@ fn b64url(data: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
 }
 
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(OP_TIMEOUT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} took longer than {OP_TIMEOUT:?}"))
-}
-
 // ---------------------------------------------------------------------------------------------
-// docker-registry process
-
-/// A docker-registry process on 127.0.0.1, killed on drop.
-struct RegistryProc {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl RegistryProc {
-    /// Start a registry whose config gets `auth_yaml` (an `auth:` section, or empty).
-    fn start(auth_yaml: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
-             storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
-            root = dir.path().join("data").display(),
-        );
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("write registry config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log file");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry (Debian package docker-registry)");
-        let mut me = Self { child, port, dir };
-        me.wait_ready();
-        me
-    }
-
-    /// Poll `GET /v2/` until the registry answers anything HTTP (200 or 401), for up to 15 s.
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "docker-registry exited with {status}: {}",
-                    std::fs::read_to_string(self.dir.path().join("registry.log"))
-                        .unwrap_or_default()
-                );
-            }
-            if let Ok(mut s) = StdStream::connect(("127.0.0.1", self.port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-                let mut buf = [0u8; 12];
-                if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("docker-registry on port {} not ready after 15 s", self.port);
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RegistryProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A tiny HTTP/1.1 plumbing: read one request, write one response.
+// A tiny HTTP/1.1 plumbing for the token server: read one request head, write one response.
 
 #[derive(Clone, Debug)]
 struct Req {
-    method: String,
     path: String,
     headers: Vec<(String, String)>,
 }
@@ -147,14 +43,11 @@ impl Req {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
-    fn is_blob_get(&self) -> bool {
-        self.method == "GET" && self.path.contains("/blobs/sha256:")
-    }
 }
 
-/// Read one request (head and Content-Length body). `None` on a connection closed before a
-/// request.
-async fn read_request(s: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, Req, Vec<u8>)>> {
+/// Read one request head (token requests are GETs without a body). `None` on a connection
+/// closed before a request.
+async fn read_request(s: &mut TcpStream) -> std::io::Result<Option<Req>> {
     let mut buf = Vec::new();
     let head_end = loop {
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -170,43 +63,20 @@ async fn read_request(s: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, Req
         }
         buf.extend_from_slice(&tmp[..n]);
     };
-    let head = buf[..head_end].to_vec();
-    let text = String::from_utf8_lossy(&head).into_owned();
+    let text = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let mut lines = text.split("\r\n");
-    let mut first = lines.next().unwrap_or_default().split(' ');
-    let method = first.next().unwrap_or_default().to_string();
-    let path = first.next().unwrap_or_default().to_string();
-    let headers: Vec<(String, String)> = lines
+    let path = lines
+        .next()
+        .unwrap_or_default()
+        .split(' ')
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    let req = Req {
-        method,
-        path,
-        headers,
-    };
-    if req
-        .header("transfer-encoding")
-        .is_some_and(|v| v.contains("chunked"))
-    {
-        return Err(std::io::Error::other(
-            "chunked request bodies are not supported",
-        ));
-    }
-    let len: usize = req
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < len {
-        let mut tmp = vec![0u8; (len - body.len()).min(1 << 20)];
-        let n = s.read(&mut tmp).await?;
-        if n == 0 {
-            return Err(std::io::Error::other("request body cut short"));
-        }
-        body.extend_from_slice(&tmp[..n]);
-    }
-    Ok(Some((head, req, body)))
+    Ok(Some(Req { path, headers }))
 }
 
 async fn respond(s: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) {
@@ -221,116 +91,6 @@ async fn respond(s: &mut TcpStream, status: &str, headers: &[(&str, String)], bo
     let _ = s.write_all(out.as_bytes()).await;
     let _ = s.write_all(body).await;
     let _ = s.shutdown().await;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Recording proxy in front of the registry.
-
-/// What the proxy does with a request.
-#[derive(Clone, Copy, Debug)]
-enum Action {
-    Forward,
-    /// Answer with this status and no body.
-    Status(u16),
-    /// Answer 307 to the same path on the registry itself.
-    Redirect,
-}
-
-type Policy = Arc<dyn Fn(&Req) -> Action + Send + Sync>;
-
-/// A proxy on 127.0.0.1 that records every request, applies a policy, and forwards one
-/// request per connection to the registry.
-struct Proxy {
-    port: u16,
-    log: Arc<Mutex<Vec<Req>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: u16, policy: Policy) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let port = listener.local_addr().expect("proxy addr").port();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let log2 = log.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    return;
-                };
-                let log = log2.clone();
-                let policy = policy.clone();
-                tokio::spawn(async move {
-                    let _ = proxy_one(conn, upstream, log, policy).await;
-                });
-            }
-        });
-        Self { port, log, task }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn take_log(&self) -> Vec<Req> {
-        std::mem::take(&mut *self.log.lock().expect("log"))
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn proxy_one(
-    mut conn: TcpStream,
-    upstream: u16,
-    log: Arc<Mutex<Vec<Req>>>,
-    policy: Policy,
-) -> std::io::Result<()> {
-    let Some((head, req, body)) = read_request(&mut conn).await? else {
-        return Ok(());
-    };
-    log.lock().expect("log").push(req.clone());
-    match policy(&req) {
-        Action::Status(code) => {
-            respond(&mut conn, &format!("{code} Injected"), &[], b"").await;
-        }
-        Action::Redirect => {
-            let location = format!("http://127.0.0.1:{upstream}{}", req.path);
-            respond(
-                &mut conn,
-                "307 Temporary Redirect",
-                &[("Location", location)],
-                b"",
-            )
-            .await;
-        }
-        Action::Forward => {
-            // One request per upstream connection: force `Connection: close` both ways.
-            let text = String::from_utf8_lossy(&head);
-            let mut out = String::new();
-            for line in text.split("\r\n").filter(|l| !l.is_empty()) {
-                if !line.to_ascii_lowercase().starts_with("connection:") {
-                    out.push_str(line);
-                    out.push_str("\r\n");
-                }
-            }
-            out.push_str("Connection: close\r\n\r\n");
-            let mut up = TcpStream::connect(("127.0.0.1", upstream)).await?;
-            up.write_all(out.as_bytes()).await?;
-            up.write_all(&body).await?;
-            let mut resp = Vec::new();
-            up.read_to_end(&mut resp).await?;
-            conn.write_all(&resp).await?;
-            conn.shutdown().await?;
-        }
-    }
-    Ok(())
-}
-
-fn forward_all() -> Policy {
-    Arc::new(|_| Action::Forward)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -462,7 +222,7 @@ async fn start_token_server(signer: Arc<Signer>, user: &str, pass: &str) -> Toke
             let user = user.clone();
             let counter = counter.clone();
             tokio::spawn(async move {
-                let Ok(Some((_, req, _))) = read_request(&mut conn).await else {
+                let Ok(Some(req)) = read_request(&mut conn).await else {
                     return;
                 };
                 counter.fetch_add(1, Ordering::SeqCst);
@@ -528,8 +288,9 @@ fn write_docker_config(dir: &Path, registry: &str, user: &str, pass: &str) -> Pa
     path
 }
 
+/// `(bootstrap, blob dir)` of fixture image `name`.
 fn fixture(name: &str) -> (PathBuf, PathBuf) {
-    let dir = fixtures_dir().join(name);
+    let dir = dfagent_test_support::fixtures::fixture(name);
     (dir.join("bootstrap"), dir.join("blobs"))
 }
 
@@ -647,13 +408,13 @@ async fn check_pull(reg: &Registry, reference: &str, name: &str) -> NydusImage {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_and_pull_fixture_images_with_merged_range_reads() {
-    let reg_proc = RegistryProc::start("");
-    let proxy = Proxy::start(reg_proc.port, forward_all()).await;
+    let reg_proc = RegistryProc::start();
+    let proxy = Proxy::forward(reg_proc.addr());
     let tmp = tempfile::tempdir().expect("tempdir");
     let reg = Arc::new(anonymous_client(tmp.path()));
-    for name in FIXTURES {
+    for name in ALL_IMAGES {
         let (bootstrap, blobs) = fixture(name);
-        let reference = format!("{}/fixtures/{name}:v1", proxy.addr());
+        let reference = format!("{}/fixtures/{name}:v1", proxy.host());
         let digest = within("push", reg.push_nydus(&reference, &bootstrap, &blobs))
             .await
             .expect("push_nydus");
@@ -661,7 +422,7 @@ async fn push_and_pull_fixture_images_with_merged_range_reads() {
         let img = check_pull(&reg, &reference, name).await;
         assert_eq!(img.manifest_digest, digest);
         // By digest too.
-        let by_digest = format!("{}/fixtures/{name}@{digest}", proxy.addr());
+        let by_digest = format!("{}/fixtures/{name}@{digest}", proxy.host());
         let img2 = within("resolve by digest", reg.resolve(&by_digest))
             .await
             .expect("resolve by digest");
@@ -700,17 +461,17 @@ async fn push_and_pull_fixture_images_with_merged_range_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushing_twice_uploads_no_blob_the_second_time() {
-    let reg_proc = RegistryProc::start("");
-    let proxy = Proxy::start(reg_proc.port, forward_all()).await;
+    let reg_proc = RegistryProc::start();
+    let proxy = Proxy::forward(reg_proc.addr());
     let tmp = tempfile::tempdir().expect("tempdir");
     let reg = anonymous_client(tmp.path());
     let (bootstrap, blobs) = fixture("v6-chunkdict");
-    let reference = format!("{}/dedup/img:v1", proxy.addr());
+    let reference = format!("{}/dedup/img:v1", proxy.host());
     let first = within("push", reg.push_nydus(&reference, &bootstrap, &blobs))
         .await
         .expect("first push");
     let log = proxy.take_log();
-    let uploads = |log: &[Req]| {
+    let uploads = |log: &[Seen]| {
         log.iter()
             .filter(|r| {
                 matches!(r.method.as_str(), "POST" | "PATCH")
@@ -732,7 +493,7 @@ async fn pushing_twice_uploads_no_blob_the_second_time() {
         1
     );
     // Same image under another tag: still nothing uploaded.
-    let other = format!("{}/dedup/img:v2", proxy.addr());
+    let other = format!("{}/dedup/img:v2", proxy.host());
     within("push", reg.push_nydus(&other, &bootstrap, &blobs))
         .await
         .expect("push v2");
@@ -741,11 +502,11 @@ async fn pushing_twice_uploads_no_blob_the_second_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_oci_images_are_refused_and_indexes_are_searched() {
-    let reg_proc = RegistryProc::start("");
+    let reg_proc = RegistryProc::start();
     let tmp = tempfile::tempdir().expect("tempdir");
     let reg = anonymous_client(tmp.path());
     let (bootstrap, blobs) = fixture("v6-zstd-blake3");
-    let nydus_ref = format!("{}/multi/app:nydus", reg_proc.addr());
+    let nydus_ref = format!("{}/multi/app:nydus", reg_proc.host());
     let nydus_digest = within("push", reg.push_nydus(&nydus_ref, &bootstrap, &blobs))
         .await
         .expect("push");
@@ -757,7 +518,7 @@ async fn plain_oci_images_are_refused_and_indexes_are_searched() {
         protocol: oci_client::client::ClientProtocol::Http,
         ..Default::default()
     });
-    let plain_ref: oci_client::Reference = format!("{}/multi/app:oci", reg_proc.addr())
+    let plain_ref: oci_client::Reference = format!("{}/multi/app:oci", reg_proc.host())
         .parse()
         .expect("reference");
     let layer = oci_client::client::ImageLayer::oci_v1_gzip(b"not really gzip".to_vec(), None);
@@ -809,7 +570,7 @@ async fn plain_oci_images_are_refused_and_indexes_are_searched() {
                 "manifests": entries,
             }))
             .expect("index");
-        let r: oci_client::Reference = format!("{}/multi/app:{tag}", reg_proc.addr())
+        let r: oci_client::Reference = format!("{}/multi/app:{tag}", reg_proc.host())
             .parse()
             .expect("ref");
         let oci = oci.clone();
@@ -848,7 +609,7 @@ async fn plain_oci_images_are_refused_and_indexes_are_searched() {
     assert!(matches!(err, RegistryError::NotNydus { .. }), "{err}");
     // Unknown tag.
     let err = reg
-        .resolve(&format!("{}/multi/app:missing", reg_proc.addr()))
+        .resolve(&format!("{}/multi/app:missing", reg_proc.host()))
         .await
         .expect_err("missing tag");
     assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
@@ -862,17 +623,19 @@ async fn basic_auth_with_docker_config_credentials() {
         .expect("bcrypt")
         .format_for_version(bcrypt::Version::TwoY);
     std::fs::write(&htpasswd, format!("alice:{hash}\n")).expect("htpasswd");
-    let reg_proc = RegistryProc::start(&format!(
-        "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
-        htpasswd.display()
-    ));
+    let reg_proc = RegistryProc::builder()
+        .config_extra(&format!(
+            "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+            htpasswd.display()
+        ))
+        .start();
     let (bootstrap, blobs) = fixture("v6-lz4-sha256");
-    let reference = format!("{}/private/img:v1", reg_proc.addr());
+    let reference = format!("{}/private/img:v1", reg_proc.host());
 
     let good_dir = tmp.path().join("good");
     std::fs::create_dir(&good_dir).expect("dir");
     let good = client_with(
-        write_docker_config(&good_dir, &reg_proc.addr(), "alice", "s3cret"),
+        write_docker_config(&good_dir, &reg_proc.host(), "alice", "s3cret"),
         4,
     );
     within("push", good.push_nydus(&reference, &bootstrap, &blobs))
@@ -883,7 +646,7 @@ async fn basic_auth_with_docker_config_credentials() {
     let bad_dir = tmp.path().join("bad");
     std::fs::create_dir(&bad_dir).expect("dir");
     let bad = client_with(
-        write_docker_config(&bad_dir, &reg_proc.addr(), "alice", "wrong"),
+        write_docker_config(&bad_dir, &reg_proc.host(), "alice", "wrong"),
         4,
     );
     let started = Instant::now();
@@ -921,27 +684,26 @@ async fn bearer_token_auth() {
     let cert = tmp.path().join("token-cert.pem");
     std::fs::write(&cert, &signer.cert_pem).expect("cert");
     let tokens = start_token_server(signer.clone(), "bob", "hunter2").await;
-    let reg_proc = RegistryProc::start(&format!(
+    let reg_proc = RegistryProc::builder()
+        .config_extra(&format!(
         "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: test-registry\n    \
          issuer: test-issuer\n    rootcertbundle: {}\n",
         tokens.port,
         cert.display()
-    ));
+    ))
+        .start();
     let (bootstrap, blobs) = fixture("v6-nydusify-2layer");
-    let reference = format!("{}/team/app:v1", reg_proc.addr());
+    let reference = format!("{}/team/app:v1", reg_proc.host());
 
     let good_dir = tmp.path().join("good");
     std::fs::create_dir(&good_dir).expect("dir");
     let good = client_with(
-        write_docker_config(&good_dir, &reg_proc.addr(), "bob", "hunter2"),
+        write_docker_config(&good_dir, &reg_proc.host(), "bob", "hunter2"),
         4,
     );
     let pushed = within("push", good.push_nydus(&reference, &bootstrap, &blobs)).await;
     if pushed.is_err() {
-        eprintln!(
-            "registry log:\n{}",
-            std::fs::read_to_string(reg_proc.dir.path().join("registry.log")).unwrap_or_default()
-        );
+        eprintln!("registry log:\n{}", reg_proc.log());
     }
     pushed.expect("push with a token");
     check_pull(&good, &reference, "v6-nydusify-2layer").await;
@@ -953,7 +715,7 @@ async fn bearer_token_auth() {
     let bad_dir = tmp.path().join("bad");
     std::fs::create_dir(&bad_dir).expect("dir");
     let bad = client_with(
-        write_docker_config(&bad_dir, &reg_proc.addr(), "bob", "nope"),
+        write_docker_config(&bad_dir, &reg_proc.host(), "bob", "nope"),
         4,
     );
     let started = Instant::now();
@@ -971,12 +733,12 @@ async fn bearer_token_auth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn range_reads_retry_503_and_follow_redirects() {
-    let reg_proc = RegistryProc::start("");
+    let reg_proc = RegistryProc::start();
     let tmp = tempfile::tempdir().expect("tempdir");
     let name = "v6-none-64k";
     let (bootstrap, blobs) = fixture(name);
     let direct = anonymous_client(tmp.path());
-    let reference = format!("{}/retry/img:v1", reg_proc.addr());
+    let reference = format!("{}/retry/img:v1", reg_proc.host());
     within("push", direct.push_nydus(&reference, &bootstrap, &blobs))
         .await
         .expect("push");
@@ -984,21 +746,20 @@ async fn range_reads_retry_503_and_follow_redirects() {
     // Fails the first two blob GETs with 503, then forwards.
     let failures = Arc::new(AtomicUsize::new(0));
     let f = failures.clone();
-    let flaky = Proxy::start(
-        reg_proc.port,
-        Arc::new(move |r: &Req| {
+    let flaky = Proxy::builder()
+        .upstream(reg_proc.addr())
+        .policy(move |r: &Request| {
             if r.is_blob_get() && f.fetch_add(1, Ordering::SeqCst) < 2 {
                 Action::Status(503)
             } else {
                 Action::Forward
             }
-        }),
-    )
-    .await;
+        })
+        .start();
     let reg = anonymous_client(tmp.path());
     let img = within(
         "resolve",
-        reg.resolve(&format!("{}/retry/img:v1", flaky.addr())),
+        reg.resolve(&format!("{}/retry/img:v1", flaky.host())),
     )
     .await
     .expect("resolve through the flaky proxy");
@@ -1012,22 +773,21 @@ async fn range_reads_retry_503_and_follow_redirects() {
     assert_eq!(gets, 3, "two 503s and one success");
 
     // Always 503: a clear error after retries + 1 attempts.
-    let down = Proxy::start(
-        reg_proc.port,
-        Arc::new(|r: &Req| {
+    let down = Proxy::builder()
+        .upstream(reg_proc.addr())
+        .policy(|r: &Request| {
             if r.is_blob_get() {
                 Action::Status(503)
             } else {
                 Action::Forward
             }
-        }),
-    )
-    .await;
+        })
+        .start();
     let retries = 3;
     let reg = client_with(tmp.path().join("none.json"), retries);
     let img = within(
         "resolve",
-        reg.resolve(&format!("{}/retry/img:v1", down.addr())),
+        reg.resolve(&format!("{}/retry/img:v1", down.host())),
     )
     .await
     .expect("resolve through the failing proxy");
@@ -1062,21 +822,20 @@ async fn range_reads_retry_503_and_follow_redirects() {
     }
 
     // A registry that redirects blob GETs elsewhere (as object-store backed ones do).
-    let redirecting = Proxy::start(
-        reg_proc.port,
-        Arc::new(|r: &Req| {
+    let redirecting = Proxy::builder()
+        .upstream(reg_proc.addr())
+        .policy(|r: &Request| {
             if r.is_blob_get() {
                 Action::Redirect
             } else {
                 Action::Forward
             }
-        }),
-    )
-    .await;
+        })
+        .start();
     let reg = anonymous_client(tmp.path());
     let img = within(
         "resolve",
-        reg.resolve(&format!("{}/retry/img:v1", redirecting.addr())),
+        reg.resolve(&format!("{}/retry/img:v1", redirecting.host())),
     )
     .await
     .expect("resolve through the redirecting proxy");

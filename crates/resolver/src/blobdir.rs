@@ -126,7 +126,11 @@ impl ChunkTier for BlobDirTier {
             let read = match read {
                 Ok(r) => r,
                 Err(e) => {
-                    let e = TierError::new("blobdir", TierErrorKind::Other, format!("reader task failed: {e}"));
+                    let e = TierError::new(
+                        "blobdir",
+                        TierErrorKind::Other,
+                        format!("reader task failed: {e}"),
+                    );
                     for s in slots.iter_mut() {
                         s.failed(e.clone());
                     }
@@ -140,7 +144,9 @@ impl ChunkTier for BlobDirTier {
                         slot.found(Bytes::from(data), compression);
                     }
                     Ok(None) => {}
-                    Err(e) => slot.failed(TierError::new("blobdir", TierErrorKind::Io, e.to_string())),
+                    Err(e) => {
+                        slot.failed(TierError::new("blobdir", TierErrorKind::Io, e.to_string()))
+                    }
                 }
             }
         })

@@ -67,7 +67,11 @@ impl TierMetrics {
                 .map(|k| (*k, self.errors_by_kind[k.index()].load(Relaxed)))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
-            latency_buckets: self.latency_buckets.iter().map(|b| b.load(Relaxed)).collect(),
+            latency_buckets: self
+                .latency_buckets
+                .iter()
+                .map(|b| b.load(Relaxed))
+                .collect(),
         }
     }
 }

@@ -152,7 +152,10 @@ pub async fn run(
             break;
         }
         let batch = &chunks[range];
-        for (c, r) in batch.iter().zip(resolver.read_batch_background(batch).await) {
+        for (c, r) in batch
+            .iter()
+            .zip(resolver.read_batch_background(batch).await)
+        {
             match r {
                 Ok(_) => {
                     progress.done.fetch_add(1, Ordering::Relaxed);

@@ -81,7 +81,10 @@ async fn a_tier_error_reaches_the_reader_as_itself() {
         Err(e @ ReadError::TierFailed { .. }) => {
             let msg = e.to_string();
             assert!(msg.contains("registry: HTTP 503 after 3 tries"), "{msg}");
-            assert!(!msg.contains("unavailable") && !msg.contains("not in any tier"), "{msg}");
+            assert!(
+                !msg.contains("unavailable") && !msg.contains("not in any tier"),
+                "{msg}"
+            );
         }
         other => panic!("expected the tier's error, got {other:?}"),
     }
@@ -265,11 +268,18 @@ async fn background_work_waits_for_reads_in_flight() {
     let background = tokio::spawn(async move { r2.read_batch_background(&[bg]).await });
     // While the read is held, the background batch does not reach the tier.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(tier.record.requests().len(), 1, "background went ahead of a read");
+    assert_eq!(
+        tier.record.requests().len(),
+        1,
+        "background went ahead of a read"
+    );
     tier.open();
     let f = foreground.await.unwrap();
     let b = background.await.unwrap();
     assert_eq!(f[0].as_ref().unwrap(), &fg_data);
     assert_eq!(b[0].as_ref().unwrap(), &bg_data);
-    assert_eq!(tier.record.requests(), vec![vec![fg.digest], vec![bg.digest]]);
+    assert_eq!(
+        tier.record.requests(),
+        vec![vec![fg.digest], vec![bg.digest]]
+    );
 }

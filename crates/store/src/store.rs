@@ -304,10 +304,20 @@ impl Store {
         );
         b.put_cf(self.cf(CF_ACCESS), key, access_value(tick, size));
         self.db.write(b)?;
+        let mut freed = 0u64;
         for v in &victims {
-            lru.remove(v);
+            freed += lru.remove(v).unwrap_or(0);
         }
         self.evictions.fetch_add(victims.len() as u64, Relaxed);
+        if !victims.is_empty() {
+            tracing::info!(
+                chunks = victims.len(),
+                bytes = freed,
+                for_chunk = %digest,
+                capacity = self.config.capacity,
+                "evicted least recently used chunks to stay within capacity"
+            );
+        }
         lru.insert(*digest, size, tick);
         Ok(())
     }

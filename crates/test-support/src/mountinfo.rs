@@ -107,3 +107,43 @@ pub fn mounts_under(dir: &Path) -> usize {
         .filter(|e| e.mount_point.starts_with(dir))
         .count()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn octal_escapes_are_undone() {
+        assert_eq!(unescape(r"/tmp/a\040b"), "/tmp/a b");
+        assert_eq!(unescape(r"tab\011nl\012bs\134"), "tab\tnl\nbs\\");
+        // Not an escape: kept as is.
+        assert_eq!(unescape(r"a\08"), r"a\08");
+        assert_eq!(unescape(r"end\04"), r"end\04");
+    }
+
+    #[test]
+    fn lines_are_parsed_with_and_without_optional_fields() {
+        let text = "36 35 98:0 /mnt1 /mnt/my\\040dir rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
+                    40 36 0:50 / /tmp/x/mnt ro,nosuid,nodev,relatime - fuse nydusfs-test:img rw,user_id=0\n\
+                    garbage\n";
+        let e = parse(text);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].root, Path::new("/mnt1"));
+        assert_eq!(e[0].mount_point, Path::new("/mnt/my dir"));
+        assert_eq!(e[0].fs_type, "ext3");
+        assert_eq!(e[0].source, "/dev/root");
+        assert_eq!(e[0].super_options, "rw,errors=continue");
+        assert!(!e[0].has_option("ro"));
+        assert_eq!(e[1].mount_point, Path::new("/tmp/x/mnt"));
+        assert!(e[1].has_option("ro") && e[1].has_option("nodev"));
+        assert_eq!(e[1].fs_type, "fuse");
+        assert_eq!(e[1].source, "nydusfs-test:img");
+    }
+
+    #[test]
+    fn this_process_sees_its_root() {
+        assert!(is_mounted(Path::new("/")));
+        assert!(mounts_under(Path::new("/")) >= 1);
+        assert!(entry_at(Path::new("/")).is_some());
+    }
+}

@@ -8,9 +8,9 @@
 //! 501). One thread accepts, one serves each client connection; dropping the proxy stops the
 //! accepting thread and shuts every client connection down.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -163,7 +163,9 @@ impl ProxyBuilder {
     pub fn start(self) -> Proxy {
         let listener = TcpListener::bind(self.listen)
             .unwrap_or_else(|e| panic!("binding the proxy to {}: {e}", self.listen));
-        listener.set_nonblocking(true).expect("non-blocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         let addr = listener.local_addr().expect("proxy address");
         let shared = Arc::new(Shared {
             upstream: self.upstream,

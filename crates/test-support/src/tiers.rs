@@ -3,7 +3,7 @@
 //! and in-memory stores (one whose writes can be held, to show a slow store never delays a
 //! read).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +33,11 @@ pub fn raw_chunk(seed: u8, size: usize) -> (ChunkRef, Bytes) {
         compression: Compression::None,
     };
     (c, data)
+}
+
+/// The digests of `refs`, as a set.
+pub fn digests(refs: &[ChunkRef]) -> HashSet<ChunkDigest> {
+    refs.iter().map(|c| c.digest).collect()
 }
 
 /// What a fake tier saw: each request's digests, and the chunks it was told were bad.
@@ -431,11 +436,7 @@ impl ChunkStore for MemStore {
     fn put(&self, chunk: &ChunkRef, stored: &StoredChunk) -> Result<(), TierError> {
         let mut held = lock(&self.hold.0);
         while *held {
-            held = self
-                .hold
-                .1
-                .wait(held)
-                .unwrap_or_else(|p| p.into_inner());
+            held = self.hold.1.wait(held).unwrap_or_else(|p| p.into_inner());
         }
         drop(held);
         lock(&self.chunks).insert(chunk.digest, stored.clone());

@@ -36,7 +36,8 @@ pub fn resolve_group(group: &str) -> Result<Option<u32>> {
     if let Ok(gid) = g.parse::<u32>() {
         return Ok(Some(gid));
     }
-    let name = CString::new(g).map_err(|_| NodeError::Unsupported(format!("bad group name {g:?}")))?;
+    let name =
+        CString::new(g).map_err(|_| NodeError::Unsupported(format!("bad group name {g:?}")))?;
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0u8; 16 << 10];
     let mut out: *mut libc::group = std::ptr::null_mut();

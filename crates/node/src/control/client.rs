@@ -58,7 +58,10 @@ pub async fn connect(socket: &Path) -> Result<Option<Client>, ConnectError> {
             let meta = std::fs::metadata(socket).ok();
             return Err(ConnectError::AccessDenied {
                 socket: socket.to_path_buf(),
-                mode: meta.as_ref().map(|m| m.permissions().mode() & 0o7777).unwrap_or(0),
+                mode: meta
+                    .as_ref()
+                    .map(|m| m.permissions().mode() & 0o7777)
+                    .unwrap_or(0),
                 uid: meta.as_ref().map(|m| m.uid()).unwrap_or(0),
                 gid: meta.as_ref().map(|m| m.gid()).unwrap_or(0),
             });

@@ -3,9 +3,8 @@
 
 pub mod access;
 pub mod client;
+pub mod replies;
 pub mod server;
 
-/// Generated code of the control API.
-pub mod proto {
-    tonic::include_proto!("dfagent.control.v1");
-}
+/// Generated code of the control API (from `dfagent-control`).
+pub use dfagent_control::proto;

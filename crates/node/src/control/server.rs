@@ -15,17 +15,16 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use super::access::{admitted, secure_socket, Caller};
+use super::proto;
 use super::proto::control_server::{Control, ControlServer};
-use super::proto::{self, mount_request};
+use super::replies;
 use crate::daemon::{Daemon, MountInfo};
 use crate::error::{NodeError, Result};
 use crate::image::ImageSource;
 use crate::mount::{MountOptions, MountSpec};
+use dfagent_control::requests;
 
-/// Largest control request accepted (they are a few hundred bytes).
-pub const MAX_REQUEST_BYTES: usize = 64 << 10;
-/// Longest path accepted in a request.
-const MAX_PATH: usize = 4096;
+pub use dfagent_control::MAX_REQUEST_BYTES;
 
 /// The control service over a daemon.
 pub struct ControlService {
@@ -37,7 +36,12 @@ pub struct ControlService {
 
 impl ControlService {
     /// Serving `daemon`; `group` may use it besides root.
-    pub fn new(daemon: Arc<Daemon>, group: Option<u32>, socket: PathBuf, metrics_addr: String) -> Self {
+    pub fn new(
+        daemon: Arc<Daemon>,
+        group: Option<u32>,
+        socket: PathBuf,
+        metrics_addr: String,
+    ) -> Self {
         Self {
             daemon,
             group,
@@ -93,18 +97,8 @@ pub fn status_of(e: &NodeError) -> Status {
     }
 }
 
-fn check_path(what: &str, p: &str) -> std::result::Result<PathBuf, Status> {
-    if p.is_empty() {
-        return Err(Status::invalid_argument(format!("{what} is empty")));
-    }
-    if p.len() > MAX_PATH || p.contains('\0') {
-        return Err(Status::invalid_argument(format!("{what} is not a usable path")));
-    }
-    let path = PathBuf::from(p);
-    if !path.is_absolute() {
-        return Err(Status::invalid_argument(format!("{what} {p:?} is not absolute")));
-    }
-    Ok(path)
+fn invalid(e: requests::Invalid) -> Status {
+    Status::invalid_argument(e.0)
 }
 
 /// A group member may only mount on a directory it owns (root may mount anywhere).
@@ -125,29 +119,21 @@ fn check_mountpoint_owner(caller: &Caller, mp: &Path) -> std::result::Result<(),
     Ok(())
 }
 
-fn options(o: Option<proto::MountOptions>, defaults: &MountOptions) -> std::result::Result<MountOptions, Status> {
-    let o = o.unwrap_or_default();
-    let prefetch = match proto::Prefetch::try_from(o.prefetch) {
-        Ok(proto::Prefetch::Unspecified) => defaults.prefetch,
-        Ok(proto::Prefetch::None) => PrefetchPolicy::None,
-        Ok(proto::Prefetch::Table) => PrefetchPolicy::Table,
-        Ok(proto::Prefetch::All) => PrefetchPolicy::All,
-        Err(_) => return Err(Status::invalid_argument(format!("unknown prefetch policy {}", o.prefetch))),
-    };
-    let readahead = match o.readahead_mib {
-        Some(m) if m > 1024 => {
-            return Err(Status::invalid_argument(format!(
-                "read-ahead of {m} MiB is beyond the 1024 MiB limit"
-            )))
-        }
-        Some(m) => u64::from(m) << 20,
-        None => defaults.readahead,
-    };
-    Ok(MountOptions {
-        prefetch,
-        readahead,
-        force: o.force,
-    })
+/// The request's choices over the daemon's defaults.
+fn options(c: requests::MountChoices, defaults: &MountOptions) -> MountOptions {
+    MountOptions {
+        prefetch: match c.prefetch {
+            None => defaults.prefetch,
+            Some(requests::Prefetch::None) => PrefetchPolicy::None,
+            Some(requests::Prefetch::Table) => PrefetchPolicy::Table,
+            Some(requests::Prefetch::All) => PrefetchPolicy::All,
+        },
+        readahead: c
+            .readahead_mib
+            .map(|m| u64::from(m) << 20)
+            .unwrap_or(defaults.readahead),
+        force: c.force,
+    }
 }
 
 fn mount_info(m: &MountInfo) -> proto::MountInfo {
@@ -189,7 +175,8 @@ fn mount_info(m: &MountInfo) -> proto::MountInfo {
     }
 }
 
-type PullStream = Pin<Box<dyn Stream<Item = std::result::Result<proto::PullProgress, Status>> + Send>>;
+type PullStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<proto::PullProgress, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Control for ControlService {
@@ -198,16 +185,13 @@ impl Control for ControlService {
         req: Request<proto::MountRequest>,
     ) -> std::result::Result<Response<proto::MountReply>, Status> {
         let caller = self.caller(&req)?;
-        let r = req.into_inner();
-        let mp = check_path("mount point", &r.mountpoint)?;
-        let image = match r.image {
-            Some(mount_request::Image::Registry(i)) => {
-                if i.reference.is_empty() || i.reference.len() > 1024 {
-                    return Err(Status::invalid_argument("image reference is empty or too long"));
-                }
-                ImageSource::Registry(i.reference)
-            }
-            Some(mount_request::Image::Local(l)) => {
+        let m = requests::mount(req.get_ref()).map_err(invalid)?;
+        let image = match m.image {
+            requests::Image::Registry(r) => ImageSource::Registry(r),
+            requests::Image::Local {
+                bootstrap,
+                blob_dir,
+            } => {
                 if !caller.is_root() {
                     return Err(Status::permission_denied(format!(
                         "uid {}: mounting a local bootstrap and blob directory is for root only \
@@ -216,17 +200,17 @@ impl Control for ControlService {
                     )));
                 }
                 ImageSource::Local {
-                    bootstrap: check_path("bootstrap", &l.bootstrap)?,
-                    blob_dir: check_path("blob directory", &l.blob_dir)?,
+                    bootstrap,
+                    blob_dir,
                 }
             }
-            None => return Err(Status::invalid_argument("no image given")),
         };
+        let mp = m.mountpoint;
         check_mountpoint_owner(&caller, &mp)?;
         let spec = MountSpec {
             image,
             mountpoint: mp.clone(),
-            options: options(r.options, self.daemon.defaults())?,
+            options: options(m.choices, self.daemon.defaults()),
         };
         let name = spec.image.name();
         match self.daemon.mount_as(spec, caller.uid).await {
@@ -248,9 +232,8 @@ impl Control for ControlService {
         req: Request<proto::UmountRequest>,
     ) -> std::result::Result<Response<proto::UmountReply>, Status> {
         let caller = self.caller(&req)?;
-        let r = req.into_inner();
-        let mp = check_path("mount point", &r.mountpoint)?;
-        match self.daemon.umount_as(&mp, r.lazy, caller.uid).await {
+        let (mp, lazy) = requests::umount(req.get_ref()).map_err(invalid)?;
+        match self.daemon.umount_as(&mp, lazy, caller.uid).await {
             Ok(true) => Ok(Response::new(proto::UmountReply {})),
             Ok(false) => Err(Status::not_found(format!(
                 "{} is not a mount of this daemon",
@@ -284,10 +267,7 @@ impl Control for ControlService {
         req: Request<proto::PullRequest>,
     ) -> std::result::Result<Response<Self::PullStream>, Status> {
         let caller = self.caller(&req)?;
-        let reference = req.into_inner().reference;
-        if reference.is_empty() || reference.len() > 1024 {
-            return Err(Status::invalid_argument("image reference is empty or too long"));
-        }
+        let reference = requests::pull(req.get_ref()).map_err(invalid)?.to_string();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let node = self.daemon.node().clone();
         tracing::info!(uid = caller.uid, reference = %reference, "pull started");
@@ -322,22 +302,8 @@ impl Control for ControlService {
     ) -> std::result::Result<Response<proto::CacheStatReply>, Status> {
         self.caller(&req)?;
         let store = self.store()?;
-        let st = store.stats();
-        let images = store
-            .pinned_images()
-            .map_err(|e| status_of(&NodeError::Store(e)))?;
-        Ok(Response::new(proto::CacheStatReply {
-            path: store.path().display().to_string(),
-            chunks: st.chunks,
-            bytes: st.bytes,
-            capacity_bytes: st.capacity,
-            pinned_images: images.len() as u64,
-            pinned_chunks: st.pinned_chunks,
-            evictions: st.evictions,
-            images: images.len() as u64,
-            pinned_bytes: st.pinned_bytes,
-            image_names: images,
-        }))
+        let reply = replies::cache_stat(store).map_err(|e| status_of(&NodeError::Store(e)))?;
+        Ok(Response::new(reply))
     }
 
     async fn cache_gc(
@@ -350,7 +316,12 @@ impl Control for ControlService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| status_of(&NodeError::Store(e)))?;
-        tracing::info!(uid = caller.uid, chunks = r.chunks, bytes = r.bytes, "cache gc");
+        tracing::info!(
+            uid = caller.uid,
+            chunks = r.chunks,
+            bytes = r.bytes,
+            "cache gc"
+        );
         Ok(Response::new(proto::CacheGcReply {
             removed_chunks: r.chunks,
             removed_bytes: r.bytes,
@@ -370,15 +341,7 @@ impl Control for ControlService {
         for (d, _) in &r.removed {
             self.daemon.node().resolver_core().forget(d);
         }
-        Ok(Response::new(proto::CacheVerifyReply {
-            checked: r.checked,
-            bad: r.removed.len() as u64,
-            bad_digests: r
-                .removed
-                .iter()
-                .map(|(d, why)| format!("{d}: {why}"))
-                .collect(),
-        }))
+        Ok(Response::new(replies::cache_verify(&r)))
     }
 
     async fn cache_clear(
@@ -468,8 +431,9 @@ pub async fn serve(
                 path.display()
             )));
         }
-        std::fs::remove_file(path)
-            .map_err(|e| NodeError::io(format!("removing the stale socket {}", path.display()), e))?;
+        std::fs::remove_file(path).map_err(|e| {
+            NodeError::io(format!("removing the stale socket {}", path.display()), e)
+        })?;
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| NodeError::io(format!("binding {}", path.display()), e))?;
