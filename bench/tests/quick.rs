@@ -1,6 +1,7 @@
 //! Runs `dfagent-bench all --quick` (every scenario on the fixture tree, real registry, proxy
 //! and FUSE mounts; needs root) and checks what it reports: one well-formed summary line per
-//! quantity, results files, byte counts and checksum agreement. No timing is asserted.
+//! quantity, results files, byte counts and checksum agreement, and the daemon scenarios' mount
+//! and file counts. No timing is asserted.
 //!
 //! The dfagent binary is the one beside dfagent-bench in the target dir; if it is missing
 //! (e.g. `cargo test --workspace --test quick` built only this package's targets), the test
@@ -74,6 +75,9 @@ fn quick_mode_reports_every_scenario() {
         "cold-read",
         "store-put",
         "store-get",
+        "mount-latency",
+        "mount-latency-16",
+        "daemon-memory",
     ];
     if has_build {
         expected.push("build");
@@ -117,6 +121,8 @@ fn quick_mode_reports_every_scenario() {
         "metadata",
         "ttfb",
         "store",
+        "mount-latency",
+        "daemon-memory",
     ] {
         let md = std::fs::read_to_string(dir.join(format!("{file}.md"))).unwrap();
         assert!(md.contains("| median |"), "{file}.md has no medians row");
@@ -156,5 +162,41 @@ fn quick_mode_reports_every_scenario() {
         let with_dict = b["second_image_new_bytes_with_dict"].as_u64().unwrap();
         // The second image shares the first's tree: the dictionary must save bytes.
         assert!(with_dict < plain, "dict {with_dict} vs plain {plain}");
+    }
+
+    // The daemon's scenarios: 16 mounts through one daemon in every round, each readable and
+    // each client returned; in the memory scenario every mount served the whole tree.
+    let ml = json(dir, "mount-latency");
+    assert_eq!(ml["mounts"], 16);
+    let rounds = ml["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    for r in rounds {
+        assert_eq!(r["mounts"], 16, "{r}");
+        assert_eq!(r["clients_exited"], 16, "{r}");
+        assert_eq!(r["sixteen_ready_ms"].as_array().unwrap().len(), 16, "{r}");
+    }
+    let dm = json(dir, "daemon-memory");
+    assert_eq!(dm["mounts"], 16);
+    let (files, bytes) = (
+        dm["tree_files"].as_u64().unwrap(),
+        dm["tree_bytes"].as_u64().unwrap(),
+    );
+    assert!(files > 0 && bytes > 0, "{dm}");
+    let rounds = dm["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    for r in rounds {
+        assert_eq!(r["mounts_serving"], 16, "{r}");
+        let per_mount = r["per_mount"].as_array().unwrap();
+        assert_eq!(per_mount.len(), 16, "{r}");
+        for m in per_mount {
+            assert_eq!(m["files"].as_u64(), Some(files), "{m}");
+            assert_eq!(m["bytes"].as_u64(), Some(bytes), "{m}");
+        }
+        assert_eq!(r["read_bytes"].as_u64(), Some(16 * bytes), "{r}");
+        // Both from one reading of /proc/PID/status: the peak is at least the current RSS.
+        assert!(
+            r["vmhwm_kib"].as_u64().unwrap() >= r["vmrss_kib"].as_u64().unwrap(),
+            "{r}"
+        );
     }
 }

@@ -19,6 +19,6 @@ pub use digest::{ChunkDigest, DigestAlgo, DigestParseError};
 pub use reader::{ChunkReader, ReadError};
 pub use sha256::sha256_digest;
 pub use tier::{
-    slots_for, Answer, BoxFuture, ChunkStore, ChunkTier, Retry, Slot, StoredChunk, TierError,
-    TierErrorKind,
+    answer_all, fail_all, slots_for, Answer, BoxFuture, ChunkStore, ChunkTier, Retry, Slot,
+    StoredChunk, TierError, TierErrorKind,
 };

@@ -171,6 +171,22 @@ impl Slot {
     }
 }
 
+/// Answer `slots` in order with `answers` (one per slot; extra answers are ignored, slots
+/// without one stay unanswered): for tiers that work out their answers off the async runtime
+/// and fill the slots afterwards.
+pub fn answer_all(slots: &mut [Slot], answers: Vec<Answer>) {
+    for (slot, answer) in slots.iter_mut().zip(answers) {
+        slot.answer = answer;
+    }
+}
+
+/// Fail every slot with `error` (a tier that could not work at all).
+pub fn fail_all(slots: &mut [Slot], error: &TierError) {
+    for slot in slots.iter_mut() {
+        slot.failed(error.clone());
+    }
+}
+
 /// Slots asking for each of `chunks`, in order.
 pub fn slots_for(chunks: &[ChunkRef]) -> Vec<Slot> {
     chunks.iter().copied().map(Slot::new).collect()

@@ -63,7 +63,18 @@ pub fn run(
     config: &ConfigArgs,
 ) -> anyhow::Result<ExitCode> {
     let cfg = load(config, cmd.overrides(daemon_args))?;
+    daemon::tune_allocator();
     let rt = dfagent_node::runtime()?;
+    // SIGINT/SIGTERM handlers in place before the socket answers, so a stop request right after
+    // "ready" is a clean shutdown.
+    let (mut int, mut term) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _rt = rt.enter();
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
+    };
     let group = match cfg.daemon.group() {
         None => None,
         Some(SocketGroup::Id(g)) => Some(g),
@@ -97,19 +108,10 @@ pub fn run(
                     .unwrap_or_default()
             );
         },
-        async {
-            use tokio::signal::unix::{signal, SignalKind};
-            match (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) {
-                (Ok(mut int), Ok(mut term)) => {
-                    tokio::select! {
-                        _ = int.recv() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                _ => std::future::pending::<()>().await,
+        async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
             }
         },
     ));

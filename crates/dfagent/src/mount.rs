@@ -123,6 +123,28 @@ pub fn run(
     };
     let local = matches!(spec.image, ImageSource::Local { .. });
     let node = open_node(&rt, &cfg, !local)?;
+    // Listen for SIGINT/SIGTERM before mounting: a signal that arrives while the mount is being
+    // set up must unmount it, not kill the process and leave a dead mount behind.
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Registered now, on this thread: the handlers are in place before the mount exists.
+        let (mut int, mut term) = {
+            let _rt = rt.enter();
+            (
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            )
+        };
+        let stop = stop.clone();
+        rt.spawn(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
     let mp = spec.mountpoint.clone();
     let name = spec.image.name();
     let mut mount = rt
@@ -133,24 +155,6 @@ pub fn run(
     }
     eprintln!("dfagent: mounted {name} at {}", mp.display());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        rt.spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-            stop.store(true, Ordering::SeqCst);
-        });
-    }
     // Serve until a signal arrives or someone unmounts us.
     let external_end = loop {
         if let Some(r) = mount.wait_timeout(Duration::from_millis(200)) {

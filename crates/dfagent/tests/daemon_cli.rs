@@ -138,6 +138,16 @@ impl Drop for Daemon {
     }
 }
 
+/// A registry holding the fixture v6-zstd-blake3, and its reference.
+fn registry_with_fixture(work: &Path) -> (Registry, String) {
+    let reg = Registry::start();
+    let reference = format!("{}/fixtures/v6-zstd-blake3:v1", reg.host());
+    dfagent_cli!()
+        .with_store(&work.join("push-store"))
+        .push(&fixture("v6-zstd-blake3"), &reference);
+    (reg, reference)
+}
+
 /// Build `src` into `out/bootstrap` + `out/blobs/<id>` with the RAFS writer.
 fn build_dir(src: &Path, out: &Path, compression: Compression, digest_algo: DigestAlgo) {
     std::fs::create_dir_all(out.join("blobs")).unwrap();
@@ -344,11 +354,7 @@ fn a_second_daemon_on_one_store_names_the_first() {
 #[test]
 fn bad_requests_get_typed_errors_and_the_daemon_keeps_serving() {
     let work = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    let reference = format!("127.0.0.1:{}/fixtures/v6-zstd-blake3:v1", reg.port());
-    dfagent_cli!()
-        .with_store(&work.path().join("push-store"))
-        .push(&fixture("v6-zstd-blake3"), &reference);
+    let (reg, reference) = registry_with_fixture(work.path());
     let daemon = Daemon::start(work.path(), &["--metrics-addr", "none"]);
     let mp = work.path().join("mnt");
     std::fs::create_dir(&mp).unwrap();
@@ -478,11 +484,7 @@ impl Prometheus {
 #[test]
 fn prometheus_scrapes_what_a_read_fetched() {
     let work = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    let reference = format!("127.0.0.1:{}/fixtures/v6-zstd-blake3:v1", reg.port());
-    dfagent_cli!()
-        .with_store(&work.path().join("push-store"))
-        .push(&fixture("v6-zstd-blake3"), &reference);
+    let (_reg, reference) = registry_with_fixture(work.path());
     let port = free_port();
     let daemon = Daemon::start(
         work.path(),
@@ -640,11 +642,7 @@ fn the_control_socket_admits_root_and_its_group_only() {
     let work = tempfile::tempdir().unwrap();
     // Other users must reach the socket's directory and the mount points.
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let reg = Registry::start();
-    let reference = format!("127.0.0.1:{}/fixtures/v6-zstd-blake3:v1", reg.port());
-    dfagent_cli!()
-        .with_store(&work.path().join("push-store"))
-        .push(&fixture("v6-zstd-blake3"), &reference);
+    let (_reg, reference) = registry_with_fixture(work.path());
     let daemon = Daemon::start(
         work.path(),
         &[
@@ -762,11 +760,7 @@ fn the_control_socket_admits_root_and_its_group_only() {
 #[test]
 fn shutdown_detaches_a_busy_mount_and_exits_promptly() {
     let work = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    let reference = format!("127.0.0.1:{}/fixtures/v6-zstd-blake3:v1", reg.port());
-    dfagent_cli!()
-        .with_store(&work.path().join("push-store"))
-        .push(&fixture("v6-zstd-blake3"), &reference);
+    let (_reg, reference) = registry_with_fixture(work.path());
     let daemon = Daemon::start(work.path(), &["--metrics-addr", "none"]);
     let mp = work.path().join("mnt");
     std::fs::create_dir(&mp).unwrap();

@@ -163,7 +163,9 @@ impl Daemon {
         }
         let _pending = Pending(self, mp.clone());
         let mount = self.node.mount(spec).await?;
-        let info = self.info(&mount, false);
+        // The reply does not count the image's chunks in the store (a lookup per chunk): a
+        // mount must not wait for that; `list` does it.
+        let info = self.info(&mount, false, false);
         lock(&self.mounts).insert(
             mp,
             Entry {
@@ -213,7 +215,7 @@ impl Daemon {
     pub fn list(&self) -> Vec<MountInfo> {
         lock(&self.mounts)
             .values()
-            .map(|e| self.info(&e.mount, e.unmounting))
+            .map(|e| self.info(&e.mount, e.unmounting, true))
             .collect()
     }
 
@@ -222,7 +224,7 @@ impl Daemon {
         lock(&self.mounts).len()
     }
 
-    fn info(&self, m: &Mount, unmounting: bool) -> MountInfo {
+    fn info(&self, m: &Mount, unmounting: bool, count_cached: bool) -> MountInfo {
         let image = m.image();
         MountInfo {
             image: m.spec().image.name(),
@@ -231,7 +233,7 @@ impl Daemon {
             state: if unmounting { "unmounting" } else { "serving" },
             mounted_at: m.mounted_at(),
             offline: image.offline,
-            stats: m.stats(self.node.store().map(|s| &**s)),
+            stats: m.stats(self.node.store().filter(|_| count_cached).map(|s| &**s)),
         }
     }
 
@@ -365,6 +367,20 @@ fn unmount_entry(entry: Entry, lazy: bool) -> Result<()> {
         return Ok(());
     }
     entry.mount.unmount()
+}
+
+/// Keep large allocations out of the malloc heap, for a long-running daemon with many mounts.
+/// Each FUSE session thread allocates a request buffer of about 16 MiB; after the first such
+/// buffer is freed glibc raises its mmap threshold above that size, and later buffers come from
+/// the heap, zero-filled and resident. A fixed threshold keeps them mmap'd: pages a session never
+/// touches cost nothing, and freed buffers go back to the system.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable of the allocator; called before the daemon's threads
+    // allocate much, and safe to call at any time.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
 }
 
 /// Where and to whom a daemon serves.

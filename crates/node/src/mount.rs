@@ -194,8 +194,12 @@ impl Node {
             self.store().cloned(),
             progress.clone(),
         );
+        let held = store.clone();
         let task = self.runtime().spawn(async move {
-            prefetch::run(resolver, chunks, PREFETCH_BATCH, p, move |bytes| {
+            let present = move |c: &dfagent_core::ChunkRef| {
+                held.as_ref().is_some_and(|s| s.contains(&c.digest))
+            };
+            prefetch::run(resolver, chunks, PREFETCH_BATCH, p, present, move |bytes| {
                 let Some(store) = &store else { return Ok(()) };
                 let st = store.stats();
                 if st.pinned_bytes + bytes > st.capacity {

@@ -28,14 +28,25 @@ impl Pins {
         reference: &str,
         digests: &[ChunkDigest],
     ) -> Result<PinGuard> {
-        let mut open = self.lock();
-        store.pin(reference, digests)?;
-        *open.entry(reference.to_string()).or_default() += 1;
-        Ok(PinGuard {
+        // Count the user first, so a concurrent last release cannot unpin under us; write the
+        // pins outside the lock (thousands of keys), so mounts of other images go on meanwhile.
+        // A reference already pinned keeps its pins: its open images name the same chunks.
+        let first = {
+            let mut open = self.lock();
+            let n = open.entry(reference.to_string()).or_default();
+            *n += 1;
+            *n == 1
+        };
+        let guard = PinGuard {
             pins: self.clone(),
             store: store.clone(),
             reference: reference.to_string(),
-        })
+        };
+        if first {
+            // On failure the guard's drop takes the count back.
+            store.pin(reference, digests)?;
+        }
+        Ok(guard)
     }
 
     /// How many open images hold a pin on `reference`.

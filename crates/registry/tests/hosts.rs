@@ -224,16 +224,8 @@ async fn dead_failing_and_empty_mirrors_fall_back_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_credentials_win_over_the_docker_config_and_never_show() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let htpasswd = tmp.path().join("htpasswd");
-    let hash = bcrypt::hash_with_result("s3cret-pw", 4)
-        .expect("bcrypt")
-        .format_for_version(bcrypt::Version::TwoY);
-    std::fs::write(&htpasswd, format!("alice:{hash}\n")).expect("htpasswd");
     let reg_proc = RegistryProc::builder()
-        .config_extra(&format!(
-            "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
-            htpasswd.display()
-        ))
+        .basic_auth("alice", "s3cret-pw")
         .start();
     let addr = reg_proc.host();
     // The docker config holds a wrong password for the registry.

@@ -618,16 +618,8 @@ async fn plain_oci_images_are_refused_and_indexes_are_searched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_with_docker_config_credentials() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let htpasswd = tmp.path().join("htpasswd");
-    let hash = bcrypt::hash_with_result("s3cret", 4)
-        .expect("bcrypt")
-        .format_for_version(bcrypt::Version::TwoY);
-    std::fs::write(&htpasswd, format!("alice:{hash}\n")).expect("htpasswd");
     let reg_proc = RegistryProc::builder()
-        .config_extra(&format!(
-            "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
-            htpasswd.display()
-        ))
+        .basic_auth("alice", "s3cret")
         .start();
     let (bootstrap, blobs) = fixture("v6-lz4-sha256");
     let reference = format!("{}/private/img:v1", reg_proc.host());

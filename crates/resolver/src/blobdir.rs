@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use dfagent_core::{BlobId, BoxFuture, ChunkRef, ChunkTier, Slot, TierError, TierErrorKind};
+use dfagent_core::{
+    answer_all, fail_all, Answer, BlobId, BoxFuture, ChunkRef, ChunkTier, Slot, StoredChunk,
+    TierError, TierErrorKind,
+};
 use sha2::Digest as _;
 
 /// Serves chunks from blob files named by their sha256 in one directory.
@@ -119,35 +122,31 @@ impl ChunkTier for BlobDirTier {
             let read = tokio::task::spawn_blocking(move || {
                 chunks
                     .iter()
-                    .map(|c| inner.read_stored(c))
+                    .map(|c| match inner.read_stored(c) {
+                        Ok(Some(data)) => Answer::Found(StoredChunk {
+                            data: Bytes::from(data),
+                            compression: c.compression,
+                        }),
+                        Ok(None) => Answer::Missing,
+                        Err(e) => Answer::Failed(TierError::new(
+                            "blobdir",
+                            TierErrorKind::Io,
+                            e.to_string(),
+                        )),
+                    })
                     .collect::<Vec<_>>()
             })
             .await;
-            let read = match read {
-                Ok(r) => r,
-                Err(e) => {
-                    let e = TierError::new(
+            match read {
+                Ok(answers) => answer_all(slots, answers),
+                Err(e) => fail_all(
+                    slots,
+                    &TierError::new(
                         "blobdir",
                         TierErrorKind::Other,
                         format!("reader task failed: {e}"),
-                    );
-                    for s in slots.iter_mut() {
-                        s.failed(e.clone());
-                    }
-                    return;
-                }
-            };
-            for (slot, r) in slots.iter_mut().zip(read) {
-                match r {
-                    Ok(Some(data)) => {
-                        let compression = slot.chunk().compression;
-                        slot.found(Bytes::from(data), compression);
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        slot.failed(TierError::new("blobdir", TierErrorKind::Io, e.to_string()))
-                    }
-                }
+                    ),
+                ),
             }
         })
     }

@@ -126,16 +126,28 @@ pub fn batches(chunks: &[ChunkRef], batch_bytes: u64) -> Vec<std::ops::Range<usi
 
 /// Fetch `chunks` through `resolver` in batches of up to `batch_bytes` stored bytes, stopping
 /// (and saying so once) when `may_continue`, given the next batch's stored size, refuses.
+/// Chunks `present` says the node already keeps are counted done without being read: prefetch
+/// exists to bring chunks onto the node, and a warm node should not decode its whole store at
+/// every mount (a stored chunk is still verified whenever it is read).
 pub async fn run(
     resolver: Arc<Resolver>,
     chunks: Vec<ChunkRef>,
     batch_bytes: u64,
     progress: Arc<PrefetchProgress>,
+    present: impl Fn(&ChunkRef) -> bool,
     may_continue: impl Fn(u64) -> Result<(), String>,
 ) {
     progress.total.store(chunks.len() as u64, Ordering::Relaxed);
     progress.total_bytes.store(
         chunks.iter().map(|c| u64::from(c.compressed_size)).sum(),
+        Ordering::Relaxed,
+    );
+    let (here, chunks): (Vec<ChunkRef>, Vec<ChunkRef>) = chunks.into_iter().partition(present);
+    progress
+        .done
+        .fetch_add(here.len() as u64, Ordering::Relaxed);
+    progress.done_bytes.fetch_add(
+        here.iter().map(|c| u64::from(c.compressed_size)).sum(),
         Ordering::Relaxed,
     );
     for range in batches(&chunks, batch_bytes) {
@@ -146,7 +158,7 @@ pub async fn run(
         if let Err(why) = may_continue(bytes) {
             tracing::warn!(
                 done = progress.done.load(Ordering::Relaxed),
-                total = chunks.len(),
+                total = progress.total.load(Ordering::Relaxed),
                 "background prefetch stopped: {why}"
             );
             break;

@@ -346,19 +346,53 @@ impl Store {
     }
 
     /// Record that `image` uses `digests`, replacing what it used before. Pinned chunks are
-    /// evicted last (or never, see [`StoreConfig::evict_pinned`]).
+    /// evicted last (or never, see [`StoreConfig::evict_pinned`]). Only the difference from the
+    /// pins already recorded is written: re-pinning an image (a mount of a pulled image, a
+    /// second mount) reads its pins and writes nothing.
     pub fn pin(&self, image: &str, digests: &[ChunkDigest]) -> Result<(), StoreError> {
-        self.unpin(image)?;
+        let mut wanted: Vec<ChunkDigest> = digests.to_vec();
+        wanted.sort();
+        wanted.dedup();
+        let prefix = pin_prefix(image);
+        let mut had: Vec<ChunkDigest> = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_PINS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if let Ok(d) = parse_digest_key(&k[prefix.len()..]) {
+                had.push(d);
+            }
+        }
+        had.sort();
+        let gone: Vec<&ChunkDigest> = had
+            .iter()
+            .filter(|d| wanted.binary_search(d).is_err())
+            .collect();
+        let new: Vec<&ChunkDigest> = wanted
+            .iter()
+            .filter(|d| had.binary_search(d).is_err())
+            .collect();
+        if gone.is_empty() && new.is_empty() {
+            return Ok(());
+        }
         let mut b = WriteBatch::default();
-        let mut unique: Vec<ChunkDigest> = digests.to_vec();
-        unique.sort();
-        unique.dedup();
-        for d in &unique {
+        for d in &gone {
+            b.delete_cf(self.cf(CF_PINS), pin_key(image, d));
+        }
+        for d in &new {
             b.put_cf(self.cf(CF_PINS), pin_key(image, d), []);
         }
         self.db.write(b)?;
         let mut lru = self.lru();
-        for d in &unique {
+        for d in gone {
+            lru.unpin(d);
+        }
+        for d in new {
             lru.pin(d);
         }
         Ok(())

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use dfagent_core::{
-    BoxFuture, ChunkDigest, ChunkRef, ChunkStore, ChunkTier, Slot, StoredChunk, TierError,
-    TierErrorKind,
+    answer_all, fail_all, Answer, BoxFuture, ChunkDigest, ChunkRef, ChunkStore, ChunkTier, Slot,
+    StoredChunk, TierError, TierErrorKind,
 };
 
 use crate::store::Store;
@@ -39,31 +39,33 @@ impl ChunkTier for StoreTier {
         let digests: Vec<ChunkDigest> = slots.iter().map(|s| s.chunk().digest).collect();
         Box::pin(async move {
             let read = tokio::task::spawn_blocking(move || {
-                digests.iter().map(|d| store.get(d)).collect::<Vec<_>>()
+                digests
+                    .iter()
+                    .map(|d| match store.get(d) {
+                        Ok(Some(v)) => Answer::Found(StoredChunk {
+                            data: v.data,
+                            compression: v.compression,
+                        }),
+                        Ok(None) => Answer::Missing,
+                        Err(e) => Answer::Failed(TierError::new(
+                            "store",
+                            TierErrorKind::Io,
+                            e.to_string(),
+                        )),
+                    })
+                    .collect::<Vec<_>>()
             })
             .await;
-            let read = match read {
-                Ok(r) => r,
-                Err(e) => {
-                    let e = TierError::new(
+            match read {
+                Ok(answers) => answer_all(slots, answers),
+                Err(e) => fail_all(
+                    slots,
+                    &TierError::new(
                         "store",
                         TierErrorKind::Other,
                         format!("reader task failed: {e}"),
-                    );
-                    for s in slots.iter_mut() {
-                        s.failed(e.clone());
-                    }
-                    return;
-                }
-            };
-            for (slot, r) in slots.iter_mut().zip(read) {
-                match r {
-                    Ok(Some(v)) => slot.found(v.data, v.compression),
-                    Ok(None) => {}
-                    Err(e) => {
-                        slot.failed(TierError::new("store", TierErrorKind::Io, e.to_string()))
-                    }
-                }
+                    ),
+                ),
             }
         })
     }

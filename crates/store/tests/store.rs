@@ -241,3 +241,34 @@ fn kill_9_loses_nothing_acknowledged() {
         "a wrong chunk survived the crash"
     );
 }
+
+#[test]
+fn re_pinning_writes_only_the_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), config(1 << 30)).unwrap();
+    let chunks: Vec<(ChunkDigest, Vec<u8>)> = (0..5).map(|i| chunk(40 + i, 1000)).collect();
+    for (d, data) in &chunks {
+        s.put(d, Compression::None, data.len() as u32, data)
+            .unwrap();
+    }
+    let d = |i: usize| chunks[i].0;
+    s.pin("img", &[d(0), d(1), d(2), d(2)]).unwrap();
+    assert_eq!(s.stats().pinned_chunks, 3);
+    // The same set again: nothing changes (a second mount, a mount of a pulled image).
+    s.pin("img", &[d(2), d(1), d(0)]).unwrap();
+    assert_eq!(s.stats().pinned_chunks, 3);
+    // Another image sharing a chunk.
+    s.pin("other", &[d(2), d(3)]).unwrap();
+    assert_eq!(s.stats().pinned_chunks, 4);
+    // A new set for "img": 0 goes, 4 comes; 2 stays pinned by both.
+    s.pin("img", &[d(1), d(2), d(4)]).unwrap();
+    assert_eq!(s.stats().pinned_chunks, 4);
+    s.unpin("other").unwrap();
+    assert_eq!(s.stats().pinned_chunks, 3);
+    assert_eq!(s.gc().unwrap().chunks, 2);
+    // Reopened, the pins are what was written.
+    drop(s);
+    let s = Store::open(dir.path(), config(1 << 30)).unwrap();
+    assert_eq!(s.stats().pinned_chunks, 3);
+    assert_eq!(s.pinned_images().unwrap(), vec!["img".to_string()]);
+}

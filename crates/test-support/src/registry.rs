@@ -47,6 +47,7 @@ pub fn answers(addr: SocketAddr) -> bool {
 pub struct RegistryBuilder {
     addr: Option<SocketAddr>,
     extra: String,
+    htpasswd: Option<String>,
 }
 
 impl RegistryBuilder {
@@ -62,13 +63,31 @@ impl RegistryBuilder {
         self
     }
 
+    /// Require HTTP basic auth as `user`/`password` (an htpasswd file with a bcrypt hash, kept
+    /// beside the registry's data).
+    pub fn basic_auth(mut self, user: &str, password: &str) -> Self {
+        let hash = bcrypt::hash_with_result(password, 4)
+            .expect("bcrypt")
+            .format_for_version(bcrypt::Version::TwoY);
+        self.htpasswd = Some(format!("{user}:{hash}\n"));
+        self
+    }
+
     /// Start it and wait (bounded) until it answers; fails with its log if it does not.
-    pub fn start(self) -> Registry {
+    pub fn start(mut self) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("dfagent-registry-")
             .tempdir()
             .expect("creating the registry's directory");
         let addr = self.addr.unwrap_or_else(free_addr);
+        if let Some(entries) = self.htpasswd.take() {
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, entries).expect("writing htpasswd");
+            self.extra.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+                file.display()
+            ));
+        }
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,

@@ -11,6 +11,7 @@
 mod build_bench;
 mod cleanup;
 mod cold_start;
+mod daemon_bench;
 mod env;
 mod mount;
 mod outcome;
@@ -93,9 +94,13 @@ enum Scenario {
     Store,
     /// dfagent build throughput vs recompression, and chunk-dictionary dedup.
     Build,
+    /// `dfagent mount` through the daemon vs in-process, and 16 mounts at once vs one.
+    MountLatency,
+    /// The daemon's memory with 16 images mounted and read, beyond its configured cache.
+    DaemonMemory,
 }
 
-const ORDER: [Scenario; 8] = [
+const ORDER: [Scenario; 10] = [
     Scenario::ColdStart,
     Scenario::ColdStartWarm,
     Scenario::SeqRead,
@@ -104,6 +109,8 @@ const ORDER: [Scenario; 8] = [
     Scenario::Ttfb,
     Scenario::Store,
     Scenario::Build,
+    Scenario::MountLatency,
+    Scenario::DaemonMemory,
 ];
 
 fn run_one(env: &mut Env, s: Scenario) -> anyhow::Result<Outcome> {
@@ -116,6 +123,8 @@ fn run_one(env: &mut Env, s: Scenario) -> anyhow::Result<Outcome> {
         Scenario::Ttfb => ttfb::run(env),
         Scenario::Store => store_bench::run(env),
         Scenario::Build => build_bench::run(env),
+        Scenario::MountLatency => daemon_bench::latency(env),
+        Scenario::DaemonMemory => daemon_bench::memory(env),
         Scenario::All => anyhow::bail!("`all` is not a single scenario"),
     }
 }
