@@ -4,6 +4,10 @@
 #   corpus/blob_meta/  the tails of every fixture blob (chunk-info array and header, TOC)
 #   corpus/tar_layer/  the fixture layer tar (whiteouts, opaque dir), gzip'd and zstd'd too, and a
 #                      GNU PAX tar with xattrs (binary and empty), long names, links, a fifo
+#   corpus/mount_ops/  every fixture bootstrap with the bytes its chunks are read from: a u32 (LE)
+#                      bootstrap length, the bootstrap, then a blob's first 64 KiB (all of the
+#                      2-layer image's small second blob), so some chunks verify and reads
+#                      succeed; each bootstrap with no blob bytes too
 # The fixtures are found in the shared folder: $DFAGENT_SHARED, else ../shared beside the clone.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -32,6 +36,22 @@ for dir in "$fixtures"/v6-*/; do
   done
   n=$((n + 1))
 done
+mkdir -p "$here/corpus/mount_ops"
+# u32 LE length of $1, $1, then the first $3 bytes of $2 (or nothing).
+mount_seed() {
+  python3 - "$@" <<'PY'
+import struct, sys
+boot = open(sys.argv[1], "rb").read()
+blob = open(sys.argv[2], "rb").read(int(sys.argv[3])) if len(sys.argv) > 2 else b""
+sys.stdout.buffer.write(struct.pack("<I", len(boot)) + boot + blob)
+PY
+}
+for dir in "$fixtures"/v6-*/; do
+  name=$(basename "$dir")
+  smallest=$(ls -S "$dir"/blobs/* | tail -1)
+  mount_seed "$dir/bootstrap" "$smallest" 65536 > "$here/corpus/mount_ops/$name"
+  mount_seed "$dir/bootstrap" > "$here/corpus/mount_ops/$name-no-blob"
+done
 mkdir -p "$here/corpus/tar_layer"
 layer2=$fixtures/v6-nydusify-2layer/layer2.tar
 cp "$layer2" "$here/corpus/tar_layer/layer2.tar"
@@ -49,4 +69,4 @@ python3 -c 'import os,sys; os.setxattr(sys.argv[1], "user.bin", bytes(range(256)
 tar --format=pax --xattrs --xattrs-include='*' -C "$tmp/t" -cf "$here/corpus/tar_layer/gnu-pax.tar" .
 tar --format=gnu -C "$tmp/t" -cf "$here/corpus/tar_layer/gnu.tar" .
 rm -rf "$tmp"
-echo "seeded $n bootstraps into corpus/bootstrap and $(ls "$here/corpus/blob_meta" | wc -l) blob tails into corpus/blob_meta, $(ls "$here/corpus/tar_layer" | wc -l) layers into corpus/tar_layer"
+echo "seeded $n bootstraps into corpus/bootstrap and $(ls "$here/corpus/blob_meta" | wc -l) blob tails into corpus/blob_meta, $(ls "$here/corpus/tar_layer" | wc -l) layers into corpus/tar_layer, $(ls "$here/corpus/mount_ops" | wc -l) images into corpus/mount_ops"

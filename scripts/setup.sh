@@ -10,7 +10,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 log() { printf '\n== %s\n' "$*" >&2; }
 
 pkgs=(build-essential pkg-config clang libclang-dev protobuf-compiler fuse3 docker-registry
-      umoci skopeo debootstrap jq curl ca-certificates python3 e2fsprogs zstd ccache prometheus)
+      umoci skopeo debootstrap jq curl ca-certificates python3 e2fsprogs zstd ccache prometheus
+      acl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

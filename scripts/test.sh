@@ -16,5 +16,7 @@ echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --workspace -- --test-threads=2
+echo "== fuzz smoke: every fuzz target built and run 20 s on its corpus"
+scripts/fuzz-smoke.sh
 echo "== e2e: Debian rootfs through dfagent build, a registry and a FUSE mount"
 scripts/e2e-debian.sh

@@ -23,10 +23,13 @@ mod mount;
 mod ops;
 mod readahead;
 
-pub use attr::{Attr, ROOT_INO};
+pub use attr::{Attr, MAX_FILE_SIZE, ROOT_INO};
 pub use fuse::NydusFs;
 pub use metrics::{FsMetrics, FsStats, LATENCY_BUCKETS_US, OPS};
-pub use mount::{mount, mount_state, unmount, MountState, Mounted};
+pub use mount::{
+    canonical_path, mount, mount_at, mount_state, mount_with, mounts, unmount, MountAccess,
+    MountEntry, MountState, Mounted,
+};
 pub use ops::{
     DirEntry, DirEntryPlus, Entry, Errno, FsConfig, NydusOps, Opened, PendingRead, StatFs,
     XattrReply,

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use dfagent_core::{ChunkReader, ChunkRef};
 use dfagent_rafs::{FileChunk, FileType, Image, Inode, RafsError};
 
@@ -69,6 +70,8 @@ impl Errno {
     pub const ENODATA: Errno = Errno(libc::ENODATA);
     /// Permission denied (access check).
     pub const EACCES: Errno = Errno(libc::EACCES);
+    /// An xattr value or name list too large to describe (beyond 4 GiB).
+    pub const E2BIG: Errno = Errno(libc::E2BIG);
 
     /// The `errno` value.
     pub fn code(self) -> i32 {
@@ -220,7 +223,7 @@ impl NydusOps {
             tracing::error!(nid, error = %e, "bad inode");
             errno(&e)
         })?;
-        Ok(Attr::of(&inode, self.image.root()))
+        Attr::of(&inode, self.image.root()).ok_or_else(|| no_ino(nid))
     }
 
     fn remember(&self, parent: u64, name: &[u8], nid: u64) {
@@ -270,7 +273,9 @@ impl NydusOps {
         let Some(last) = chunks.last() else {
             return Vec::new();
         };
-        let chunks_end = last.file_offset + u64::from(last.chunk.uncompressed_size);
+        let chunks_end = last
+            .file_offset
+            .saturating_add(u64::from(last.chunk.uncompressed_size));
         let Some((from, to)) = self
             .readahead
             .after_read(inode.nid, offset, end, chunks_end, inode.size)
@@ -455,7 +460,7 @@ impl NydusOps {
                 }
             };
             Ok(add(DirEntry {
-                ino: ino_of(e.nid, root),
+                ino: ino_of(e.nid, root).ok_or_else(|| no_ino(e.nid))?,
                 offset: e.next_offset,
                 kind,
                 name: e.name,
@@ -489,7 +494,12 @@ impl NydusOps {
     pub fn statfs(&self) -> Result<StatFs, Errno> {
         self.metrics.op("statfs");
         let sb = self.image.superblock();
-        let data: u64 = self.image.blobs().iter().map(|b| b.uncompressed_size).sum();
+        // Blob sizes come from the image: summed saturating, never wrapping.
+        let data = self
+            .image
+            .blobs()
+            .iter()
+            .fold(0u64, |sum, b| sum.saturating_add(b.uncompressed_size));
         let blocks = data.div_ceil(4096).max(u64::from(sb.blocks));
         Ok(StatFs {
             blocks,
@@ -565,11 +575,21 @@ impl NydusOps {
     }
 }
 
+/// `EIO` for directory entry `nid`, which has no inode number ([`ino_of`]), logged.
+fn no_ino(nid: u64) -> Errno {
+    tracing::error!(
+        nid,
+        "corrupt image: a directory entry names nid {nid}, which has no inode number"
+    );
+    Errno::EIO
+}
+
 /// `data` as the answer to a caller with a `size`-byte buffer (0: size query).
 fn xattr_reply(data: Vec<u8>, size: u32) -> Result<XattrReply, Errno> {
+    let len = u32::try_from(data.len()).map_err(|_| Errno::E2BIG)?;
     if size == 0 {
-        Ok(XattrReply::Size(data.len() as u32))
-    } else if data.len() > size as usize {
+        Ok(XattrReply::Size(len))
+    } else if len > size {
         Err(Errno::ERANGE)
     } else {
         Ok(XattrReply::Data(data))
@@ -636,18 +656,11 @@ impl PendingRead {
         } = self;
         let refs: Vec<_> = chunks.iter().map(|fc| fc.chunk).collect();
         let results = reader.read_chunks(&refs).await;
-        let mut buf = Vec::with_capacity(end.saturating_sub(offset) as usize);
         let mut failed = false;
+        let mut got = Vec::with_capacity(chunks.len());
         for (fc, r) in chunks.iter().zip(results) {
             match r {
-                Ok(data) if !failed => {
-                    let from = offset.saturating_sub(fc.file_offset) as usize;
-                    let to = ((end - fc.file_offset) as usize).min(data.len());
-                    if from <= to {
-                        buf.extend_from_slice(&data[from..to]);
-                    }
-                }
-                Ok(_) => {}
+                Ok(data) => got.push(data),
                 Err(e) => {
                     failed = true;
                     tracing::error!(
@@ -661,14 +674,85 @@ impl PendingRead {
                 }
             }
         }
-        if failed {
-            metrics.read_done(None, started.elapsed());
-            Err(Errno::EIO)
+        let assembled = if failed {
+            None
         } else {
-            metrics.read_done(Some(buf.len()), started.elapsed());
-            Ok(buf)
+            match assemble(offset, end, &chunks, &got) {
+                Ok(buf) => Some(buf),
+                Err(why) => {
+                    tracing::error!(
+                        file = %path_of(&names, root, nid),
+                        nid,
+                        offset,
+                        end,
+                        error = %why,
+                        "read failed: chunk data does not fit the file"
+                    );
+                    None
+                }
+            }
+        };
+        match assembled {
+            Some(buf) => {
+                metrics.read_done(Some(buf.len()), started.elapsed());
+                Ok(buf)
+            }
+            None => {
+                metrics.read_done(None, started.elapsed());
+                Err(Errno::EIO)
+            }
         }
     }
+}
+
+/// The bytes `[offset, end)` of a file from its chunks there (`chunks`, in file order) and
+/// their data (`data`, one per chunk). Nothing is taken on trust: every chunk must hold exactly
+/// its uncompressed size and the chunks must cover the range without a gap, or the read fails
+/// (saying why) rather than return bytes from the wrong place or short.
+fn assemble(
+    offset: u64,
+    end: u64,
+    chunks: &[FileChunk],
+    data: &[Bytes],
+) -> Result<Vec<u8>, String> {
+    if chunks.len() != data.len() {
+        return Err(format!(
+            "{} answers for {} chunks",
+            data.len(),
+            chunks.len()
+        ));
+    }
+    let mut buf = Vec::with_capacity(end.saturating_sub(offset).min(1 << 30) as usize);
+    // The file offset of the next byte wanted.
+    let mut pos = offset;
+    for (fc, d) in chunks.iter().zip(data) {
+        if pos >= end {
+            break;
+        }
+        if d.len() as u64 != u64::from(fc.chunk.uncompressed_size) {
+            return Err(format!(
+                "chunk {} gave {} bytes, expected {}",
+                fc.chunk.digest,
+                d.len(),
+                fc.chunk.uncompressed_size
+            ));
+        }
+        let chunk_end = fc.file_offset.saturating_add(d.len() as u64);
+        if fc.file_offset > pos || chunk_end <= pos {
+            return Err(format!(
+                "chunk {} covers file bytes {}..{chunk_end}, not byte {pos}",
+                fc.chunk.digest, fc.file_offset
+            ));
+        }
+        let from = (pos - fc.file_offset) as usize;
+        let to = (end.min(chunk_end) - fc.file_offset) as usize;
+        buf.extend_from_slice(&d[from..to]);
+        pos = fc.file_offset + to as u64;
+    }
+    if pos < end {
+        return Err(format!("the chunks end at file byte {pos}, before {end}"));
+    }
+    Ok(buf)
 }
 
 /// Path of `nid` from the names of nodes looked up or listed, for log lines.
@@ -722,6 +806,79 @@ mod tests {
             (6, (5, b"b".to_vec())),
         ]));
         assert!(path_of(&cyclic, 1, 5).len() > 256);
+    }
+
+    /// Chunk `index` of a file cut into `size`-byte chunks, `len` bytes long.
+    fn file_chunk(index: u32, size: u64, len: u32) -> FileChunk {
+        FileChunk {
+            index,
+            file_offset: u64::from(index) * size,
+            chunk: ChunkRef {
+                digest: dfagent_core::DigestAlgo::Sha256.digest(&[index as u8]),
+                blob: "0".repeat(64).parse().unwrap(),
+                compressed_offset: 0,
+                compressed_size: len,
+                uncompressed_size: len,
+                compression: dfagent_core::Compression::None,
+            },
+        }
+    }
+
+    #[test]
+    fn reads_are_assembled_from_whole_chunks_only() {
+        let chunks = [
+            file_chunk(0, 4, 4),
+            file_chunk(1, 4, 4),
+            file_chunk(2, 4, 2),
+        ];
+        let data = [
+            Bytes::from_static(b"abcd"),
+            Bytes::from_static(b"efgh"),
+            Bytes::from_static(b"ij"),
+        ];
+        assert_eq!(assemble(0, 10, &chunks, &data).unwrap(), b"abcdefghij");
+        assert_eq!(assemble(3, 6, &chunks, &data).unwrap(), b"def");
+        assert_eq!(assemble(9, 10, &chunks[2..], &data[2..]).unwrap(), b"j");
+        // At or past the end of the file: nothing, from no chunks.
+        assert_eq!(assemble(10, 10, &[], &[]).unwrap(), b"");
+        assert_eq!(assemble(12, 10, &[], &[]).unwrap(), b"");
+
+        // A chunk shorter or longer than its size: the read fails instead of shifting bytes.
+        let short = [data[0].clone(), Bytes::from_static(b"efg"), data[2].clone()];
+        let e = assemble(0, 10, &chunks, &short).unwrap_err();
+        assert!(e.contains("gave 3 bytes, expected 4"), "{e}");
+        let long = [
+            data[0].clone(),
+            Bytes::from_static(b"efghX"),
+            data[2].clone(),
+        ];
+        assert!(assemble(0, 10, &chunks, &long).is_err());
+        // A gap, chunks out of order, chunks that stop short, answers missing.
+        let e = assemble(
+            0,
+            10,
+            &[chunks[0].clone(), chunks[2].clone()],
+            &[data[0].clone(), data[2].clone()],
+        )
+        .unwrap_err();
+        assert!(e.contains("not byte 4"), "{e}");
+        assert!(assemble(
+            0,
+            10,
+            &[chunks[1].clone(), chunks[0].clone()],
+            &[data[1].clone(), data[0].clone()]
+        )
+        .is_err());
+        let e = assemble(0, 10, &chunks[..2], &data[..2]).unwrap_err();
+        assert!(e.contains("end at file byte 8, before 10"), "{e}");
+        assert!(assemble(0, 10, &chunks, &data[..2]).is_err());
+        // Offsets near the top of the range neither wrap nor panic.
+        let mut top = file_chunk(0, 4, 4);
+        top.file_offset = u64::MAX - 1;
+        assert_eq!(
+            assemble(u64::MAX - 1, u64::MAX, &[top], &data[..1]).unwrap(),
+            b"a"
+        );
     }
 
     #[test]

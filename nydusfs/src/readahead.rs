@@ -106,6 +106,27 @@ mod tests {
     }
 
     #[test]
+    fn offsets_and_sizes_at_the_top_of_the_range_saturate() {
+        let ra = ReadAhead::new(u64::MAX);
+        // A window past the end of u64 ends at the file's size.
+        assert_eq!(
+            ra.after_read(1, 0, 10, 4096, u64::MAX),
+            Some((4096, u64::MAX))
+        );
+        assert_eq!(ra.after_read(1, 10, u64::MAX, u64::MAX, u64::MAX), None);
+        assert_eq!(ra.after_read(2, 0, u64::MAX, u64::MAX, u64::MAX), None);
+        let ra = ReadAhead::new(4 * MIB);
+        assert_eq!(
+            ra.after_read(3, 0, u64::MAX, u64::MAX - 1, u64::MAX),
+            Some((u64::MAX - 1, u64::MAX))
+        );
+        assert_eq!(
+            ra.after_read(3, u64::MAX, u64::MAX, u64::MAX, u64::MAX),
+            None
+        );
+    }
+
+    #[test]
     fn random_reads_and_file_ends_get_nothing() {
         let ra = ReadAhead::new(4 * MIB);
         let size = 64 * MIB;

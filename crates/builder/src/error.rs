@@ -32,6 +32,19 @@ pub enum BuildError {
         /// What is wrong.
         detail: String,
     },
+    /// A tar entry's POSIX ACL text (`SCHILY.acl.access` / `SCHILY.acl.default`, written by
+    /// `tar --acls`) is not a valid ACL. (Named entries without a numeric id are not an error:
+    /// they are dropped with a warning.)
+    #[error("tar entry {path:?}: malformed {which} ACL text")]
+    Acl {
+        /// The entry's path as written in the tar.
+        path: String,
+        /// `access` or `default`.
+        which: &'static str,
+        /// What is wrong with the text.
+        #[source]
+        source: crate::acl::AclError,
+    },
     /// A layer, a chunk or a digest does not match what describes it.
     #[error("{what}: expected {expected}, found {actual}")]
     Digest {

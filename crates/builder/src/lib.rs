@@ -14,7 +14,7 @@
 //! thread count, and no wall-clock time is written anywhere.
 #![deny(missing_docs)]
 
-mod acl;
+pub mod acl;
 pub mod chunker;
 pub mod dict;
 mod error;
@@ -36,6 +36,7 @@ use std::time::Instant;
 use dfagent_core::{BlobId, Compression, DigestAlgo};
 use dfagent_rafs::write::{BlobSpec, BootstrapOptions, Content};
 
+pub use acl::AclError;
 pub use chunker::ChunkOptions;
 pub use error::{BuildError, Result};
 pub use source::{SourceImage, SourceSpec};

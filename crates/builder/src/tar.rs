@@ -1,6 +1,7 @@
 //! A streaming tar reader for OCI layers: ustar, GNU (long names and link names, base-256
 //! numbers) and PAX (local and global headers, `path`, `linkpath`, `size`, `uid`, `gid`,
-//! `mtime` with fractions, `SCHILY.xattr.*` and `LIBARCHIVE.xattr.*` extended attributes).
+//! `mtime` with fractions, `SCHILY.xattr.*` and `LIBARCHIVE.xattr.*` extended attributes, and
+//! `SCHILY.acl.access`/`SCHILY.acl.default` POSIX ACL text, see [`crate::acl`]).
 //!
 //! Written here rather than taken from the `tar` crate because that crate splits PAX records at
 //! newlines, so a binary xattr value (which GNU tar writes as raw bytes) makes the header
@@ -342,8 +343,21 @@ impl<R: Read> TarReader<R> {
             e.dev_minor = self.dev(&h[337..345], "devminor")?;
         }
         let records: Vec<(Vec<u8>, Vec<u8>)> = self.global.iter().cloned().chain(local).collect();
+        // ACL text is converted once every record is applied: an xattr record of the same ACL
+        // wins wherever it stands.
+        let mut acl_access = None;
+        let mut acl_default = None;
         for (k, v) in records {
-            self.apply_pax(&mut e, &k, v)?;
+            match k.as_slice() {
+                b"SCHILY.acl.access" => acl_access = Some(v),
+                b"SCHILY.acl.default" => acl_default = Some(v),
+                _ => self.apply_pax(&mut e, &k, v)?,
+            }
+        }
+        for (which, text) in [("access", acl_access), ("default", acl_default)] {
+            if let Some(text) = text {
+                apply_acl_text(&mut e, which, &text)?;
+            }
         }
         e.kind = match flag {
             b'0' | 0 | b'7' => {
@@ -428,25 +442,6 @@ impl<R: Read> TarReader<R> {
                 let name = key[b"SCHILY.xattr.".len()..].to_vec();
                 set_xattr(&mut e.xattrs, name, value);
             }
-            b"SCHILY.acl.access" | b"SCHILY.acl.default" => {
-                let name: &[u8] = if key == b"SCHILY.acl.access" {
-                    b"system.posix_acl_access"
-                } else {
-                    b"system.posix_acl_default"
-                };
-                match crate::acl::text_to_xattr(&value) {
-                    // An xattr record for the same name (Docker's form) wins.
-                    Some(v) if !e.xattrs.iter().any(|(n, _)| n == name) => {
-                        e.xattrs.push((name.to_vec(), v))
-                    }
-                    Some(_) => {}
-                    None => tracing::warn!(
-                        path = %lossy(&e.path),
-                        acl = %lossy(&value),
-                        "ACL text that cannot be converted (named entries need numeric ids); dropped"
-                    ),
-                }
-            }
             _ if key.starts_with(b"LIBARCHIVE.xattr.") => {
                 use base64::Engine as _;
                 let name = percent_decode(&key[b"LIBARCHIVE.xattr.".len()..]);
@@ -471,6 +466,43 @@ impl<R: Read> TarReader<R> {
         }
         Ok(())
     }
+}
+
+/// Add the `system.posix_acl_{which}` xattr converted from `tar --acls` text, unless an xattr
+/// record (Docker's form, or GNU tar's with `--xattrs`) already gave it. Named entries without a
+/// numeric id are dropped one by one, each with a warning naming its kind and position (not the
+/// name); text that is not an ACL is an error.
+fn apply_acl_text(e: &mut TarEntry, which: &'static str, text: &[u8]) -> Result<()> {
+    let name = format!("system.posix_acl_{which}").into_bytes();
+    if e.xattrs.iter().any(|(n, _)| *n == name) {
+        tracing::debug!(
+            path = %lossy(&e.path),
+            acl = which,
+            "ACL text ignored: an xattr record gives the same ACL"
+        );
+        return Ok(());
+    }
+    let converted = crate::acl::text_to_xattr(text).map_err(|source| BuildError::Acl {
+        path: lossy(&e.path),
+        which,
+        source,
+    })?;
+    let Some(converted) = converted else {
+        return Ok(());
+    };
+    for d in &converted.dropped {
+        tracing::warn!(
+            path = %lossy(&e.path),
+            acl = which,
+            entry = d.kind.as_str(),
+            position = d.position,
+            "ACL entry names a {} without a numeric id (the image's own user database is not \
+             consulted); this entry is dropped, the rest of the ACL is kept",
+            d.kind.as_str()
+        );
+    }
+    e.xattrs.push((name, converted.xattr));
+    Ok(())
 }
 
 fn set_xattr(xattrs: &mut Vec<(Vec<u8>, Vec<u8>)>, name: Vec<u8>, value: Vec<u8>) {
@@ -824,6 +856,104 @@ mod tests {
                 assert!(failed, "a cut at byte {cut} went unnoticed");
             }
         }
+    }
+
+    /// One regular file `f` whose PAX header holds `records`.
+    fn with_pax(records: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = ::tar::Builder::new(Vec::new());
+        b.append_pax_extensions(records.iter().copied()).unwrap();
+        let mut h = ::tar::Header::new_ustar();
+        h.set_size(0);
+        h.set_entry_type(::tar::EntryType::Regular);
+        b.append_data(&mut h, "f", &b""[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn first(data: &[u8]) -> Result<TarEntry> {
+        TarReader::new(data)
+            .next_entry()
+            .map(|e| e.expect("one entry"))
+    }
+
+    #[test]
+    fn acl_text_drops_only_entries_without_ids() {
+        let data = with_pax(&[
+            (
+                "SCHILY.acl.access",
+                &b"user::rw-\nuser:nosuchuser:r--\nuser:4242:r--\ngroup::r--\n\
+                  group:staff:r-x:50\nmask::r-x\nother::---\n"[..],
+            ),
+            (
+                "SCHILY.acl.default",
+                &b"user::rwx,group::r-x,group:nosuchgroup:rwx,other::r-x"[..],
+            ),
+        ]);
+        let e = first(&data).unwrap();
+        assert_eq!(
+            e.xattrs,
+            vec![
+                (
+                    b"system.posix_acl_access".to_vec(),
+                    hex::decode(
+                        "0200000001000600ffffffff020004009210000004000400ffffffff\
+                         080005003200000010000500ffffffff20000000ffffffff"
+                    )
+                    .unwrap()
+                ),
+                (
+                    b"system.posix_acl_default".to_vec(),
+                    hex::decode("0200000001000700ffffffff04000500ffffffff20000500ffffffff")
+                        .unwrap()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn acl_xattr_record_wins_over_text_wherever_it_stands() {
+        let binary: &[u8] =
+            &hex::decode("0200000001000600ffffffff04000400ffffffff20000400ffffffff").unwrap();
+        let text: &[u8] = b"user::rwx,user:4242:r--,group::r--,mask::r--,other::r--";
+        for records in [
+            [
+                ("SCHILY.acl.access", text),
+                ("SCHILY.xattr.system.posix_acl_access", binary),
+            ],
+            [
+                ("SCHILY.xattr.system.posix_acl_access", binary),
+                ("SCHILY.acl.access", text),
+            ],
+        ] {
+            let e = first(&with_pax(&records)).unwrap();
+            assert_eq!(
+                e.xattrs,
+                vec![(b"system.posix_acl_access".to_vec(), binary.to_vec())]
+            );
+        }
+        // Text that is not an ACL is not even read when the xattr record is there...
+        let e = first(&with_pax(&[
+            ("SCHILY.acl.access", &b"user::rwz"[..]),
+            ("SCHILY.xattr.system.posix_acl_access", binary),
+        ]))
+        .unwrap();
+        assert_eq!(e.xattrs.len(), 1);
+        // ...and is an error naming the entry when it is the only form.
+        match first(&with_pax(&[(
+            "SCHILY.acl.default",
+            &b"user::rw-,user:bob:r--"[..],
+        )])) {
+            Err(BuildError::Acl {
+                path,
+                which: "default",
+                source: crate::acl::AclError::Missing("group"),
+            }) => assert_eq!(path, "f"),
+            other => panic!("{other:?}"),
+        }
+        // Empty text is no ACL.
+        assert!(first(&with_pax(&[("SCHILY.acl.access", &b""[..])]))
+            .unwrap()
+            .xattrs
+            .is_empty());
     }
 
     #[test]

@@ -52,8 +52,17 @@ pub struct MountChoices {
     pub prefetch: Option<Prefetch>,
     /// Read-ahead window, MiB.
     pub readahead_mib: Option<u32>,
-    /// Replace a stale mount.
+    /// Replace a dfagent mount at the mount point.
     pub force: bool,
+    /// Let other users use the mount (FUSE `allow_other`); `false` leaves the daemon's default.
+    pub allow_other: bool,
+    /// Honour set-user-id bits; `false` leaves the daemon's default.
+    pub suid: bool,
+    /// Honour device files; `false` leaves the daemon's default.
+    pub dev: bool,
+    /// Mount a container's root file system (suid, dev, allow_other, under a root-only
+    /// directory).
+    pub container_rootfs: bool,
 }
 
 /// A checked mount request.
@@ -115,6 +124,10 @@ pub fn choices(o: Option<&proto::MountOptions>) -> Result<MountChoices, Invalid>
         prefetch,
         readahead_mib: o.readahead_mib,
         force: o.force,
+        allow_other: o.allow_other,
+        suid: o.suid,
+        dev: o.dev,
+        container_rootfs: o.container_rootfs,
     })
 }
 
@@ -179,12 +192,22 @@ mod tests {
             prefetch: proto::Prefetch::Table as i32,
             readahead_mib: Some(4),
             force: true,
+            allow_other: true,
+            container_rootfs: true,
             ..Default::default()
         });
         let c = mount(&r).unwrap().choices;
         assert_eq!(c.prefetch, Some(Prefetch::Table));
         assert_eq!(c.readahead_mib, Some(4));
-        assert!(c.force);
+        assert!(c.force && c.allow_other && c.container_rootfs);
+        assert!(!c.suid && !c.dev);
+        r.options = Some(proto::MountOptions {
+            suid: true,
+            dev: true,
+            ..Default::default()
+        });
+        let c = mount(&r).unwrap().choices;
+        assert!(c.suid && c.dev && !c.allow_other && !c.force);
     }
 
     #[test]

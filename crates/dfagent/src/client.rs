@@ -85,6 +85,14 @@ pub struct MountFlags {
     pub readahead_mib: Option<u64>,
     /// `--force`.
     pub force: bool,
+    /// `--allow-other`.
+    pub allow_other: bool,
+    /// `--suid`.
+    pub suid: bool,
+    /// `--dev`.
+    pub dev: bool,
+    /// `--container-rootfs`.
+    pub container_rootfs: bool,
 }
 
 /// Ask the daemon to mount `image` at `mp`; returns once the mount is ready.
@@ -120,7 +128,10 @@ pub fn mount(
                 .readahead_mib
                 .map(|m| m.min(u64::from(u32::MAX)) as u32),
             force: options.force,
-            ..Default::default()
+            allow_other: options.allow_other,
+            suid: options.suid,
+            dev: options.dev,
+            container_rootfs: options.container_rootfs,
         }),
     };
     let reply = rt.block_on(c.mount(req)).map_err(status)?.into_inner();

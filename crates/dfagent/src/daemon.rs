@@ -96,17 +96,23 @@ pub fn run(
         "daemon starting"
     );
     let socket = settings.socket.clone();
+    let json_logs = cfg.log.format == dfagent_node::config::LogFormat::Json;
     let result = rt.block_on(daemon::serve(
         Arc::clone(&daemon),
         settings,
         move |metrics| {
-            eprintln!(
-                "dfagent: daemon ready: control socket {}{}",
-                socket.display(),
-                metrics
-                    .map(|a| format!(", metrics http://{a}/metrics"))
-                    .unwrap_or_default()
-            );
+            if json_logs {
+                // Every stderr line stays a JSON object for log collectors.
+                tracing::info!(socket = %socket.display(), metrics = ?metrics, "daemon ready");
+            } else {
+                eprintln!(
+                    "dfagent: daemon ready: control socket {}{}",
+                    socket.display(),
+                    metrics
+                        .map(|a| format!(", metrics http://{a}/metrics"))
+                        .unwrap_or_default()
+                );
+            }
         },
         async move {
             tokio::select! {
@@ -118,6 +124,9 @@ pub fn run(
     drop(daemon);
     rt.shutdown_timeout(Duration::from_secs(2));
     result.context("daemon")?;
-    eprintln!("dfagent: daemon stopped");
+    // The node library logs "daemon stopped" itself; the plain line is for terminals.
+    if !json_logs {
+        eprintln!("dfagent: daemon stopped");
+    }
     Ok(ExitCode::SUCCESS)
 }

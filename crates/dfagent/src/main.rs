@@ -69,6 +69,10 @@ enum Command {
     /// File data is read lazily: only the chunks a reader touches are read from the blobs, each
     /// verified against its digest before any byte is returned (a chunk that fails gives EIO).
     /// Serves until `dfagent umount MOUNTPOINT`, SIGINT or SIGTERM, then unmounts and exits.
+    ///
+    /// Images are untrusted: the mount is nosuid and nodev, and only its owner may use it,
+    /// unless --suid, --dev, --allow-other or --container-rootfs say otherwise. Its source in
+    /// /proc/self/mountinfo is `dfagent:<image digest>`.
     Mount(mount::MountArgs),
     /// Fill the chunk store with a whole image from a registry (with a progress bar), so that
     /// it mounts and reads with the registry unreachable. The image stays pinned.
@@ -130,7 +134,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Unmount a dfagent mount (also recovers a stale mount left by a killed process).
+    /// Unmount a dfagent mount (also recovers a stale mount left by a killed process). Anything
+    /// else mounted at the path (its source is not `dfagent:<image digest>`) is left alone.
     Umount {
         /// The mount point.
         mountpoint: PathBuf,

@@ -28,10 +28,26 @@ pub struct MountArgs {
     /// Directory holding the local image's data blobs, each named by its sha256.
     #[arg(long, requires = "bootstrap")]
     pub blob_dir: Option<PathBuf>,
-    /// Replace whatever is mounted at MOUNTPOINT, including a stale mount left by a killed
-    /// dfagent ("transport endpoint is not connected").
+    /// Replace a dfagent mount at MOUNTPOINT, including a stale one left by a killed dfagent
+    /// ("transport endpoint is not connected"). Anything else mounted there is never replaced.
     #[arg(long)]
     pub force: bool,
+    /// Let every user use the mount, as the files' modes allow (FUSE allow_other;
+    /// `mount.allow_other`). Without it only the user who mounted it may (root, for the daemon).
+    /// Containers running as a non-root user need it.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Honour the image's set-user-id and set-group-id bits (`mount.suid`; default nosuid).
+    /// Images are untrusted: a setuid-root binary in one runs as root.
+    #[arg(long)]
+    pub suid: bool,
+    /// Honour the image's device files (`mount.dev`; default nodev).
+    #[arg(long)]
+    pub dev: bool,
+    /// Mount a container's root file system: suid, dev and allow_other, accepted only when
+    /// every directory above MOUNTPOINT is owned by root and writable by no one else.
+    #[arg(long)]
+    pub container_rootfs: bool,
     /// Size of the in-memory cache of decoded, verified chunks, in MiB (`cache.decoded_mib`,
     /// default 256; a daemon's cache is set when it starts).
     #[arg(long)]
@@ -90,6 +106,16 @@ impl MountArgs {
         if let Some(p) = self.prefetch {
             o = o.set("--prefetch", "mount.prefetch", p.as_str());
         }
+        // Flags only switch on: off is the default, or what the configuration says.
+        for (on, flag, key) in [
+            (self.allow_other, "--allow-other", "mount.allow_other"),
+            (self.suid, "--suid", "mount.suid"),
+            (self.dev, "--dev", "mount.dev"),
+        ] {
+            if on {
+                o = o.set(flag, key, true);
+            }
+        }
         o
     }
 }
@@ -110,12 +136,17 @@ pub fn run(
             prefetch: args.prefetch,
             readahead_mib: args.readahead_mib,
             force: args.force,
+            allow_other: args.allow_other,
+            suid: args.suid,
+            dev: args.dev,
+            container_rootfs: args.container_rootfs,
         };
         return crate::client::mount(&rt, c, &image, &mountpoint, &options);
     }
     let cfg = load(config, args.overrides())?;
     let mut options = cfg.mount_options();
     options.force = args.force;
+    options.container_rootfs = args.container_rootfs;
     let spec = MountSpec {
         image,
         mountpoint,

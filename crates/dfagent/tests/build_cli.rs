@@ -887,3 +887,294 @@ fn push_and_registry_source_mount_from_the_registry() {
     );
     m.stop();
 }
+
+/// `(tag, permissions, id)` of each entry of a binary `system.posix_acl_*` value, in order.
+fn acl_entries(value: &[u8]) -> Vec<(u16, u16, u32)> {
+    assert_eq!(value.get(..4), Some(&[2u8, 0, 0, 0][..]), "ACL version");
+    assert_eq!(value.len() % 8, 4, "ACL length {}", value.len());
+    value[4..]
+        .chunks_exact(8)
+        .map(|e| {
+            (
+                u16::from_le_bytes([e[0], e[1]]),
+                u16::from_le_bytes([e[2], e[3]]),
+                u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+            )
+        })
+        .collect()
+}
+
+// ACL tags and the id of entries without a qualifier.
+const A_USER_OBJ: u16 = 0x01;
+const A_USER: u16 = 0x02;
+const A_GROUP_OBJ: u16 = 0x04;
+const A_GROUP: u16 = 0x08;
+const A_MASK: u16 = 0x10;
+const A_OTHER: u16 = 0x20;
+const NO_ID: u32 = u32::MAX;
+
+/// The ACL entries of `name`'s `system.posix_acl_{which}` xattr in `img` (a path of one or two
+/// components under the root).
+fn image_acl(img: &dfagent_rafs::Image, path: &str, which: &str) -> Vec<(u16, u16, u32)> {
+    let mut nid = img.root();
+    for c in path.split('/') {
+        nid = img
+            .lookup(nid, c.as_bytes())
+            .unwrap()
+            .unwrap_or_else(|| panic!("{path} not in the image"))
+            .nid;
+    }
+    let name = format!("system.posix_acl_{which}");
+    let v = img
+        .getxattr(nid, name.as_bytes())
+        .unwrap()
+        .unwrap_or_else(|| panic!("{path} has no {name}"));
+    acl_entries(&v)
+}
+
+/// `s` without ANSI colour sequences.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn tar_acls_text_drops_only_entries_without_numeric_ids() {
+    let w = work();
+    // 424242 and 434343 have no names here, so GNU tar writes them as numbers; root (0) has
+    // one, so GNU tar writes `user:root:rw-` with no id at all.
+    for (db, id) in [("passwd", "424242"), ("group", "434343")] {
+        let o = Command::new("getent").args([db, id]).output().unwrap();
+        assert!(!o.status.success(), "{db} {id} has a name on this machine");
+    }
+    let t = w.path().join("tree");
+    std::fs::create_dir_all(t.join("dir")).unwrap();
+    std::fs::write(t.join("file"), "acl\n").unwrap();
+    let setfacl = |args: &[&str], path: &Path| sh(Command::new("setfacl").args(args).arg(path));
+    setfacl(
+        &[
+            "-m",
+            "u:424242:r--,u:root:rw-,g:434343:r-x,g:root:r--,m::rwx",
+        ],
+        &t.join("file"),
+    );
+    setfacl(&["-m", "u:424242:r-x,m::r-x"], &t.join("dir"));
+    setfacl(
+        &["-d", "-m", "u:root:rwx,u:424242:rwx,g:434343:r-x,m::rwx"],
+        &t.join("dir"),
+    );
+    let tar = |extra: &[&str]| {
+        let out = Command::new("tar")
+            .args(["--format=pax", "--acls", "--numeric-owner"])
+            .args(extra)
+            .arg("-C")
+            .arg(&t)
+            .args(["-cf", "-", "."])
+            .output()
+            .unwrap();
+        succeeded(out).stdout
+    };
+    let contains =
+        |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    // With --xattrs GNU tar also writes the kernel's binary ACLs, which win over the text.
+    let with_xattrs = tar(&["--xattrs"]);
+    assert!(contains(
+        &with_xattrs,
+        "SCHILY.xattr.system.posix_acl_default="
+    ));
+    // Without, only text: named entries carry names and no ids.
+    let text_only = tar(&[]);
+    assert!(contains(&text_only, "SCHILY.acl.access="));
+    assert!(contains(&text_only, "SCHILY.acl.default="));
+    assert!(contains(&text_only, "user:root:rw-\n"));
+    assert!(contains(&text_only, "user:424242:r--\n"));
+    assert!(!contains(&text_only, "SCHILY.xattr."));
+
+    // Hand-made records: an id-less name beside star's NAME:PERMS:ID form, numeric qualifiers
+    // and the comma form, in any order.
+    let crafted = w.path().join("crafted.tar");
+    sh(Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import tarfile, io, sys\n\
+             t = tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT)\n\
+             f = tarfile.TarInfo('crafted.txt'); f.size = 2; f.mode = 0o640\n\
+             f.pax_headers = {'SCHILY.acl.access': 'user::rw-\\nuser:nosuchuser:r--\\nuser:alice:r-x:424242\\nuser:4343:rw-\\ngroup::r--\\ngroup:staff:-w-:50\\nmask::rwx\\nother::---\\n'}\n\
+             t.addfile(f, io.BytesIO(b'c\\n'))\n\
+             d = tarfile.TarInfo('crafted-dir'); d.type = tarfile.DIRTYPE; d.mode = 0o755\n\
+             d.pax_headers = {'SCHILY.acl.default': 'other::r-x,group:nosuchgroup:r--,user::rwx,mask::r-x,user:nosuchuser:rwx,group::r-x,group:434343:r-x'}\n\
+             t.addfile(d)\n\
+             t.close()\n",
+        )
+        .arg(&crafted));
+
+    let layout = w.path().join("L");
+    oci_layout(&layout, "xattrs", &[with_xattrs], true);
+    oci_layout(
+        &w.path().join("L2"),
+        "text",
+        &[text_only, std::fs::read(&crafted).unwrap()],
+        true,
+    );
+    let kernel_out = w.path().join("out-xattrs");
+    build(&format!("oci:{}:xattrs", p(&layout)), &kernel_out, &[]);
+    let text_out = w.path().join("out-text");
+    let o = dfagent_cli!().ok(&[
+        "build",
+        &format!("oci:{}:text", p(&w.path().join("L2"))),
+        "--output-dir",
+        p(&text_out),
+        "-q",
+    ]);
+    check(&text_out);
+    let stderr = strip_ansi(&String::from_utf8_lossy(&o.stderr));
+
+    // The kernel's own binary ACLs (GNU tar's xattr records): every entry, named ones by id.
+    let kernel = dfagent_rafs::Image::open(kernel_out.join("bootstrap")).unwrap();
+    let file_acl = vec![
+        (A_USER_OBJ, 6, NO_ID),
+        (A_USER, 6, 0),
+        (A_USER, 4, 424242),
+        (A_GROUP_OBJ, 4, NO_ID),
+        (A_GROUP, 4, 0),
+        (A_GROUP, 5, 434343),
+        (A_MASK, 7, NO_ID),
+        (A_OTHER, 4, NO_ID),
+    ];
+    assert_eq!(image_acl(&kernel, "file", "access"), file_acl);
+    let dir_access = vec![
+        (A_USER_OBJ, 7, NO_ID),
+        (A_USER, 5, 424242),
+        (A_GROUP_OBJ, 5, NO_ID),
+        (A_MASK, 5, NO_ID),
+        (A_OTHER, 5, NO_ID),
+    ];
+    assert_eq!(image_acl(&kernel, "dir", "access"), dir_access);
+    let dir_default = vec![
+        (A_USER_OBJ, 7, NO_ID),
+        (A_USER, 7, 0),
+        (A_USER, 7, 424242),
+        (A_GROUP_OBJ, 5, NO_ID),
+        (A_GROUP, 5, 434343),
+        (A_MASK, 7, NO_ID),
+        (A_OTHER, 5, NO_ID),
+    ];
+    assert_eq!(image_acl(&kernel, "dir", "default"), dir_default);
+
+    // From the text: the same bytes as the kernel's, less exactly the entries GNU tar wrote by
+    // name (root's), which have no id.
+    let text = dfagent_rafs::Image::open(text_out.join("bootstrap")).unwrap();
+    let without_root = |acl: &[(u16, u16, u32)]| -> Vec<(u16, u16, u32)> {
+        acl.iter()
+            .copied()
+            .filter(|&(tag, _, id)| !((tag == A_USER || tag == A_GROUP) && id == 0))
+            .collect()
+    };
+    assert_eq!(image_acl(&text, "file", "access"), without_root(&file_acl));
+    assert_eq!(image_acl(&text, "dir", "access"), dir_access);
+    assert_eq!(
+        image_acl(&text, "dir", "default"),
+        without_root(&dir_default)
+    );
+    // The hand-made ones: only the id-less names are gone.
+    assert_eq!(
+        image_acl(&text, "crafted.txt", "access"),
+        vec![
+            (A_USER_OBJ, 6, NO_ID),
+            (A_USER, 6, 4343),
+            (A_USER, 5, 424242),
+            (A_GROUP_OBJ, 4, NO_ID),
+            (A_GROUP, 2, 50),
+            (A_MASK, 7, NO_ID),
+            (A_OTHER, 0, NO_ID),
+        ]
+    );
+    assert_eq!(
+        image_acl(&text, "crafted-dir", "default"),
+        vec![
+            (A_USER_OBJ, 7, NO_ID),
+            (A_GROUP_OBJ, 5, NO_ID),
+            (A_GROUP, 5, 434343),
+            (A_MASK, 5, NO_ID),
+            (A_OTHER, 5, NO_ID),
+        ]
+    );
+
+    // One warning per dropped entry, naming the path, the ACL, the entry's kind and position,
+    // never the name it held.
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("without a numeric id"))
+        .collect();
+    // (Paths as the tars write them.)
+    let expect = [
+        ("./file", "access", "user", 2),
+        ("./file", "access", "group", 5),
+        ("./dir/", "default", "user", 2),
+        ("crafted.txt", "access", "user", 2),
+        ("crafted-dir/", "default", "group", 2),
+        ("crafted-dir/", "default", "user", 5),
+    ];
+    assert_eq!(warnings.len(), expect.len(), "{stderr}");
+    for (path, which, kind, position) in expect {
+        assert!(
+            warnings.iter().any(|l| l.contains("WARN")
+                && l.contains(&format!("path={path} "))
+                && l.contains(&format!("acl=\"{which}\""))
+                && l.contains(&format!("entry=\"{kind}\""))
+                && l.contains(&format!("position={position}"))),
+            "no warning for {path} {which} {kind} {position}:\n{stderr}"
+        );
+    }
+    for name in ["nosuchuser", "nosuchgroup"] {
+        assert!(!stderr.contains(name), "{name} logged:\n{stderr}");
+    }
+    assert!(
+        !warnings.iter().any(|l| l.contains("root")),
+        "root logged:\n{stderr}"
+    );
+
+    // Text that is not an ACL fails the build, naming the entry and the fault, and leaves no
+    // image.
+    let bad = w.path().join("bad.tar");
+    sh(Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import tarfile, io, sys\n\
+             t = tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT)\n\
+             f = tarfile.TarInfo('bad.txt'); f.size = 0\n\
+             f.pax_headers = {'SCHILY.acl.access': 'user::rw-,user:1000:rwq,group::r--,mask::rw-,other::r--'}\n\
+             t.addfile(f, io.BytesIO(b''))\n\
+             t.close()\n",
+        )
+        .arg(&bad));
+    let bad_layout = w.path().join("L3");
+    oci_layout(&bad_layout, "bad", &[std::fs::read(&bad).unwrap()], false);
+    let bad_out = w.path().join("out-bad");
+    let o = run(&[
+        "build",
+        &format!("oci:{}:bad", p(&bad_layout)),
+        "--output-dir",
+        p(&bad_out),
+        "-q",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a malformed ACL was accepted");
+    assert!(
+        err.contains("\"bad.txt\": malformed access ACL text: ACL entry 2: permissions \"rwq\""),
+        "{err}"
+    );
+    assert!(!bad_out.join("bootstrap").exists());
+}

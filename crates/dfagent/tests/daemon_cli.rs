@@ -16,10 +16,12 @@ use dfagent_test_support::dfagent_cli;
 use dfagent_test_support::fixtures::{
     fixture, list_tree_without_root, listing_without_root, shared_dir,
 };
-use dfagent_test_support::mountinfo::mounts_at;
+use dfagent_test_support::mount::MountGuard;
+use dfagent_test_support::mountinfo::{entry_at, mounts_at};
 use dfagent_test_support::process::succeeded;
 use dfagent_test_support::proxy::{Corrupt, Proxy};
 use dfagent_test_support::registry::Registry;
+use dfagent_test_support::tmp_dir;
 use dfagent_test_support::wait::wait_until;
 
 /// A `dfagent daemon` on its own socket and store, stopped (SIGTERM) on drop.
@@ -687,15 +689,33 @@ fn the_control_socket_admits_root_and_its_group_only() {
     );
     std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o660)).unwrap();
 
-    // A member of the group mounts a registry image on a directory of its own, and reads it.
+    // A member of the group mounts a registry image on a directory of its own, and reads it:
+    // the mount is the daemon's (root's), so the member asks for --allow-other.
     let mp = work.path().join("member-mnt");
     std::fs::create_dir(&mp).unwrap();
     std::os::unix::fs::chown(&mp, Some(MEMBER), Some(MEMBER)).unwrap();
+    let _guard = MountGuard::new(&mp);
+    // Set-user-id bits and device files of an image are for root's mounts only.
+    for flag in ["--suid", "--dev", "--container-rootfs"] {
+        let out = cli_as(
+            &daemon,
+            MEMBER,
+            &[GROUP],
+            &["mount", flag, &reference, mp.to_str().unwrap()],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a member mounted with {flag}");
+        assert!(
+            err.contains("PermissionDenied") && err.contains("root only"),
+            "{flag}: {err}"
+        );
+    }
+    assert_eq!(mounts_at(&mp), 0);
     let out = cli_as(
         &daemon,
         MEMBER,
         &[GROUP],
-        &["mount", &reference, mp.to_str().unwrap()],
+        &["mount", "--allow-other", &reference, mp.to_str().unwrap()],
     );
     assert!(
         out.status.success(),
@@ -754,6 +774,93 @@ fn the_control_socket_admits_root_and_its_group_only() {
         &[GROUP],
         &["umount", mp.to_str().unwrap()],
     ));
+    daemon.stop();
+}
+
+#[test]
+fn daemon_mounts_take_their_access_from_the_request_and_the_configuration() {
+    let work = tempfile::tempdir().unwrap();
+    let (_reg, reference) = registry_with_fixture(work.path());
+    // The configuration lets other users into every mount of this daemon.
+    let config = work.path().join("config.toml");
+    std::fs::write(&config, "[mount]\nallow_other = true\n").unwrap();
+    let daemon = Daemon::start(
+        work.path(),
+        &[
+            "--metrics-addr",
+            "none",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let plain = work.path().join("plain");
+    let special = work.path().join("special");
+    let rootfs_dir = tmp_dir("dfagent-daemon-rootfs-");
+    let rootfs = rootfs_dir.path().join("mnt");
+    for mp in [&plain, &special, &rootfs] {
+        std::fs::create_dir(mp).unwrap();
+    }
+    let _guards = [&plain, &special, &rootfs].map(MountGuard::new);
+    let has_all = |mp: &Path, opts: &[&str]| {
+        let e = entry_at(mp).expect("mounted");
+        for o in opts {
+            assert!(
+                e.options
+                    .split(',')
+                    .chain(e.super_options.split(','))
+                    .any(|x| x == *o),
+                "{o} missing: {}",
+                e.line
+            );
+        }
+        e
+    };
+
+    // No flags: the configured allow_other, and nosuid, nodev; the source names the digest.
+    succeeded(daemon.cli(&["mount", &reference, plain.to_str().unwrap()]));
+    let e = has_all(&plain, &["nosuid", "nodev", "allow_other"]);
+    let ps = daemon.ps();
+    let digest = ps[0]["image_digest"].as_str().unwrap();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    assert_eq!(e.source, format!("dfagent:{digest}"));
+
+    // --suid --dev from root: honoured.
+    succeeded(daemon.cli(&[
+        "mount",
+        "--suid",
+        "--dev",
+        &reference,
+        special.to_str().unwrap(),
+    ]));
+    let e = has_all(&special, &["allow_other"]);
+    assert!(
+        !e.has_option("nosuid") && !e.has_option("nodev"),
+        "{}",
+        e.line
+    );
+
+    // A container rootfs under /tmp: refused by the daemon, naming the directory.
+    let out = daemon.cli(&[
+        "mount",
+        "--container-rootfs",
+        &reference,
+        rootfs.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a container rootfs was mounted under /tmp"
+    );
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("/tmp is writable by every user"),
+        "{err}"
+    );
+    assert_eq!(mounts_at(&rootfs), 0);
+
+    for mp in [&plain, &special] {
+        succeeded(daemon.cli(&["umount", mp.to_str().unwrap()]));
+        assert_eq!(mounts_at(mp), 0);
+    }
     daemon.stop();
 }
 

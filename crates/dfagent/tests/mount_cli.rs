@@ -1,17 +1,20 @@
 //! `dfagent mount` / `dfagent umount` as a user runs them: a foreground child serving a real
 //! FUSE mount, ended by `umount`, by SIGTERM, or killed (leaving a stale mount that `--force`
-//! recovers). Needs root and /dev/fuse.
+//! recovers); who may use the mount and what of the image it honours (nosuid, nodev, owner only
+//! unless asked); and mounts that are not dfagent's, which `umount` and `--force` leave alone.
+//! Needs root and /dev/fuse.
 
-use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use dfagent_test_support::cli::Dfagent;
 use dfagent_test_support::dfagent_cli;
 use dfagent_test_support::fixtures::{expected_file, fixture, sha256_hex};
 use dfagent_test_support::mount::MountGuard;
-use dfagent_test_support::mountinfo::mounts_at;
-use dfagent_test_support::process::{run_bounded, wait_exit};
+use dfagent_test_support::mountinfo::{entry_at, mounts_at, MountEntry};
+use dfagent_test_support::process::{run_bounded, succeeded, wait_exit};
 use dfagent_test_support::tmp_dir;
 use dfagent_test_support::wait::wait_until;
 
@@ -30,7 +33,11 @@ struct Scene {
 
 impl Scene {
     fn new() -> Self {
-        let dir = tmp_dir("dfagent-mount-cli-");
+        Self::in_dir(tmp_dir("dfagent-mount-cli-"))
+    }
+
+    /// A scene whose mount point is `dir/mnt`.
+    fn in_dir(dir: tempfile::TempDir) -> Self {
         let mp = dir.path().join("mnt");
         std::fs::create_dir(&mp).unwrap();
         Scene {
@@ -124,6 +131,70 @@ impl Scene {
             Duration::from_secs(10),
         )
     }
+
+    /// `dfagent umount MP`, which must succeed, and child `n` then exits 0 with nothing left
+    /// mounted.
+    fn stop(&mut self, n: usize) {
+        succeeded(self.umount());
+        let st = self.wait_exit(n, Duration::from_secs(10));
+        assert_eq!(st.code(), Some(0), "dfagent mount: {}", self.log_text(n));
+        assert_eq!(mounts_at(&self.mp), 0, "mount left behind");
+    }
+
+    /// Let other users reach the mount point (the temporary directory is 0700).
+    fn open_to_all(&self) {
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// The topmost mount at the mount point, which must be a nydusfs FUSE mount.
+    fn fuse_entry(&self) -> MountEntry {
+        let e = entry_at(&self.mp).expect("something is mounted at the mount point");
+        assert!(
+            e.fs_type == "fuse" || e.fs_type == "fuse.nydus",
+            "{}",
+            e.line
+        );
+        e
+    }
+
+    /// Child `n` must exit unsuccessfully (bounded), leaving `mounts` mounts at the mount
+    /// point; its log.
+    fn refused(&mut self, n: usize, mounts: usize) -> String {
+        let st = self.wait_exit(n, Duration::from_secs(10));
+        assert!(
+            !st.success(),
+            "dfagent mount succeeded: {}",
+            self.log_text(n)
+        );
+        assert_eq!(mounts_at(&self.mp), mounts, "{}", self.log_text(n));
+        self.log_text(n)
+    }
+}
+
+/// Whether the FUSE superblock options of `e` hold `allow_other`.
+fn allows_others(e: &MountEntry) -> bool {
+    e.super_options.split(',').any(|o| o == "allow_other")
+}
+
+/// `ARGS...` run as user nobody (65534, no supplementary groups).
+fn as_nobody(args: &[&std::ffi::OsStr]) -> Output {
+    run_bounded(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(args),
+        Duration::from_secs(10),
+    )
+}
+
+/// `mount -t tmpfs -o size=1m SOURCE MP`: a mount that is not dfagent's.
+fn mount_tmpfs(source: &str, mp: &Path) {
+    succeeded(run_bounded(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", source])
+            .arg(mp),
+        Duration::from_secs(10),
+    ));
+    assert_eq!(entry_at(mp).expect("tmpfs mounted").fs_type, "tmpfs");
 }
 
 #[test]
@@ -278,4 +349,168 @@ fn mount_over_a_live_mount_needs_force() {
     );
     assert_eq!(s.wait_exit(first, Duration::from_secs(10)).code(), Some(0));
     assert_eq!(mounts_at(&s.mp), 0);
+}
+
+#[test]
+fn a_default_mount_is_nosuid_nodev_for_its_owner_only_and_named_by_digest() {
+    let mut s = Scene::new();
+    s.open_to_all();
+    let n = s.start_mount(&[]);
+    s.wait_serving(n);
+    let e = s.fuse_entry();
+    assert!(
+        e.has_option("nosuid") && e.has_option("nodev"),
+        "{}",
+        e.line
+    );
+    assert!(e.has_option("ro"), "{}", e.line);
+    assert!(!allows_others(&e), "{}", e.line);
+    // The source is dfagent's and names the image by digest (a local image: its bootstrap's).
+    let bootstrap = std::fs::read(fixture(IMAGE).join("bootstrap")).unwrap();
+    assert_eq!(
+        e.source,
+        format!("dfagent:sha256:{}", sha256_hex(&bootstrap)),
+        "{}",
+        e.line
+    );
+
+    // Another user reaches the directory, but not into the mount.
+    let dir = s.dir.path().as_os_str();
+    succeeded(as_nobody(&["ls".as_ref(), dir]));
+    let hello = s.mp.join("hello.txt");
+    let out = as_nobody(&["cat".as_ref(), hello.as_os_str()]);
+    assert!(
+        !out.status.success(),
+        "nobody read a mount without --allow-other"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop(n);
+}
+
+#[test]
+fn allow_other_lets_other_users_read_and_keeps_nosuid_nodev() {
+    let mut s = Scene::new();
+    s.open_to_all();
+    let n = s.start_mount(&["--allow-other"]);
+    s.wait_serving(n);
+    let e = s.fuse_entry();
+    assert!(allows_others(&e), "{}", e.line);
+    assert!(
+        e.has_option("nosuid") && e.has_option("nodev"),
+        "{}",
+        e.line
+    );
+    let hello = s.mp.join("hello.txt");
+    let out = succeeded(as_nobody(&["cat".as_ref(), hello.as_os_str()]));
+    assert_eq!(
+        sha256_hex(&out.stdout),
+        expected_file(IMAGE, "hello.txt").sha256
+    );
+    s.stop(n);
+}
+
+#[test]
+fn suid_and_dev_are_honoured_only_when_asked() {
+    let mut s = Scene::new();
+    let n = s.start_mount(&["--suid", "--dev"]);
+    s.wait_serving(n);
+    let e = s.fuse_entry();
+    assert!(
+        !e.has_option("nosuid") && !e.has_option("nodev"),
+        "{}",
+        e.line
+    );
+    assert!(!allows_others(&e), "{}", e.line);
+    s.stop(n);
+}
+
+#[test]
+fn a_container_rootfs_is_mounted_only_under_a_root_only_directory() {
+    // Under /tmp (writable by every user): refused, naming the directory, nothing mounted.
+    let mut s = Scene::new();
+    let n = s.start_mount(&["--container-rootfs"]);
+    let log = s.refused(n, 0);
+    assert!(
+        log.contains("/tmp is writable by every user"),
+        "the refusal does not name /tmp: {log}"
+    );
+
+    // Under directories only root can change but every user can walk through (0755 all the
+    // way): refused, or any user could run the image's setuid binaries by name.
+    let open_dir = tempfile::Builder::new()
+        .prefix("dfagent-rootfs-open-")
+        .tempdir_in("/run")
+        .expect("a temporary directory under /run");
+    std::fs::set_permissions(
+        open_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod 0755");
+    let mut o = Scene::in_dir(open_dir);
+    let n = o.start_mount(&["--container-rootfs"]);
+    let log = o.refused(n, 0);
+    assert!(
+        log.contains("closed to other users"),
+        "the refusal does not say why: {log}"
+    );
+
+    // Under a directory only root can change (/run, and a 0700 directory of root's in it):
+    // mounted suid, dev and allow_other.
+    let root_only = tempfile::Builder::new()
+        .prefix("dfagent-rootfs-")
+        .tempdir_in("/run")
+        .expect("a temporary directory under /run");
+    std::fs::set_permissions(
+        root_only.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("chmod 0700");
+    let mut r = Scene::in_dir(root_only);
+    let n = r.start_mount(&["--container-rootfs"]);
+    r.wait_serving(n);
+    let e = r.fuse_entry();
+    assert!(
+        !e.has_option("nosuid") && !e.has_option("nodev"),
+        "{}",
+        e.line
+    );
+    assert!(allows_others(&e), "{}", e.line);
+    r.stop(n);
+}
+
+#[test]
+fn umount_leaves_a_mount_that_is_not_dfagents_alone() {
+    let s = Scene::new();
+    mount_tmpfs("tmpfs", &s.mp);
+    let out = s.umount();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dfagent umount removed a tmpfs");
+    assert!(
+        err.contains("not a dfagent mount") && err.contains("tmpfs"),
+        "the refusal does not name what is mounted: {err}"
+    );
+    let e = entry_at(&s.mp).expect("the tmpfs is still mounted");
+    assert_eq!(e.fs_type, "tmpfs");
+    assert_eq!(mounts_at(&s.mp), 1);
+}
+
+#[test]
+fn mount_force_never_replaces_a_mount_that_is_not_dfagents() {
+    let mut s = Scene::new();
+    // Even one whose source looks like dfagent's: the file system type says it is not.
+    mount_tmpfs("dfagent:sha256:imposter", &s.mp);
+    let n = s.start_mount(&["--force"]);
+    let log = s.refused(n, 1);
+    assert!(
+        log.contains("not a dfagent mount") && log.contains("tmpfs"),
+        "the refusal does not name what is mounted: {log}"
+    );
+    assert_eq!(entry_at(&s.mp).expect("still mounted").fs_type, "tmpfs");
+    // Without --force as well.
+    let n = s.start_mount(&[]);
+    s.refused(n, 1);
 }

@@ -142,7 +142,8 @@ impl From<Prefetch> for PrefetchPolicy {
     }
 }
 
-/// `[mount]`: defaults of every mount (a mount request may override them).
+/// `[mount]`: defaults of every mount (a mount request may override them). The values come
+/// from [`MountOptions::default`], the one definition of them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MountSection {
@@ -150,6 +151,13 @@ pub struct MountSection {
     pub prefetch: Prefetch,
     /// File data fetched ahead of a sequential reader, in MiB (0: none). Default 16.
     pub readahead_mib: u64,
+    /// Let every user use a mount (FUSE `allow_other`), as the files' modes allow; else only
+    /// the user who mounted it (root, for the daemon). Default false.
+    pub allow_other: bool,
+    /// Honour images' set-user-id bits (else `nosuid`). Default false: images are untrusted.
+    pub suid: bool,
+    /// Honour images' device files (else `nodev`). Default false.
+    pub dev: bool,
 }
 
 impl Default for MountSection {
@@ -162,6 +170,9 @@ impl Default for MountSection {
                 PrefetchPolicy::All => Prefetch::All,
             },
             readahead_mib: m.readahead >> 20,
+            allow_other: m.allow_other,
+            suid: m.suid,
+            dev: m.dev,
         }
     }
 }
@@ -1077,11 +1088,14 @@ impl Config {
         }
     }
 
-    /// The default options of a mount (`force` off).
+    /// The default options of a mount (`force` and `container_rootfs` off: they are per mount).
     pub fn mount_options(&self) -> MountOptions {
         MountOptions {
             prefetch: self.mount.prefetch.into(),
             readahead: self.mount.readahead_mib.saturating_mul(1 << 20),
+            allow_other: self.mount.allow_other,
+            suid: self.mount.suid,
+            dev: self.mount.dev,
             ..MountOptions::default()
         }
     }
@@ -1130,6 +1144,14 @@ write_queue = 64
 prefetch = "all"
 # File data fetched ahead of a sequential reader, in MiB (0: none).
 readahead_mib = 16
+# Let every user use a mount (FUSE allow_other), as the files' modes allow; false: only the
+# user who mounted it (root, for the daemon). Containers running as non-root need it.
+allow_other = false
+# Honour images' set-user-id bits and device files (false: nosuid, nodev). Images are
+# untrusted: a setuid-root binary in one runs as root. The daemon applies these to root's
+# mounts only.
+suid = false
+dev = false
 
 [log]
 # "text" or "json".
@@ -1248,8 +1270,33 @@ mod tests {
         assert_eq!(n.registry.platform, ("linux".into(), "amd64".into()));
         assert_eq!(n.registry.retries, RegistryConfig::default().retries);
         let m = c.mount_options();
+        assert_eq!(m, MountOptions::default());
         assert_eq!(m.readahead, 16 << 20);
         assert_eq!(m.prefetch, PrefetchPolicy::All);
+        // Untrusted images: owner only, nosuid, nodev.
+        assert!(!c.mount.allow_other && !c.mount.suid && !c.mount.dev);
+        let a = m.access();
+        assert!(!a.allow_other && !a.suid && !a.dev);
+        assert!(!m.force && !m.container_rootfs);
+    }
+
+    #[test]
+    fn mount_access_flows_from_file_env_and_flags() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = write(tmp.path(), "[mount]\nallow_other = true\n");
+        let vars = [("DFAGENT_MOUNT__SUID", "true")];
+        let flags = Overrides::new().set("--dev", "mount.dev", true);
+        let c = load(Some(&path), &vars, &flags).unwrap();
+        let m = c.mount_options();
+        assert!(m.allow_other && m.suid && m.dev);
+        assert!(!m.container_rootfs, "not a configuration key");
+        let e = load_env(&[("DFAGENT_MOUNT__SUID", "maybe")], &Overrides::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("DFAGENT_MOUNT__SUID") && e.contains("mount.suid"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -98,7 +98,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The absolute, symlink-free form of a mount point (as the kernel and the table name it).
+/// The absolute, symlink-free form of a mount point (as the kernel and the table name it), also
+/// of a stale one.
 pub fn canonical_mountpoint(mp: &Path) -> Result<PathBuf> {
     if !mp.is_absolute() {
         return Err(NodeError::Mountpoint {
@@ -106,7 +107,7 @@ pub fn canonical_mountpoint(mp: &Path) -> Result<PathBuf> {
             detail: "not an absolute path".into(),
         });
     }
-    mp.canonicalize().map_err(|e| NodeError::Mountpoint {
+    dfagent_nydusfs::canonical_path(mp).map_err(|e| NodeError::Mountpoint {
         path: mp.to_path_buf(),
         detail: e.to_string(),
     })
@@ -182,21 +183,26 @@ impl Daemon {
         self.umount_as(mp, lazy, 0).await
     }
 
-    /// [`Daemon::umount`] on behalf of user `uid`: root, or the user who mounted it.
+    /// [`Daemon::umount`] on behalf of user `uid`: root, or the user who mounted it. Refused
+    /// when something else is mounted over the daemon's mount (an unmount by path would remove
+    /// that instead).
     pub async fn umount_as(&self, mp: &Path, lazy: bool, uid: u32) -> Result<bool> {
         let mp = canonical_mountpoint(mp).unwrap_or_else(|_| mp.to_path_buf());
+        let source = match lock(&self.mounts).get(&mp) {
+            None => return Ok(false),
+            Some(e) if uid != 0 && e.owner != uid => {
+                return Err(NodeError::Mountpoint {
+                    path: mp,
+                    detail: format!("mounted by uid {}, not by uid {uid}", e.owner),
+                })
+            }
+            Some(e) => e.mount.source().to_string(),
+        };
+        // Looked at outside the table's lock (it stats the mount point). Nothing mounted there
+        // any more (it ended outside) is fine: the entry is released below.
+        crate::mount::check_not_covered(&mp, &source)?;
         let entry = {
             let mut mounts = lock(&self.mounts);
-            match mounts.get(&mp) {
-                None => return Ok(false),
-                Some(e) if uid != 0 && e.owner != uid => {
-                    return Err(NodeError::Mountpoint {
-                        path: mp,
-                        detail: format!("mounted by uid {}, not by uid {uid}", e.owner),
-                    })
-                }
-                Some(_) => {}
-            }
             match mounts.remove(&mp) {
                 Some(e) => e,
                 None => return Ok(false),

@@ -2,7 +2,7 @@
 //! registry is unreachable; bootstrap from the store or downloaded and kept; chunks pinned) or a
 //! local bootstrap with its blob directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +62,29 @@ pub struct OpenedImage {
     pub pin: Option<PinGuard>,
     /// The distinct chunks of the image.
     pub digests: Arc<Vec<ChunkDigest>>,
+    /// What names the image's content, `sha256:<hex>`: the manifest digest of a registry image,
+    /// the digest of a local image's bootstrap file. A mount's source is `dfagent:` and this.
+    pub content_digest: String,
+}
+
+/// `sha256:<hex>` of the file at `path`, read in pieces.
+fn file_digest(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    // Ends at the end of the file (a read of 0 bytes): bounded by its size.
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+    }
+    Ok(dfagent_core::BlobId::from_bytes(hasher.finalize().into()).oci_digest())
 }
 
 /// The distinct chunk digests of `image`, sorted.
@@ -94,6 +117,8 @@ impl Node {
                     reference: bootstrap.display().to_string(),
                     detail: e.to_string(),
                 })?;
+                let content_digest = file_digest(bootstrap)
+                    .map_err(|e| NodeError::io(format!("reading {}", bootstrap.display()), e))?;
                 let tiers: Vec<Arc<dyn ChunkTier>> = vec![Arc::new(BlobDirTier::new(blob_dir))];
                 let digests = Arc::new(distinct_digests(&image)?);
                 Ok(OpenedImage {
@@ -104,6 +129,7 @@ impl Node {
                     resolver: Arc::new(Resolver::new(self.resolver_core().clone(), tiers)),
                     pin: None,
                     digests,
+                    content_digest,
                 })
             }
             ImageSource::Registry(reference) => self.open_registry_image(reference).await,
@@ -111,13 +137,27 @@ impl Node {
     }
 
     async fn open_registry_image(self: &Arc<Self>, reference: &str) -> Result<OpenedImage> {
-        let store = self.require_store()?.clone();
+        // Without a store (it could not be opened) the image is served from the registry
+        // alone: nothing cached, nothing pinned.
+        let store = self.store().cloned();
         let (nydus, offline) = self.resolve(reference).await?;
-        let bootstrap = match store.bootstrap(&nydus.bootstrap.digest)? {
+        let cached = store.as_ref().and_then(|st| {
+            st.bootstrap(&nydus.bootstrap.digest)
+                .map_err(|e| tracing::warn!(reference, error = %e, "reading the stored bootstrap; fetching it again"))
+                .ok()
+                .flatten()
+        });
+        let bootstrap = match cached {
             Some(b) => b,
             None => {
                 let b = self.registry()?.fetch_bootstrap(&nydus).await?;
-                store.put_bootstrap(&nydus.bootstrap.digest, &b)?;
+                if let Some(st) = &store {
+                    // A cache write that fails (a full disk) costs the next mount a fetch, not
+                    // this one its image.
+                    if let Err(e) = st.put_bootstrap(&nydus.bootstrap.digest, &b) {
+                        tracing::warn!(reference, error = %e, "storing the bootstrap");
+                    }
+                }
                 b
             }
         };
@@ -132,26 +172,40 @@ impl Node {
             });
         }
         let digests = Arc::new(distinct_digests(&image)?);
-        let pin = self.pins().pin(&store, reference, &digests)?;
+        let pin = match &store {
+            Some(st) => Some(self.pins().pin(st, reference, &digests)?),
+            None => None,
+        };
         let nydus = Arc::new(nydus);
         let tiers: Vec<Arc<dyn ChunkTier>> =
             vec![Arc::new(RegistryTier::new(self.registry()?, nydus.clone()))];
+        // The manifest's own sha256 (what `manifest_digest` names), computed here: the digest
+        // string came from the registry or a stored record, and names the mount.
+        let content_digest = dfagent_core::sha256_digest(&nydus.manifest_bytes);
         Ok(OpenedImage {
             source: ImageSource::Registry(reference.to_string()),
             image,
             nydus: Some(nydus),
             offline,
             resolver: Arc::new(Resolver::new(self.resolver_core().clone(), tiers)),
-            pin: Some(pin),
+            pin,
             digests,
+            content_digest,
         })
     }
 
     /// Resolve `reference`, preferring the registry and falling back to the store's record.
     /// Returns the image and whether the record was used.
     async fn resolve(&self, reference: &str) -> Result<(NydusImage, bool)> {
-        let store = self.require_store()?;
-        let stored = store.image_record(reference)?;
+        let store = self.store();
+        let stored = match store.map(|st| st.image_record(reference)) {
+            Some(Ok(rec)) => rec,
+            Some(Err(e)) => {
+                tracing::warn!(reference, error = %e, "reading the stored image record");
+                None
+            }
+            None => None,
+        };
         let limit = if stored.is_some() {
             RESOLVE_TIMEOUT_WITH_COPY
         } else {
@@ -160,7 +214,11 @@ impl Node {
         let online = tokio::time::timeout(limit, self.registry()?.resolve(reference)).await;
         let err = match online {
             Ok(Ok(img)) => {
-                store.put_image_record(reference, &img.to_record())?;
+                if let Some(st) = store {
+                    if let Err(e) = st.put_image_record(reference, &img.to_record()) {
+                        tracing::warn!(reference, error = %e, "storing the image record");
+                    }
+                }
                 return Ok((img, false));
             }
             Ok(Err(e)) => NodeError::Registry(e),

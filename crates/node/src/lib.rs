@@ -29,7 +29,8 @@ mod pull;
 pub use error::{NodeError, Result};
 pub use image::{ImageSource, OpenedImage};
 pub use mount::{
-    unmount_path, Mount, MountOptions, MountSpec, MountStats, PrefetchStats, PREFETCH_BATCH,
+    is_dfagent_mount, unmount_path, Mount, MountOptions, MountSpec, MountStats, PrefetchStats,
+    PREFETCH_BATCH, SOURCE_PREFIX,
 };
 pub use node::{runtime, Node, NodeConfig, StoreSettings};
 pub use pins::{PinGuard, Pins};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use dfagent_registry::{Registry, RegistryConfig};
 use dfagent_resolver::{ResolverConfig, ResolverCore};
-use dfagent_store::{Store, StoreConfig, StoreTier};
+use dfagent_store::{Store, StoreConfig, StoreError, StoreTier};
 
 use crate::error::{NodeError, Result};
 use crate::pins::Pins;
@@ -40,11 +40,26 @@ pub struct NodeConfig {
     pub resolver: ResolverConfig,
 }
 
+impl NodeConfig {
+    /// Defaults everywhere, with a store at `path` (its defaults too).
+    pub fn with_store_at(path: PathBuf) -> Self {
+        Self {
+            store: Some(StoreSettings {
+                path,
+                ..StoreSettings::default()
+            }),
+            ..Self::default()
+        }
+    }
+}
+
 /// One node's subsystems. Cheap to share (`Arc`); every mount, pull and push of the node goes
 /// through one.
 pub struct Node {
     config: NodeConfig,
     store: Option<Arc<Store>>,
+    /// Why the configured store could not be opened (the node then runs without one).
+    store_unavailable: Option<String>,
     core: Arc<ResolverCore>,
     /// Built on first use: loading TLS roots costs time a local mount should not pay.
     registry: Mutex<Option<Arc<Registry>>>,
@@ -55,10 +70,19 @@ pub struct Node {
 impl Node {
     /// Open the node's subsystems (the store, if configured, is opened and owned now), running
     /// async work on `rt`.
+    ///
+    /// A store that cannot be used does not stop the node, as a cache must not: a corrupt
+    /// database is set aside (renamed `<dir>.corrupt-<unix time>`, logged) and an empty one
+    /// opened; a store that still cannot be opened (a full disk, a permission) leaves the node
+    /// without one, logged, serving every read from the registry. Only a store owned by
+    /// another process is an error (two owners would corrupt it).
     pub fn open(config: NodeConfig, rt: tokio::runtime::Handle) -> Result<Arc<Self>> {
-        let store = match &config.store {
-            Some(s) => Some(Arc::new(Store::open(&s.path, s.config.clone())?)),
-            None => None,
+        let (store, store_unavailable) = match &config.store {
+            Some(s) => match open_store(s)? {
+                Ok(store) => (Some(Arc::new(store)), None),
+                Err(reason) => (None, Some(reason)),
+            },
+            None => (None, None),
         };
         let core = match &store {
             Some(s) => ResolverCore::with_store(
@@ -71,6 +95,7 @@ impl Node {
         Ok(Arc::new(Self {
             config,
             store,
+            store_unavailable,
             core,
             registry: Mutex::new(None),
             pins: Arc::new(Pins::default()),
@@ -90,9 +115,22 @@ impl Node {
 
     /// The chunk store, or an error saying the node has none.
     pub fn require_store(&self) -> Result<&Arc<Store>> {
-        self.store.as_ref().ok_or_else(|| {
-            NodeError::Unsupported("this node has no chunk store (opened for local images)".into())
-        })
+        self.store
+            .as_ref()
+            .ok_or_else(|| match &self.store_unavailable {
+                Some(reason) => NodeError::Unsupported(format!(
+                    "the node runs without its chunk store, which could not be opened: {reason}"
+                )),
+                None => NodeError::Unsupported(
+                    "this node has no chunk store (opened for local images)".into(),
+                ),
+            })
+    }
+
+    /// Why the configured chunk store could not be opened, if it could not (the node serves
+    /// without it).
+    pub fn store_unavailable(&self) -> Option<&str> {
+        self.store_unavailable.as_deref()
     }
 
     /// The resolver core every mount of the node shares.
@@ -134,4 +172,54 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .thread_name("dfagent-io")
         .enable_all()
         .build()
+}
+
+/// Open the configured store: `Ok(Ok(store))`, `Ok(Err(reason))` when the node must run
+/// without one, `Err` when another process owns it.
+fn open_store(s: &StoreSettings) -> Result<std::result::Result<Store, String>> {
+    let first = match Store::open(&s.path, s.config.clone()) {
+        Ok(store) => return Ok(Ok(store)),
+        Err(e @ StoreError::Locked { .. }) => return Err(e.into()),
+        Err(e) => e,
+    };
+    if first.is_corruption() {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut aside = s.path.clone().into_os_string();
+        aside.push(format!(".corrupt-{secs}"));
+        let aside = PathBuf::from(aside);
+        match std::fs::rename(&s.path, &aside) {
+            Ok(()) => {
+                tracing::error!(
+                    store = %s.path.display(),
+                    set_aside = %aside.display(),
+                    error = %first,
+                    "the chunk store's database is corrupt: set aside (delete it when done \
+                     looking), starting an empty store; chunks will be fetched again"
+                );
+                match Store::open(&s.path, s.config.clone()) {
+                    Ok(store) => return Ok(Ok(store)),
+                    Err(e @ StoreError::Locked { .. }) => return Err(e.into()),
+                    Err(e) => return Ok(Err(unusable(s, &e))),
+                }
+            }
+            Err(e) => {
+                tracing::error!(store = %s.path.display(), error = %e, "cannot set the corrupt chunk store aside");
+            }
+        }
+    }
+    Ok(Err(unusable(s, &first)))
+}
+
+/// Log that the node runs without its store, and say why.
+fn unusable(s: &StoreSettings, e: &StoreError) -> String {
+    tracing::error!(
+        store = %s.path.display(),
+        error = %e,
+        "the chunk store cannot be opened: serving without it (every read goes to the \
+         registry, nothing is stored, pulls fail) until it can"
+    );
+    format!("{}: {e}", s.path.display())
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use dfagent_node::control::client;
 use dfagent_node::control::proto;
 use dfagent_node::daemon::{self, Daemon, DaemonSettings};
-use dfagent_node::{MountOptions, Node, NodeConfig, StoreSettings};
+use dfagent_node::{MountOptions, Node, NodeConfig};
 use dfagent_test_support::fixtures::fixture;
 use dfagent_test_support::registry::Registry;
 use tonic::Code;
@@ -23,13 +23,7 @@ struct Running {
 
 async fn start(dir: &Path) -> Running {
     let node = Node::open(
-        NodeConfig {
-            store: Some(StoreSettings {
-                path: dir.join("store"),
-                ..StoreSettings::default()
-            }),
-            ..NodeConfig::default()
-        },
+        NodeConfig::with_store_at(dir.join("store")),
         tokio::runtime::Handle::current(),
     )
     .unwrap();

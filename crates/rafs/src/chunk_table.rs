@@ -2,7 +2,7 @@
 //! stored and uncompressed location and size, flags), and the index from an inode's chunk
 //! address (blob, chunk number in that blob) to its record.
 
-use dfagent_core::{ChunkDigest, DigestAlgo};
+use dfagent_core::{ChunkDigest, Compression, DigestAlgo};
 
 use crate::bytes::{slice, Le};
 use crate::error::{RafsError, Result};
@@ -34,6 +34,26 @@ pub struct ChunkRecord {
     pub blob_chunk_index: u32,
     /// crc32 of the chunk when [`crate::chunk_flags::HAS_CRC32`] is set.
     pub crc32: u32,
+}
+
+/// The largest stored size `compression` can give a chunk of `uncompressed` bytes: the
+/// compressor's worst case (incompressible input), per its own bound formula. `None` stores the
+/// bytes as they are. A chunk record claiming more is corrupt, and a tier must never be asked
+/// for (or allocate) more.
+///
+/// - lz4 block: `LZ4_COMPRESSBOUND(n) = n + n / 255 + 16` (lz4.h).
+/// - zstd frame: `ZSTD_COMPRESSBOUND(n) = n + n / 256 + (128 KiB - n) / 2048` for `n` below
+///   128 KiB, else without the last term (zstd.h).
+pub fn max_stored_size(compression: Compression, uncompressed: u32) -> u64 {
+    let n = u64::from(uncompressed);
+    match compression {
+        Compression::None => n,
+        Compression::Lz4Block => n + n / 255 + 16,
+        Compression::Zstd => {
+            const SMALL: u64 = 128 << 10;
+            n + (n >> 8) + SMALL.saturating_sub(n) / 2048
+        }
+    }
 }
 
 /// Number of records in the chunk table.
@@ -97,4 +117,81 @@ pub(crate) fn build_index(data: &[u8], sb: &SuperBlock) -> Result<Vec<(u64, u32)
     // The same chunk address twice keeps the first record: both describe the same bytes.
     index.dedup_by_key(|e| e.0);
     Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes around the formulas' edges and the chunk sizes images use.
+    const SIZES: [u32; 12] = [
+        1,
+        255,
+        256,
+        4096,
+        65535,
+        (128 << 10) - 1,
+        128 << 10,
+        (128 << 10) + 1,
+        1 << 20,
+        (1 << 20) + 7,
+        16 << 20,
+        u32::MAX,
+    ];
+
+    #[test]
+    fn the_zstd_bound_is_zstds_own() {
+        for n in SIZES {
+            assert_eq!(
+                max_stored_size(Compression::Zstd, n),
+                zstd::zstd_safe::compress_bound(n as usize) as u64,
+                "zstd bound of {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_lz4_bound_follows_lz4_h() {
+        assert_eq!(max_stored_size(Compression::Lz4Block, 1), 17);
+        assert_eq!(max_stored_size(Compression::Lz4Block, 255), 272);
+        assert_eq!(
+            max_stored_size(Compression::Lz4Block, 1 << 20),
+            (1 << 20) + 4112 + 16
+        );
+        assert_eq!(
+            max_stored_size(Compression::Lz4Block, u32::MAX),
+            u64::from(u32::MAX) + u64::from(u32::MAX) / 255 + 16
+        );
+        for n in SIZES {
+            assert_eq!(max_stored_size(Compression::None, n), u64::from(n));
+        }
+    }
+
+    /// Incompressible input (the worst case) compresses within the bound with both
+    /// compressors the writers use.
+    #[test]
+    fn incompressible_chunks_fit_the_bound() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..(1 << 20) + 7)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for n in [1usize, 100, 4096, 70_000, (128 << 10) + 1, noise.len()] {
+            let data = &noise[..n];
+            let lz4 = lz4_flex::block::compress(data).len() as u64;
+            assert!(
+                lz4 <= max_stored_size(Compression::Lz4Block, n as u32),
+                "lz4 {n}"
+            );
+            let z = zstd::bulk::compress(data, 3).unwrap().len() as u64;
+            assert!(
+                z <= max_stored_size(Compression::Zstd, n as u32),
+                "zstd {n}"
+            );
+        }
+    }
 }

@@ -47,6 +47,24 @@ pub enum RafsError {
     /// The operation needs a regular file.
     #[error("nid {0} is not a regular file")]
     NotFile(u64),
+    /// A chunk's stored size is 0 or beyond what its compressor can produce from its
+    /// uncompressed size ([`crate::max_stored_size`]): fetching it would read or allocate
+    /// without a sane bound.
+    #[error(
+        "corrupt image: chunk {chunk} has stored size {stored}, but {compression} stores          {uncompressed} bytes in 1..={limit}"
+    )]
+    StoredSize {
+        /// The chunk.
+        chunk: dfagent_core::ChunkDigest,
+        /// Its stored size, as the chunk record says.
+        stored: u32,
+        /// Its uncompressed size.
+        uncompressed: u32,
+        /// How it is stored.
+        compression: dfagent_core::Compression,
+        /// The largest stored size `compression` can give for `uncompressed` bytes.
+        limit: u64,
+    },
     /// The writer was given a tree, blob list or options it cannot write as a valid image.
     #[error("cannot write RAFS image: {0}")]
     InvalidTree(String),

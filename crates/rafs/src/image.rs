@@ -168,8 +168,13 @@ impl Image {
             disk::FLAT_PLAIN | disk::FLAT_INLINE => {
                 let start = u64::from(inode.union)
                     .checked_add(index)
-                    .map(|b| b * bs)
-                    .ok_or_else(|| RafsError::corrupt("block address overflows"))?;
+                    .and_then(|b| b.checked_mul(bs))
+                    .ok_or_else(|| {
+                        RafsError::corrupt(format!(
+                            "nid {}: address of block {index} overflows",
+                            inode.nid
+                        ))
+                    })?;
                 slice(self.bytes(), start, len, "data block")
             }
             other => Err(RafsError::Unsupported(format!(
@@ -359,6 +364,16 @@ impl Image {
                 rec.digest, rec.compressed_size, rec.uncompressed_size
             )));
         }
+        let limit = chunk_table::max_stored_size(compression, rec.uncompressed_size);
+        if rec.compressed_size == 0 || u64::from(rec.compressed_size) > limit {
+            return Err(RafsError::StoredSize {
+                chunk: rec.digest,
+                stored: rec.compressed_size,
+                uncompressed: rec.uncompressed_size,
+                compression,
+                limit,
+            });
+        }
         if rec
             .compressed_offset
             .checked_add(u64::from(rec.compressed_size))
@@ -464,8 +479,14 @@ impl Image {
                     inode.nid, chunk.uncompressed_size
                 )));
             }
+            let index = u32::try_from(i).map_err(|_| {
+                RafsError::corrupt(format!(
+                    "file nid {} chunk {i} is beyond the 2^32 chunks a file can have",
+                    inode.nid
+                ))
+            })?;
             out.push(FileChunk {
-                index: i as u32,
+                index,
                 file_offset: i * cs,
                 chunk,
             });

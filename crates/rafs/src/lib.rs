@@ -24,7 +24,7 @@ pub mod write;
 mod xattr;
 
 pub use blob_table::BlobInfo;
-pub use chunk_table::ChunkRecord;
+pub use chunk_table::{max_stored_size, ChunkRecord};
 pub use dir::DirEntry;
 pub use error::{RafsError, Result};
 pub use image::{FileChunk, Image};

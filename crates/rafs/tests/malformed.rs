@@ -1215,3 +1215,114 @@ fn device_table_must_match_the_blob_table() {
         &["device table has 3 slots but the blob table 1 entries"],
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Stored sizes beyond the compressor's worst case; block addresses that overflow
+// ---------------------------------------------------------------------------------------------
+
+/// A compressed chunk of a file of `bytes`: its record's index and byte offset, and the file.
+fn compressed_record(bytes: &[u8]) -> (u64, usize, u64) {
+    let img = open(bytes);
+    let mut found = None;
+    img.walk(|e| {
+        if found.is_none() && e.inode.file_type == FileType::File {
+            let chunks = img.chunks(&e.inode, 0, e.inode.size)?;
+            if let Some(c) = chunks
+                .iter()
+                .find(|c| c.chunk.compression != dfagent_core::Compression::None)
+            {
+                found = Some((c.chunk.digest, e.inode.nid));
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    let (digest, nid) = found.expect("a compressed chunk");
+    let ri = record_of(&img, &digest);
+    let ct = get_u64(bytes, EXT_CHUNK_TABLE_OFFSET) as usize;
+    (ri, ct + ri as usize * 80, nid)
+}
+
+#[test]
+fn chunk_stored_size_is_bounded_by_the_compressor() {
+    for (fixture_name, compression) in [
+        ("v6-zstd-blake3", dfagent_core::Compression::Zstd),
+        ("v6-lz4-sha256", dfagent_core::Compression::Lz4Block),
+    ] {
+        let b0 = fixture_bytes(fixture_name);
+        let (ri, at, file) = compressed_record(&b0);
+        let size = get_u32(&b0, at + 44);
+        let limit = dfagent_rafs::max_stored_size(compression, size);
+        assert!(limit > u64::from(size) && limit < u64::from(size) + 8192);
+
+        // The worst case itself is accepted (the bytes would then fail to decode, not here).
+        let mut b = b0.clone();
+        put_u32(&mut b, at + 40, limit as u32);
+        let img = open(&b);
+        let c = img.chunk_ref(&img.chunk_record(ri).unwrap()).unwrap();
+        assert_eq!(u64::from(c.compressed_size), limit);
+
+        // One byte more, 4 GiB, or nothing at all: a typed error naming the chunk.
+        for stored in [limit as u32 + 1, u32::MAX, 0] {
+            let mut b = b0.clone();
+            put_u32(&mut b, at + 40, stored);
+            let img = open(&b);
+            let rec = img.chunk_record(ri).unwrap();
+            let e = img.chunk_ref(&rec).unwrap_err();
+            match &e {
+                RafsError::StoredSize {
+                    chunk,
+                    stored: s,
+                    uncompressed,
+                    compression: c,
+                    limit: l,
+                } => {
+                    assert_eq!(
+                        (*chunk, *s, *uncompressed, *c, *l),
+                        (rec.digest, stored, size, compression, limit),
+                        "{fixture_name}"
+                    );
+                }
+                other => panic!("{fixture_name}: expected StoredSize, got {other:?}"),
+            }
+            assert_msg(
+                &e,
+                &[&rec.digest.to_string(), &format!("stored size {stored}")],
+            );
+            // Mapping a read of the file fails the same way; so does listing every chunk.
+            let inode = img.inode(file).unwrap();
+            assert!(matches!(
+                img.chunks(&inode, 0, inode.size).unwrap_err(),
+                RafsError::StoredSize { .. }
+            ));
+            assert!(matches!(
+                img.all_chunks().unwrap_err(),
+                RafsError::StoredSize { .. }
+            ));
+        }
+    }
+}
+
+#[test]
+fn directory_block_address_overflow_is_an_error() {
+    // A directory claiming u64::MAX bytes (2^52 blocks) whose blocks start at block 16: block
+    // 2^52 - 2 would sit at (16 + 2^52 - 2) * 4096, beyond u64. A listing resumed there (an
+    // lseek on the directory hands the kernel any offset) must fail, not overflow.
+    let b0 = base();
+    let img = open(&b0);
+    let nid = nid_of(&img, "text");
+    let at = inode_off(&img, nid);
+    let mut b = b0.clone();
+    put_u16(&mut b, at, 1); // extended, FLAT_PLAIN
+    put_u64(&mut b, at + 8, u64::MAX);
+    put_u32(&mut b, at + 16, 16);
+    let img = open(&b);
+    let offset = ((1u64 << 52) - 2) * 1024;
+    let e = img.readdir(nid, offset, |_| true).unwrap_err();
+    assert_corrupt(&e, &[&format!("nid {nid}"), "overflows"]);
+    // Around it, and a lookup's binary search over the 2^52 blocks: no panic either way.
+    for offset in [offset + 1023, offset - 1, offset + 1024, u64::MAX, 0] {
+        let _ = img.readdir(nid, offset, |_| true);
+    }
+    let _ = img.lookup(nid, b"zzzz");
+}

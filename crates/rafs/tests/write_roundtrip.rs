@@ -14,7 +14,7 @@ use dfagent_rafs::blob_meta::{parse_chunk_infos, BlobMetaHeader};
 use dfagent_rafs::write::{
     write_bootstrap, BlobSpec, BlobWriter, BootstrapOptions, ChunkPlacement, Content, Node, Tree,
 };
-use dfagent_rafs::{FileType, Image, RafsError};
+use dfagent_rafs::{max_stored_size, FileType, Image, RafsError};
 
 const CS: u32 = 64 << 10;
 const DIR: u32 = 0o040000;
@@ -890,6 +890,60 @@ fn malformed_trees_are_refused() {
             Err(e) => panic!("{name}: wrong error {e}"),
             Ok(_) => panic!("{name}: accepted"),
         }
+    }
+}
+
+/// The writer refuses the stored sizes the reader would refuse ([`max_stored_size`]).
+#[test]
+fn stored_sizes_beyond_the_compressors_worst_case_are_refused() {
+    let (b, _) = edge_tree(Compression::Zstd, DigestAlgo::Blake3);
+    let opts = b.opts();
+    let (_, spec) = b.blob.finish().unwrap();
+    let good = b.tree;
+    let c = good
+        .nodes
+        .iter()
+        .find_map(|n| match &n.content {
+            Content::File { chunks, .. } => chunks.iter().find(|c| c.compressed).copied(),
+            _ => None,
+        })
+        .expect("a compressed chunk in the edge tree");
+    let limit = max_stored_size(Compression::Zstd, c.uncompressed_size);
+    let with_size = |stored: u64| {
+        let mut t = good.clone();
+        for n in &mut t.nodes {
+            if let Content::File { chunks, .. } = &mut n.content {
+                for x in chunks.iter_mut().filter(|x| **x == c) {
+                    x.compressed_size = stored as u32;
+                }
+            }
+        }
+        write_bootstrap(&t, std::slice::from_ref(&spec), &opts)
+    };
+    // The worst case is written and read back; one byte more is refused.
+    let img = Image::from_bytes(with_size(limit).unwrap()).unwrap();
+    let rec = (0..img.chunk_record_count())
+        .map(|i| img.chunk_record(i).unwrap())
+        .find(|r| r.digest == c.digest)
+        .unwrap();
+    assert_eq!(
+        u64::from(img.chunk_ref(&rec).unwrap().compressed_size),
+        limit
+    );
+    match with_size(limit + 1) {
+        Err(RafsError::InvalidTree(msg)) => {
+            assert!(msg.contains("is beyond what zstd gives"), "{msg}")
+        }
+        other => panic!("accepted or wrong error: {other:?}"),
+    }
+    // Compressed chunks in a blob without a compressor would read back as corrupt.
+    let mut none = spec.clone();
+    none.compression = Compression::None;
+    match write_bootstrap(&good, &[none], &opts) {
+        Err(RafsError::InvalidTree(msg)) => {
+            assert!(msg.contains("is beyond what none gives"), "{msg}")
+        }
+        other => panic!("accepted or wrong error: {other:?}"),
     }
 }
 

@@ -1,7 +1,10 @@
 //! [`Registry`]: one OCI distribution client per registry host, credentials from the
 //! configuration or the docker config, mirrors tried in order before a host, retries of
-//! transient failures, and the pull side of Nydus images (resolve a reference, fetch the
-//! bootstrap, read blob ranges).
+//! transient failures (after the registry's `Retry-After` when it sends one, within
+//! [`MAX_RETRY_WAIT`]), one retry after authenticating again when a 401 says the credentials
+//! went stale, and the pull side of Nydus images (resolve a reference, fetch the bootstrap, read
+//! blob ranges). Reads are our own HTTP requests (`http.rs`, authenticated by `auth.rs`);
+//! pushes go through the OCI client.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -13,10 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use dfagent_core::{sha256_digest, BlobId};
 use futures::StreamExt;
-use oci_client::client::{
-    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream,
-};
-use oci_client::errors::{DigestError, OciDistributionError};
+use http::header::{HeaderValue, ACCEPT, CONTENT_RANGE, RANGE};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{
     OciManifest, IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE,
     OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE,
@@ -27,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{read_credential_file, Credentials, HostCredentials, RegistryConfig, Secret};
 use crate::error::{classify, Failure, RegistryError, Result};
+use crate::http::HostHttp;
 use crate::image::{
     has_bootstrap_layer, index_candidates, nydus_parts, Descriptor, NydusImage,
     BOOTSTRAP_PATH_IN_LAYER, OS_FEATURE_NYDUS,
@@ -40,6 +43,10 @@ pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
 pub const MAX_RANGE_LEN: u64 = 1 << 30;
 /// Longest backoff between two retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The most one request waits between its attempts, backoffs and `Retry-After` waits together.
+/// A `Retry-After` longer than what is left of it ends the retries at once
+/// ([`RegistryError::RetriesExhausted`] names the wait asked for).
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
 /// Manifest media types we ask for.
 const ACCEPTED_MANIFESTS: &[&str] = &[
     OCI_IMAGE_MEDIA_TYPE,
@@ -74,6 +81,8 @@ pub(crate) struct HostClient {
     /// `(repository, operation)` pairs authenticated so far; `bool` = the registry wants no
     /// authentication at all (use `bare`).
     authed: Mutex<HashMap<(String, Op), bool>>,
+    /// Our own HTTP client and authentication, for reads.
+    pub(crate) http: HostHttp,
 }
 
 /// [`RegistryOperation`] with the traits a map key needs.
@@ -103,6 +112,8 @@ pub struct Registry {
     /// they win over the docker config's.
     host_credentials: HashMap<String, (String, Secret)>,
     extra_roots: Vec<Certificate>,
+    /// The same roots for our own HTTP clients.
+    http_roots: Vec<reqwest::Certificate>,
     hosts: Mutex<HashMap<String, Arc<HostClient>>>,
     /// Mirrors that failed with a connection error or 5xx, and until when they are skipped.
     held_off: Mutex<HashMap<String, Instant>>,
@@ -190,7 +201,7 @@ impl Registry {
             };
             host_credentials.insert(host.clone(), pair);
         }
-        let extra_roots = match &config.extra_ca {
+        let (extra_roots, http_roots) = match &config.extra_ca {
             Some(path) => {
                 let data = std::fs::read(path).map_err(|source| RegistryError::Io {
                     path: path.display().to_string(),
@@ -205,12 +216,19 @@ impl Registry {
                         path.display()
                     )));
                 }
-                vec![Certificate {
+                let http_roots = reqwest::Certificate::from_pem_bundle(&data).map_err(|e| {
+                    RegistryError::Config(format!(
+                        "{}: the extra CA file does not parse: {e}",
+                        path.display()
+                    ))
+                })?;
+                let roots = vec![Certificate {
                     encoding: CertificateEncoding::Pem,
                     data,
-                }]
+                }];
+                (roots, http_roots)
             }
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
         debug!(
             ?credentials,
@@ -222,6 +240,7 @@ impl Registry {
             credentials,
             host_credentials,
             extra_roots,
+            http_roots,
             hosts: Mutex::new(HashMap::new()),
             held_off: Mutex::new(HashMap::new()),
         })
@@ -254,7 +273,7 @@ impl Registry {
     }
 
     /// The client of `reference`'s registry, made on first use.
-    fn host(&self, reference: &Reference) -> Result<Arc<HostClient>> {
+    pub(crate) fn host(&self, reference: &Reference) -> Result<Arc<HostClient>> {
         let registry = reference.resolve_registry().to_string();
         let mut hosts = self
             .hosts
@@ -263,16 +282,17 @@ impl Registry {
         if let Some(h) = hosts.get(&registry) {
             return Ok(h.clone());
         }
-        let (auth, from) = match (
+        let (creds, from) = match (
             self.configured_credentials(&registry),
             self.credentials.get(&registry),
         ) {
-            (Some((u, p)), _) => (
-                RegistryAuth::Basic(u.clone(), p.expose().to_string()),
-                "configuration",
-            ),
-            (None, Some((u, p))) => (RegistryAuth::Basic(u.clone(), p.clone()), "docker config"),
-            (None, None) => (RegistryAuth::Anonymous, "none"),
+            (Some((u, p)), _) => (Some((u.clone(), p.clone())), "configuration"),
+            (None, Some((u, p))) => (Some((u.clone(), Secret::new(p.clone()))), "docker config"),
+            (None, None) => (None, "none"),
+        };
+        let auth = match &creds {
+            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.expose().to_string()),
+            None => RegistryAuth::Anonymous,
         };
         debug!(
             %registry,
@@ -283,6 +303,7 @@ impl Registry {
         let h = Arc::new(HostClient {
             client: self.oci_client(&registry)?,
             bare: self.oci_client(&registry)?,
+            http: HostHttp::new(&self.config, &registry, &self.http_roots, creds)?,
             registry: registry.clone(),
             auth,
             authed: Mutex::new(HashMap::new()),
@@ -364,10 +385,12 @@ impl Registry {
         self.with_retries(what, || attempt(r.clone())).await
     }
 
-    /// The host client for `reference`, authenticated for `op` on its repository. The first
-    /// time, this runs the authentication explicitly (oci-client's own, which answers a Basic
-    /// challenge with the credentials and a Bearer challenge by fetching a token from the
-    /// realm), so that refused credentials give an [`RegistryError::Auth`] instead of a bare 401 later.
+    /// The host client for `reference`, authenticated for `op` on its repository, for requests
+    /// through the OCI client (pushes). The first time, and again after a 401 ([`Self::failure`]
+    /// forgets), this runs the authentication explicitly (oci-client's own, which answers a
+    /// Basic challenge with the credentials and a Bearer challenge by fetching a token from the
+    /// realm), so that refused credentials give an [`RegistryError::Auth`] instead of a bare
+    /// 401 later.
     pub(crate) async fn prepare(
         &self,
         reference: &Reference,
@@ -419,32 +442,59 @@ impl Registry {
         f
     }
 
-    /// Run `attempt` until it succeeds, fails for good, or `retries` transient failures have
-    /// been retried, sleeping with exponential backoff and jitter in between.
+    /// Run `attempt` until it succeeds, fails for good, or its retries are used up. A transient
+    /// failure is retried up to `retries` times, after the registry's `Retry-After` if it sent
+    /// one, else after exponential backoff with jitter, all waits together within
+    /// [`MAX_RETRY_WAIT`]. A 401 that may mean stale credentials is retried once at once (the
+    /// attempt authenticates again); it does not count against the transient retries.
     pub(crate) async fn with_retries<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<T, Failure>>,
     {
-        let mut tries = 0u32;
+        let mut attempts = 0u32;
+        let mut retries = 0u32;
+        let mut waited = Duration::ZERO;
+        let mut reauthenticated = false;
         loop {
-            tries += 1;
-            match attempt().await {
+            attempts += 1;
+            let f = match attempt().await {
                 Ok(v) => return Ok(v),
-                Err(f) if f.transient && tries <= self.config.retries => {
-                    let delay = backoff(self.config.retry_base_delay, tries);
-                    warn!(what, attempt = tries, error = %f.error, ?delay, "transient registry failure, retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(f) if f.transient => {
-                    return Err(RegistryError::RetriesExhausted {
-                        what: what.to_string(),
-                        attempts: tries,
-                        last: Box::new(f.error),
-                    })
-                }
-                Err(f) => return Err(f.error),
+                Err(f) => f,
+            };
+            if f.reauth && !reauthenticated {
+                reauthenticated = true;
+                debug!(
+                    what,
+                    attempt = attempts,
+                    "401 Unauthorized: authenticating again, then retrying once"
+                );
+                continue;
             }
+            if !f.transient {
+                return Err(f.error);
+            }
+            retries += 1;
+            let wait = retry_wait(
+                &f,
+                retries,
+                self.config.retries,
+                self.config.retry_base_delay,
+                waited,
+            );
+            let Some(delay) = wait else {
+                let left = MAX_RETRY_WAIT.saturating_sub(waited);
+                return Err(RegistryError::RetriesExhausted {
+                    what: what.to_string(),
+                    attempts,
+                    retry_after: f.retry_after.filter(|d| *d > left),
+                    last: Box::new(f.error),
+                });
+            };
+            warn!(what, attempt = attempts, error = %f.error, ?delay,
+                retry_after = ?f.retry_after, "transient registry failure, retrying");
+            tokio::time::sleep(delay).await;
+            waited += delay;
         }
     }
 
@@ -470,19 +520,34 @@ impl Registry {
         r: &Reference,
         what: &str,
     ) -> std::result::Result<RawManifest, Failure> {
-        let (host, _) = self.prepare(r, Op::Pull).await?;
-        let (bytes, digest) = host
-            .client
-            .pull_manifest_raw(r, &host.auth, ACCEPTED_MANIFESTS)
-            .await
-            .map_err(|e| self.failure(&host, r, e, what))?;
-        if bytes.len() as u64 > MAX_MANIFEST_SIZE {
-            return Err(Failure::fatal(RegistryError::TooLarge {
+        let host = self.host(r)?;
+        let name = r.digest().or(r.tag()).unwrap_or("latest");
+        let accept = HeaderValue::from_str(&ACCEPTED_MANIFESTS.join(", "))
+            .map_err(|e| RegistryError::Protocol(format!("Accept header: {e}")))?;
+        let resp = host
+            .http
+            .get(r, &format!("manifests/{name}"), &[(ACCEPT, accept)], what)
+            .await?;
+        let too_large = |size| {
+            Failure::fatal(RegistryError::TooLarge {
                 what: what.to_string(),
-                size: bytes.len() as u64,
+                size,
                 limit: MAX_MANIFEST_SIZE,
-            }));
+            })
+        };
+        if let Some(len) = resp.content_length().filter(|l| *l > MAX_MANIFEST_SIZE) {
+            return Err(too_large(len));
         }
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = read_stream(resp, 0, MAX_MANIFEST_SIZE + 1, false, &host, what).await?;
+        if bytes.len() as u64 > MAX_MANIFEST_SIZE {
+            return Err(too_large(bytes.len() as u64));
+        }
+        let digest = manifest_digest(&bytes, r.digest(), header_digest.as_deref(), what)?;
         #[derive(serde::Deserialize)]
         struct Versioned {
             #[serde(rename = "mediaType", default)]
@@ -600,12 +665,12 @@ impl Registry {
         desc: &Descriptor,
         what: &str,
     ) -> std::result::Result<Vec<u8>, Failure> {
-        let (host, client) = self.prepare(r, Op::Pull).await?;
-        let stream = client
-            .pull_blob_stream(r, desc.digest.as_str())
-            .await
-            .map_err(|e| self.failure(&host, r, e, what))?;
-        if let Some(len) = stream.content_length {
+        let host = self.host(r)?;
+        let resp = host
+            .http
+            .get(r, &format!("blobs/{}", desc.digest), &[], what)
+            .await?;
+        if let Some(len) = resp.content_length() {
             if len != desc.size {
                 return Err(Failure::fatal(RegistryError::Protocol(format!(
                     "{what}: the registry announces {len} bytes, the manifest says {}",
@@ -613,14 +678,15 @@ impl Registry {
                 ))));
             }
         }
-        let data = read_stream(stream, 0, desc.size, true, what).await?;
+        let data = read_stream(resp, 0, desc.size, true, &host, what).await?;
         Ok(data.to_vec())
     }
 
     /// Read bytes `range` of data blob `blob` of `img` with an HTTP range request. Returns
     /// exactly `range.end - range.start` bytes or an error. Redirects (object-store backed
-    /// registries answer 307) are followed; connection errors, 429 and 5xx are retried with
-    /// backoff. The bytes are not verified here.
+    /// registries answer 307) are followed; connection errors, 429 and 5xx are retried (after
+    /// the registry's `Retry-After`, else with backoff); a 401 is answered by authenticating
+    /// again and retrying once. The bytes are not verified here.
     pub async fn read_range(
         &self,
         img: &NydusImage,
@@ -668,14 +734,28 @@ impl Registry {
         len: u64,
         what: &str,
     ) -> std::result::Result<Bytes, Failure> {
-        let (host, client) = self.prepare(r, Op::Pull).await?;
-        let resp = client
-            .pull_blob_stream_partial(r, digest, start, Some(len))
-            .await
-            .map_err(|e| self.failure(&host, r, e, what))?;
-        match resp {
-            BlobResponse::Partial(stream) => {
-                if let Some(cl) = stream.content_length {
+        let host = self.host(r)?;
+        let last = start + len - 1;
+        let range = HeaderValue::from_str(&format!("bytes={start}-{last}"))
+            .map_err(|e| RegistryError::Protocol(format!("Range header: {e}")))?;
+        let resp = host
+            .http
+            .get(r, &format!("blobs/{digest}"), &[(RANGE, range)], what)
+            .await?;
+        match resp.status().as_u16() {
+            206 => {
+                let content_range = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok());
+                if let Some(cr) = content_range {
+                    if parse_content_range(cr) != Some((start, last)) {
+                        return Err(Failure::fatal(RegistryError::Protocol(format!(
+                            "{what}: the registry answered Content-Range {cr:?}"
+                        ))));
+                    }
+                }
+                if let Some(cl) = resp.content_length() {
                     if cl != len {
                         return Err(Failure::fatal(RegistryError::ShortRead {
                             what: what.to_string(),
@@ -684,18 +764,109 @@ impl Registry {
                         }));
                     }
                 }
-                read_stream(stream, 0, len, true, what).await
+                read_stream(resp, 0, len, true, &host, what).await
             }
-            BlobResponse::Full(stream) => {
+            200 => {
                 // The server ignored the Range header: skip to the range, stop after it.
                 debug!(
                     what,
                     "registry answered a range request with the whole blob"
                 );
-                read_stream(stream, start, len, false, what).await
+                let data = read_stream(resp, start, len, false, &host, what).await?;
+                if (data.len() as u64) < len {
+                    return Err(Failure::fatal(RegistryError::ShortRead {
+                        what: what.to_string(),
+                        got: data.len() as u64,
+                        expected: len,
+                    }));
+                }
+                Ok(data)
             }
+            other => Err(Failure::fatal(RegistryError::Protocol(format!(
+                "{what}: the registry answered {other} to a range request"
+            )))),
         }
     }
+}
+
+/// `(first, last)` of a `Content-Range: bytes FIRST-LAST/TOTAL` value.
+fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let (range, _total) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+}
+
+/// The wait before transient retry number `retry` (1-based) after `f`, having waited `waited`
+/// already: the registry's `Retry-After` if it sent one, else backoff from `base`; all waits of
+/// a request within [`MAX_RETRY_WAIT`]. `None`: give up (`retries` used up, the budget spent,
+/// or a `Retry-After` beyond what is left of it).
+fn retry_wait(
+    f: &Failure,
+    retry: u32,
+    retries: u32,
+    base: Duration,
+    waited: Duration,
+) -> Option<Duration> {
+    if retry > retries {
+        return None;
+    }
+    let left = MAX_RETRY_WAIT.saturating_sub(waited);
+    match f.retry_after {
+        Some(d) if d > left => None,
+        Some(d) => Some(d),
+        None if left.is_zero() => None,
+        None => Some(backoff(base, retry).min(left)),
+    }
+}
+
+/// The digest of a manifest's `bytes`, checked: against the digest the reference names (if
+/// any) and the `Docker-Content-Digest` the registry sent (if any). The reference's digest if
+/// it has one, else the bytes' sha256.
+fn manifest_digest(
+    bytes: &[u8],
+    reference_digest: Option<&str>,
+    header_digest: Option<&str>,
+    what: &str,
+) -> std::result::Result<String, Failure> {
+    let check = |expected: &str| -> std::result::Result<(), Failure> {
+        let actual = digest_of(bytes, expected).ok_or_else(|| {
+            Failure::fatal(RegistryError::Protocol(format!(
+                "{what}: unsupported digest {expected:?}"
+            )))
+        })?;
+        if actual != expected {
+            return Err(Failure::fatal(RegistryError::Digest {
+                what: what.to_string(),
+                expected: expected.to_string(),
+                actual,
+            }));
+        }
+        Ok(())
+    };
+    if let Some(d) = reference_digest {
+        check(d)?;
+    }
+    if let Some(h) = header_digest.filter(|h| Some(*h) != reference_digest) {
+        // A header in an algorithm we do not know is the registry's business, not an error.
+        if digest_of(bytes, h).is_some() {
+            check(h)?;
+        }
+    }
+    Ok(reference_digest.map_or_else(|| sha256_digest(bytes), str::to_string))
+}
+
+/// `bytes` digested with the algorithm of `like` (`sha256:…`, `sha384:…`, `sha512:…`), in the
+/// same form; `None` for other algorithms.
+fn digest_of(bytes: &[u8], like: &str) -> Option<String> {
+    use sha2::Digest as _;
+    let (algo, _) = like.split_once(':')?;
+    let hex = match algo {
+        "sha256" => hex::encode(sha2::Sha256::digest(bytes)),
+        "sha384" => hex::encode(sha2::Sha384::digest(bytes)),
+        "sha512" => hex::encode(sha2::Sha512::digest(bytes)),
+        _ => return None,
+    };
+    Some(format!("{algo}:{hex}"))
 }
 
 /// Parse a manifest or index.
@@ -707,18 +878,21 @@ fn parse_manifest(bytes: &[u8], reference: &str) -> Result<OciManifest> {
     })
 }
 
-/// Read `len` bytes after skipping `skip` from a blob response. With `exact`, the response must
-/// end right there (a longer one is a protocol error); without, the rest is dropped.
+/// Read `len` bytes after skipping `skip` from the body of `resp`. With `exact`, the body must
+/// end right there (a longer one is a protocol error); without, the rest is dropped. A body cut
+/// short by the network is a transient failure; a short body that ended cleanly is final.
 async fn read_stream(
-    mut stream: SizedStream,
+    resp: reqwest::Response,
     mut skip: u64,
     len: u64,
     exact: bool,
+    host: &HostClient,
     what: &str,
 ) -> std::result::Result<Bytes, Failure> {
     let mut out = BytesMut::with_capacity(usize::try_from(len.min(64 << 20)).unwrap_or(0));
+    let mut stream = resp.bytes_stream();
     while let Some(item) = stream.next().await {
-        let mut chunk = item.map_err(|e| stream_failure(e, what))?;
+        let mut chunk = item.map_err(|e| host.http.request_failure(e, what))?;
         if skip > 0 {
             let n = skip.min(chunk.len() as u64);
             let _ = chunk.split_to(n as usize);
@@ -739,7 +913,7 @@ async fn read_stream(
             break;
         }
     }
-    if (out.len() as u64) < len {
+    if exact && (out.len() as u64) < len {
         // A body cut short by the network surfaces as a stream error above; a clean short
         // body is the server's answer, and asking again would get the same.
         return Err(Failure::fatal(RegistryError::ShortRead {
@@ -749,20 +923,6 @@ async fn read_stream(
         }));
     }
     Ok(out.freeze())
-}
-
-/// A body stream error: a digest mismatch (oci-client verifies full blobs) is final, anything
-/// else is the network.
-fn stream_failure(e: std::io::Error, what: &str) -> Failure {
-    if let Some(d) = e.get_ref().and_then(|i| i.downcast_ref::<DigestError>()) {
-        return Failure::fatal(RegistryError::Protocol(format!(
-            "{what}: content does not match its digest: {d}"
-        )));
-    }
-    Failure::transient(RegistryError::Io {
-        path: what.to_string(),
-        source: e,
-    })
 }
 
 /// Find `image/image.boot` in a bootstrap layer (tar, gzip'd or not) and return its bytes.
@@ -843,6 +1003,84 @@ mod tests {
             let exp = (base * 2u32.pow((retry - 1).min(16))).min(MAX_BACKOFF);
             assert!(d >= exp / 2 && d <= exp, "retry {retry}: {d:?} vs {exp:?}");
         }
+    }
+
+    #[test]
+    fn retries_wait_as_asked_within_the_budget() {
+        let base = Duration::from_millis(100);
+        let busy = |after: Option<u64>| Failure {
+            retry_after: after.map(Duration::from_secs),
+            ..Failure::transient(RegistryError::Protocol("503".into()))
+        };
+        // Retry-After is honoured as sent.
+        assert_eq!(
+            retry_wait(&busy(Some(2)), 1, 4, base, Duration::ZERO),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            retry_wait(&busy(Some(0)), 1, 4, base, Duration::ZERO),
+            Some(Duration::ZERO)
+        );
+        // Without one: the backoff.
+        let d = retry_wait(&busy(None), 2, 4, base, Duration::ZERO).unwrap();
+        assert!(d >= base && d <= base * 2, "{d:?}");
+        // Beyond the retries, beyond the budget: give up.
+        assert_eq!(retry_wait(&busy(Some(1)), 5, 4, base, Duration::ZERO), None);
+        assert_eq!(
+            retry_wait(&busy(Some(3600)), 1, 4, base, Duration::ZERO),
+            None
+        );
+        assert_eq!(
+            retry_wait(
+                &busy(Some(10)),
+                1,
+                4,
+                base,
+                MAX_RETRY_WAIT - Duration::from_secs(5)
+            ),
+            None
+        );
+        assert_eq!(retry_wait(&busy(None), 1, 4, base, MAX_RETRY_WAIT), None);
+        // A backoff is cut to what is left of the budget.
+        let left = Duration::from_millis(30);
+        assert_eq!(
+            retry_wait(
+                &busy(None),
+                4,
+                4,
+                Duration::from_secs(4),
+                MAX_RETRY_WAIT - left
+            ),
+            Some(left)
+        );
+    }
+
+    #[test]
+    fn manifest_digests_are_checked() {
+        let body = br#"{"schemaVersion":2}"#;
+        let d = sha256_digest(body);
+        assert_eq!(manifest_digest(body, None, None, "m").unwrap(), d);
+        assert_eq!(manifest_digest(body, Some(&d), Some(&d), "m").unwrap(), d);
+        let other = sha256_digest(b"other");
+        let e = manifest_digest(body, Some(&other), None, "m").unwrap_err();
+        assert!(matches!(e.error, RegistryError::Digest { .. }), "{e:?}");
+        let e = manifest_digest(body, None, Some(&other), "m").unwrap_err();
+        assert!(matches!(e.error, RegistryError::Digest { .. }), "{e:?}");
+        let sha512 = digest_of(body, "sha512:").unwrap();
+        assert_eq!(
+            manifest_digest(body, Some(&sha512), None, "m").unwrap(),
+            sha512
+        );
+        assert!(manifest_digest(body, None, Some("md5:00"), "m").is_ok());
+        assert!(manifest_digest(body, Some("md5:00"), None, "m").is_err());
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("bytes 5-9/100"), Some((5, 9)));
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, 9)));
+        assert_eq!(parse_content_range("bytes */100"), None);
+        assert_eq!(parse_content_range("items 1-2/3"), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use sha2::Digest as _;
 use tokio::io::AsyncWriteExt;
 
-use crate::client::{parse_reference, Op, Registry};
+use crate::client::{parse_reference, Registry};
 use crate::error::{Failure, RegistryError, Result};
 
 /// `reference` pinned to `digest` (`host/repo@sha256:…`), e.g. to fetch a manifest an index
@@ -44,11 +44,12 @@ impl Registry {
         let what = format!("download blob {digest}");
         let what = what.as_str();
         self.read_via_mirrors(&r, what, |r| async move {
-            let (host, client) = self.prepare(&r, Op::Pull).await?;
-            let mut stream = client
-                .pull_blob_stream(&r, digest)
-                .await
-                .map_err(|e| self.failure(&host, &r, e, what))?;
+            let host = self.host(&r)?;
+            let mut stream = host
+                .http
+                .get(&r, &format!("blobs/{digest}"), &[], what)
+                .await?
+                .bytes_stream();
             let io = |source| {
                 Failure::fatal(RegistryError::Io {
                     path: dest.display().to_string(),
@@ -59,12 +60,7 @@ impl Registry {
             let mut h = sha2::Sha256::new();
             let mut got: u64 = 0;
             while let Some(piece) = stream.next().await {
-                let piece = piece.map_err(|e| {
-                    Failure::transient(RegistryError::Io {
-                        path: what.to_string(),
-                        source: e,
-                    })
-                })?;
+                let piece = piece.map_err(|e| host.http.request_failure(e, what))?;
                 got += piece.len() as u64;
                 if got > size {
                     return Err(Failure::fatal(RegistryError::Protocol(format!(

@@ -13,21 +13,30 @@
 //! - [`Registry::download_blob`] streams a whole blob (an OCI layer) into a file, verified.
 //!
 //! Credentials come from the configuration's host entries ([`HostConfig`]), else from a docker
-//! `config.json`; oci-client answers Basic challenges with them and runs the Bearer token
-//! exchange against the realm of a `WWW-Authenticate` challenge. Registries on loopback (and
-//! those configured so) are spoken to over plain HTTP. Reads of a host with mirrors try the
-//! mirrors in order first and fall back to the host.
+//! `config.json`. Reads are our own HTTP requests: a registry's 401 challenge says what it
+//! wants (Basic credentials, or a Bearer token from its realm); tokens are renewed before the
+//! lifetime their service announced runs out, and at once, single flight, when the registry
+//! refuses one (the request is then retried once). Busy answers (429, 503) are retried after
+//! their `Retry-After` (delta-seconds or an HTTP-date), within [`MAX_RETRY_WAIT`] per request.
+//! Pushes go through oci-client, which answers the same challenges itself; a 401 there is also
+//! retried once after authenticating again. Registries on loopback (and those configured so)
+//! are spoken to over plain HTTP. Reads of a host with mirrors try the mirrors in order first
+//! and fall back to the host.
 #![deny(missing_docs)]
 
+mod auth;
 mod client;
 mod config;
 mod download;
 mod error;
+mod http;
 mod image;
 mod push;
 mod tier;
 
-pub use client::{RawManifest, Registry, MAX_BOOTSTRAP_SIZE, MAX_MANIFEST_SIZE, MAX_RANGE_LEN};
+pub use client::{
+    RawManifest, Registry, MAX_BOOTSTRAP_SIZE, MAX_MANIFEST_SIZE, MAX_RANGE_LEN, MAX_RETRY_WAIT,
+};
 pub use config::{HostConfig, HostCredentials, RegistryConfig, Secret, REDACTED};
 pub use download::reference_with_digest;
 pub use error::{RegistryError, Result};

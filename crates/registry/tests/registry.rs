@@ -1,302 +1,25 @@
 //! dfagent-registry against a real `docker-registry` (distribution 2.8) on 127.0.0.1: push and
 //! pull of the upstream-built fixture images, merged range reads counted through a recording
 //! proxy, blob dedup on re-push, Basic (htpasswd) and Bearer (token server) authentication, and
-//! retries of 503s. All traffic stays on loopback; every wait is bounded.
+//! retries of 503s. All traffic stays on loopback; every wait is bounded. (Expiring tokens and
+//! `Retry-After` are in `resilience.rs`.)
+
+mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use base64::Engine as _;
+use common::{anonymous_client, blob_bytes, client_with, fixture, write_docker_config};
 use dfagent_core::{slots_for, Answer, BlobId, ChunkRef, ChunkTier, TierErrorKind};
-use dfagent_registry::{NydusImage, Registry, RegistryConfig, RegistryError, RegistryTier};
+use dfagent_registry::{NydusImage, Registry, RegistryError, RegistryTier};
 use dfagent_test_support::fixtures::ALL_IMAGES;
 use dfagent_test_support::proxy::{Action, Proxy, Request, Seen};
 use dfagent_test_support::registry::Registry as RegistryProc;
+use dfagent_test_support::token::TokenServer;
 use dfagent_test_support::wait::within;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-fn b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
-fn b64url(data: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
-}
-
-// ---------------------------------------------------------------------------------------------
-// A tiny HTTP/1.1 plumbing for the token server: read one request head, write one response.
-
-#[derive(Clone, Debug)]
-struct Req {
-    path: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Req {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Read one request head (token requests are GETs without a body). `None` on a connection
-/// closed before a request.
-async fn read_request(s: &mut TcpStream) -> std::io::Result<Option<Req>> {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        if buf.len() > 64 << 10 {
-            return Err(std::io::Error::other("request head too large"));
-        }
-        let mut tmp = [0u8; 8192];
-        let n = s.read(&mut tmp).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    };
-    let text = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = text.split("\r\n");
-    let path = lines
-        .next()
-        .unwrap_or_default()
-        .split(' ')
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Ok(Some(Req { path, headers }))
-}
-
-async fn respond(s: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) {
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        out.push_str(&format!("{k}: {v}\r\n"));
-    }
-    out.push_str("\r\n");
-    let _ = s.write_all(out.as_bytes()).await;
-    let _ = s.write_all(body).await;
-    let _ = s.shutdown().await;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Token server for Bearer authentication (distribution's token auth).
-
-struct TokenServer {
-    port: u16,
-    task: tokio::task::JoinHandle<()>,
-    requests: Arc<AtomicUsize>,
-}
-
-impl Drop for TokenServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Signing material: an ECDSA P-256 key and its self-signed certificate (the registry's
-/// `rootcertbundle`).
-struct Signer {
-    key: ring::signature::EcdsaKeyPair,
-    cert_der: Vec<u8>,
-    cert_pem: String,
-}
-
-fn make_signer() -> Signer {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let params = rcgen::CertificateParams::new(vec!["dfagent-test-token-issuer".to_string()])
-        .expect("params");
-    let cert = params.self_signed(&key).expect("self-signed cert");
-    let rng = ring::rand::SystemRandom::new();
-    let ring_key = ring::signature::EcdsaKeyPair::from_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        &key.serialize_der(),
-        &rng,
-    )
-    .expect("ring key from rcgen PKCS#8");
-    Signer {
-        key: ring_key,
-        cert_der: cert.der().to_vec(),
-        cert_pem: cert.pem(),
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The JWT distribution expects: ES256, the signing certificate in `x5c`, claims iss, sub, aud,
-/// exp, nbf, iat, jti and access.
-fn make_token(signer: &Signer, user: &str, scopes: &[String]) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let access: Vec<serde_json::Value> = scopes
-        .iter()
-        .filter_map(|s| {
-            // repository:<name>:<actions> (the name may hold ':' only before a port, never here)
-            let (kind, rest) = s.split_once(':')?;
-            let (name, actions) = rest.rsplit_once(':')?;
-            Some(serde_json::json!({
-                "type": kind,
-                "name": name,
-                "actions": actions.split(',').collect::<Vec<_>>(),
-            }))
-        })
-        .collect();
-    let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [b64(&signer.cert_der)]});
-    let claims = serde_json::json!({
-        "iss": "test-issuer",
-        "sub": user,
-        "aud": "test-registry",
-        "exp": now + 600,
-        "nbf": now - 60,
-        "iat": now,
-        "jti": format!("{:x}", now ^ 0x5eed_u64.wrapping_mul(now)),
-        "access": access,
-    });
-    let input = format!(
-        "{}.{}",
-        b64url(header.to_string().as_bytes()),
-        b64url(claims.to_string().as_bytes())
-    );
-    let rng = ring::rand::SystemRandom::new();
-    let sig = signer.key.sign(&rng, input.as_bytes()).expect("sign");
-    format!("{input}.{}", b64url(sig.as_ref()))
-}
-
-async fn start_token_server(signer: Arc<Signer>, user: &str, pass: &str) -> TokenServer {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind token server");
-    let port = listener.local_addr().expect("addr").port();
-    let expected = format!("Basic {}", b64(format!("{user}:{pass}").as_bytes()));
-    let user = user.to_string();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counter = requests.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let signer = signer.clone();
-            let expected = expected.clone();
-            let user = user.clone();
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let Ok(Some(req)) = read_request(&mut conn).await else {
-                    return;
-                };
-                counter.fetch_add(1, Ordering::SeqCst);
-                if req.header("authorization") != Some(expected.as_str()) {
-                    respond(
-                        &mut conn,
-                        "401 Unauthorized",
-                        &[("Content-Type", "application/json".into())],
-                        br#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#,
-                    )
-                    .await;
-                    return;
-                }
-                let query = req.path.split_once('?').map(|(_, q)| q).unwrap_or("");
-                let scopes: Vec<String> = query
-                    .split('&')
-                    .filter_map(|kv| kv.split_once('='))
-                    .filter(|(k, _)| *k == "scope")
-                    .map(|(_, v)| percent_decode(v))
-                    .collect();
-                let token = make_token(&signer, &user, &scopes);
-                let body =
-                    serde_json::json!({"token": token, "access_token": token, "expires_in": 600});
-                respond(
-                    &mut conn,
-                    "200 OK",
-                    &[("Content-Type", "application/json".into())],
-                    body.to_string().as_bytes(),
-                )
-                .await;
-            });
-        }
-    });
-    TokenServer {
-        port,
-        task,
-        requests,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Helpers
-
-/// A client that reads credentials only from `docker_config` (a file in a temp dir).
-fn client_with(docker_config: PathBuf, retries: u32) -> Registry {
-    Registry::new(RegistryConfig {
-        docker_config: Some(docker_config),
-        retries,
-        retry_base_delay: Duration::from_millis(10),
-        ..RegistryConfig::default()
-    })
-    .expect("Registry::new")
-}
-
-fn anonymous_client(dir: &Path) -> Registry {
-    client_with(dir.join("no-such-config.json"), 4)
-}
-
-fn write_docker_config(dir: &Path, registry: &str, user: &str, pass: &str) -> PathBuf {
-    let path = dir.join("config.json");
-    let cfg = serde_json::json!({"auths": {registry: {"auth": b64(format!("{user}:{pass}").as_bytes())}}});
-    std::fs::write(&path, cfg.to_string()).expect("write docker config");
-    path
-}
-
-/// `(bootstrap, blob dir)` of fixture image `name`.
-fn fixture(name: &str) -> (PathBuf, PathBuf) {
-    let dir = dfagent_test_support::fixtures::fixture(name);
-    (dir.join("bootstrap"), dir.join("blobs"))
-}
-
-fn blob_bytes(name: &str, id: &BlobId) -> Vec<u8> {
-    std::fs::read(fixture(name).1.join(id.hex())).expect("fixture blob")
-}
 
 /// The chunks of the regular file with the most distinct chunk ranges in `bootstrap`.
 fn chunks_of_biggest_file(bootstrap: &Path) -> (String, Vec<ChunkRef>) {
@@ -672,17 +395,9 @@ async fn basic_auth_with_docker_config_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_token_auth() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let signer = Arc::new(make_signer());
-    let cert = tmp.path().join("token-cert.pem");
-    std::fs::write(&cert, &signer.cert_pem).expect("cert");
-    let tokens = start_token_server(signer.clone(), "bob", "hunter2").await;
+    let tokens = TokenServer::start("bob", "hunter2", Duration::from_secs(600));
     let reg_proc = RegistryProc::builder()
-        .config_extra(&format!(
-        "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: test-registry\n    \
-         issuer: test-issuer\n    rootcertbundle: {}\n",
-        tokens.port,
-        cert.display()
-    ))
+        .config_extra(&tokens.registry_config())
         .start();
     let (bootstrap, blobs) = fixture("v6-nydusify-2layer");
     let reference = format!("{}/team/app:v1", reg_proc.host());
@@ -699,10 +414,7 @@ async fn bearer_token_auth() {
     }
     pushed.expect("push with a token");
     check_pull(&good, &reference, "v6-nydusify-2layer").await;
-    assert!(
-        tokens.requests.load(Ordering::SeqCst) >= 2,
-        "tokens were fetched"
-    );
+    assert!(tokens.issued() >= 2, "tokens were fetched");
 
     let bad_dir = tmp.path().join("bad");
     std::fs::create_dir(&bad_dir).expect("dir");
@@ -716,6 +428,11 @@ async fn bearer_token_auth() {
         .expect_err("wrong password");
     assert!(matches!(err, RegistryError::Auth { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!err.to_string().contains("nope"), "{err}");
+    assert!(
+        tokens.refused() >= 1,
+        "the token service refused the wrong password"
+    );
     eprintln!("bearer auth refusal: {err}");
     let err = within("push", bad.push_nydus(&reference, &bootstrap, &blobs))
         .await
@@ -806,7 +523,7 @@ async fn range_reads_retry_503_and_follow_redirects() {
         match slot.answer() {
             Answer::Failed(e) => {
                 assert_eq!(e.tier, "registry");
-                assert_eq!(e.kind, TierErrorKind::Status, "{e}");
+                assert_eq!(e.kind, TierErrorKind::Busy, "{e}");
                 assert!(e.message.contains("503"), "{e}");
             }
             other => panic!("expected the range's failure, got {other:?}"),

@@ -141,6 +141,13 @@ impl ResolverCore {
         }
     }
 
+    /// Chunks being fetched right now, node-wide (one per digest however many readers wait for
+    /// it). An entry lives exactly as long as the read leading its fetch, however that read ends
+    /// (done, failed or cancelled), so this is zero when no read is in progress.
+    pub fn in_flight(&self) -> usize {
+        self.inflight().len()
+    }
+
     /// Drop `digest` from the decoded-chunk cache (tests, and a store that was cleared).
     pub fn forget(&self, digest: &ChunkDigest) {
         self.cache.remove(digest);

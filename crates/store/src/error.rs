@@ -37,3 +37,11 @@ pub enum StoreError {
     #[error("chunk store full: {0}")]
     Full(String),
 }
+
+impl StoreError {
+    /// The database's own files are damaged (a checksum or format check failed): the store
+    /// cannot be trusted as a whole, though every chunk in it is still checked by digest.
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, StoreError::Db(e) if e.kind() == rocksdb::ErrorKind::Corruption)
+    }
+}

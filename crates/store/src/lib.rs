@@ -16,5 +16,7 @@ mod store;
 mod tier;
 
 pub use error::StoreError;
+#[doc(hidden)]
+pub use store::PutHook;
 pub use store::{GcReport, Store, StoreConfig, StoreStats, StoredValue, VerifyReport};
 pub use tier::StoreTier;

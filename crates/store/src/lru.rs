@@ -1,7 +1,9 @@
 //! The in-memory eviction index: every chunk's last use and size, ordered so that unpinned
-//! chunks go first and, among them, the least recently used.
+//! chunks go first and, among them, the least recently used. It also remembers which chunks
+//! were used since their access record was last written (`dirty`), so those records can be
+//! written later in batches instead of one write per read.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use dfagent_core::ChunkDigest;
 
@@ -18,6 +20,8 @@ pub(crate) struct Lru {
     /// (pinned, tick, digest): iteration order is eviction order.
     order: BTreeSet<(bool, u64, ChunkDigest)>,
     pins: HashMap<ChunkDigest, u32>,
+    /// Chunks whose last use is newer than their access record on disk.
+    dirty: HashSet<ChunkDigest>,
     used: u64,
     pinned_bytes: u64,
     tick: u64,
@@ -41,6 +45,7 @@ impl Lru {
         self.entries.contains_key(d)
     }
 
+    /// Add a chunk whose access record is being written with it (so it is not dirty).
     pub fn insert(&mut self, d: ChunkDigest, size: u64, tick: u64) {
         self.remove(&d);
         let pinned = self.pinned(&d);
@@ -52,17 +57,58 @@ impl Lru {
         }
     }
 
-    pub fn touch(&mut self, d: &ChunkDigest) -> Option<(u64, u64)> {
-        let e = *self.entries.get(d)?;
+    /// Mark a chunk used now (a no-op for a chunk no longer held); its access record is dirty
+    /// until [`Lru::take_dirty`] hands it out.
+    pub fn touch(&mut self, d: &ChunkDigest) {
+        let Some(e) = self.entries.get(d).copied() else {
+            return;
+        };
         let pinned = self.pinned(d);
         let tick = self.next_tick();
         self.order.remove(&(pinned, e.tick, *d));
         self.order.insert((pinned, tick, *d));
         self.entries.insert(*d, Entry { tick, size: e.size });
-        Some((tick, e.size))
+        self.dirty.insert(*d);
+    }
+
+    /// Up to `limit` dirty chunks that are not in `except`, as (digest, tick, size) for their
+    /// access records; they are clean from now on (see [`Lru::mark_dirty`] if the write fails).
+    pub fn take_dirty(
+        &mut self,
+        limit: usize,
+        except: &[ChunkDigest],
+    ) -> Vec<(ChunkDigest, u64, u64)> {
+        let picked: Vec<ChunkDigest> = self
+            .dirty
+            .iter()
+            .filter(|d| !except.contains(d))
+            .take(limit)
+            .copied()
+            .collect();
+        picked
+            .into_iter()
+            .filter_map(|d| {
+                self.dirty.remove(&d);
+                self.entries.get(&d).map(|e| (d, e.tick, e.size))
+            })
+            .collect()
+    }
+
+    /// Mark a chunk's access record dirty again (its write failed).
+    pub fn mark_dirty(&mut self, d: &ChunkDigest) {
+        if self.entries.contains_key(d) {
+            self.dirty.insert(*d);
+        }
+    }
+
+    /// Chunks whose access record is older than their last use.
+    #[cfg(test)]
+    pub fn dirty_len(&self) -> usize {
+        self.dirty.len()
     }
 
     pub fn remove(&mut self, d: &ChunkDigest) -> Option<u64> {
+        self.dirty.remove(d);
         let e = self.entries.remove(d)?;
         let pinned = self.pinned(d);
         self.order.remove(&(pinned, e.tick, *d));
@@ -182,5 +228,41 @@ mod tests {
         assert_eq!(l.pinned_bytes(), 0);
         assert_eq!(l.remove(&d(0)), Some(10));
         assert_eq!(l.used(), 30);
+    }
+
+    #[test]
+    fn touched_chunks_are_dirty_until_taken() {
+        let mut l = Lru::default();
+        for i in 0..3 {
+            let t = l.next_tick();
+            l.insert(d(i), 10, t);
+        }
+        assert_eq!(l.dirty_len(), 0, "a put writes its own access record");
+        l.touch(&d(0));
+        l.touch(&d(1));
+        l.touch(&d(9)); // not held: nothing to record
+        assert_eq!(l.dirty_len(), 2);
+        // An excluded chunk (a victim of the same write) stays out and stays dirty.
+        let taken = l.take_dirty(10, &[d(1)]);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].0, d(0));
+        assert_eq!(taken[0].2, 10);
+        assert_eq!(l.dirty_len(), 1);
+        // A failed write puts it back; a removed chunk is never handed out.
+        l.mark_dirty(&d(0));
+        l.remove(&d(1));
+        assert_eq!(
+            l.take_dirty(10, &[])
+                .iter()
+                .map(|t| t.0)
+                .collect::<Vec<_>>(),
+            vec![d(0)]
+        );
+        assert_eq!(l.dirty_len(), 0);
+        // Re-inserting a chunk clears it: its record is written with it.
+        l.touch(&d(2));
+        let t = l.next_tick();
+        l.insert(d(2), 10, t);
+        assert_eq!(l.dirty_len(), 0);
     }
 }

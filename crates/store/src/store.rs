@@ -1,8 +1,18 @@
 //! [`Store`]: chunk records in RocksDB plus the in-memory eviction index.
+//!
+//! Locking: `get` takes no lock that a write holds across I/O. It reads RocksDB (which never
+//! waits for writers) and appends the digest to a short log of uses (`touches`, a mutex held for a
+//! push). Changes of chunk records (`put`, `remove`, `gc`, `clear`) are serialised by `writer`,
+//! held across their database write; the eviction index (`lru`) is locked only for in-memory
+//! steps before and after that write, never across it. The log of uses is applied to the index
+//! by the next put (before it picks victims) or, when it grows long, by the get that fills it;
+//! the access records of chunks used since they were written go out with a later put's batch
+//! (and when the store closes), so a read costs no write. (A get that finds an unreadable
+//! record removes it, and that removal does wait for a put in progress, as removals do.)
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use dfagent_core::{decode_chunk, BlobId, ChunkDigest, ChunkRef, Compression};
@@ -89,12 +99,32 @@ pub struct GcReport {
     pub bytes: u64,
 }
 
+/// Uses logged by gets before the get that logs the next one applies the log to the index
+/// itself (in memory; puts normally apply it first).
+const TOUCH_BATCH: usize = 512;
+
+/// Most access records of chunks read since they were written that one put carries in its
+/// batch (each is 49 bytes).
+const RECENCY_PER_PUT: usize = 1024;
+
+/// A function run inside [`Store::put`] just before its database write; see
+/// [`Store::set_put_hook`].
+#[doc(hidden)]
+pub type PutHook = Arc<dyn Fn(&ChunkDigest) + Send + Sync>;
+
 /// The node's chunk store.
 pub struct Store {
     db: DB,
     path: PathBuf,
     config: StoreConfig,
     lru: Mutex<Lru>,
+    /// Digests read since the log was last applied to `lru`.
+    touches: Mutex<Vec<ChunkDigest>>,
+    /// Serialises changes of chunk and access records (held across their database write).
+    writer: Mutex<()>,
+    /// Whether `put_hook` is set (checked with one relaxed load per put).
+    hooked: AtomicBool,
+    put_hook: Mutex<Option<PutHook>>,
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
@@ -118,9 +148,13 @@ fn chunk_read() -> ReadOptions {
 }
 
 impl Drop for Store {
-    /// Flush the memtables so the next open does not replay the write-ahead log's chunk data
-    /// (up to a memtable's worth of it, which made the first mount after a pull slow).
+    /// Write the access records of chunks read since their last write, then flush the
+    /// memtables so the next open does not replay the write-ahead log's chunk data (up to a
+    /// memtable's worth of it, which made the first mount after a pull slow).
     fn drop(&mut self) {
+        if let Err(e) = self.save_recency() {
+            tracing::warn!(error = %e, "could not save the recency of chunks read at close");
+        }
         for name in [CF_CHUNKS, CF_ACCESS, CF_PINS, CF_META] {
             if let Some(cf) = self.db.cf_handle(name) {
                 if let Err(e) = self.db.flush_cf(cf) {
@@ -130,6 +164,9 @@ impl Drop for Store {
         }
     }
 }
+
+/// Most bytes every memtable of the store holds together (RocksDB's write buffer manager).
+const MEMTABLE_BUDGET: usize = 16 << 20;
 
 impl Store {
     /// Open (creating if needed) the store in `dir`, taking ownership of it.
@@ -143,7 +180,14 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
+        // Memory: RocksDB's defaults let each column family hold two 64 MiB memtables, so a
+        // node that writes chunks would keep up to 128 MiB of them in RAM beyond the
+        // configured caches. Chunks reach the store only after they were served, and are
+        // flushed into blob files at once: small memtables cost nothing on the read path.
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
         let mut chunk_opts = Options::default();
+        chunk_opts.set_write_buffer_size(MEMTABLE_BUDGET / 2);
+        chunk_opts.set_max_write_buffer_number(2);
         if config.blob_files {
             chunk_opts.set_enable_blob_files(true);
             chunk_opts.set_min_blob_size(4096);
@@ -162,6 +206,10 @@ impl Store {
             path: dir.to_path_buf(),
             config,
             lru: Mutex::new(Lru::default()),
+            touches: Mutex::new(Vec::new()),
+            writer: Mutex::new(()),
+            hooked: AtomicBool::new(false),
+            put_hook: Mutex::new(None),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -179,8 +227,81 @@ impl Store {
             .expect("column family created at open")
     }
 
-    fn lru(&self) -> std::sync::MutexGuard<'_, Lru> {
-        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    fn lru(&self) -> MutexGuard<'_, Lru> {
+        lock(&self.lru)
+    }
+
+    /// Held across every change of chunk or access records, never by a get.
+    fn writer(&self) -> MutexGuard<'_, ()> {
+        lock(&self.writer)
+    }
+
+    /// Apply the gets' log of uses to the index (taken from the log first: the two locks are
+    /// never held together).
+    fn apply_touches(&self) -> MutexGuard<'_, Lru> {
+        let log = std::mem::take(&mut *lock(&self.touches));
+        let mut lru = self.lru();
+        for d in &log {
+            lru.touch(d);
+        }
+        lru
+    }
+
+    /// Record a use of `digest` for eviction order, without I/O and without waiting for a write.
+    fn note_use(&self, digest: &ChunkDigest) {
+        let logged = {
+            let mut log = lock(&self.touches);
+            log.push(*digest);
+            log.len()
+        };
+        if logged >= TOUCH_BATCH {
+            drop(self.apply_touches());
+        }
+    }
+
+    /// Write the access records of chunks read since their last write.
+    fn save_recency(&self) -> Result<(), StoreError> {
+        let _writer = self.writer();
+        let dirty = self.apply_touches().take_dirty(usize::MAX, &[]);
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let mut b = WriteBatch::default();
+        for (d, tick, size) in &dirty {
+            b.put_cf(
+                self.cf(CF_ACCESS),
+                digest_key(d),
+                access_value(*tick, *size),
+            );
+        }
+        if let Err(e) = self.db.write_opt(b, &no_wal()) {
+            let mut lru = self.lru();
+            for (d, _, _) in &dirty {
+                lru.mark_dirty(d);
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Test hook: run `hook` inside every [`Store::put`] that writes, just before its database
+    /// write (with the put's write lock held and the eviction index unlocked), or stop with
+    /// `None`. Lets a test hold a put "inside its write" and check what does not wait for it.
+    /// Not for production use; costs a put one relaxed load when unset.
+    #[doc(hidden)]
+    pub fn set_put_hook(&self, hook: Option<PutHook>) {
+        let mut h = lock(&self.put_hook);
+        self.hooked.store(hook.is_some(), Relaxed);
+        *h = hook;
+    }
+
+    fn run_put_hook(&self, digest: &ChunkDigest) {
+        if self.hooked.load(Relaxed) {
+            let hook = lock(&self.put_hook).clone();
+            if let Some(h) = hook {
+                h(digest);
+            }
+        }
     }
 
     /// Rebuild the eviction index from the access and pin records.
@@ -244,13 +365,9 @@ impl Store {
             }
         };
         self.hits.fetch_add(1, Relaxed);
-        let touched = self.lru().touch(digest);
-        if let Some((tick, size)) = touched {
-            // Recency is a hint: losing it in a crash only changes eviction order.
-            let _ =
-                self.db
-                    .put_cf_opt(self.cf(CF_ACCESS), key, access_value(tick, size), &no_wal());
-        }
+        // Recency is a hint (losing it in a crash only changes eviction order): logged in
+        // memory here, written later in batches.
+        self.note_use(digest);
         let data = Bytes::from(v).slice(CHUNK_HEADER..);
         Ok(Some(StoredValue {
             compression,
@@ -261,7 +378,7 @@ impl Store {
 
     /// Keep chunk `digest` (already verified by the caller), evicting least recently used
     /// chunks (pinned ones last) to stay within capacity. Durable against process crashes once
-    /// this returns.
+    /// this returns. Puts (and removals) wait for each other; gets never wait for a put.
     pub fn put(
         &self,
         digest: &ChunkDigest,
@@ -277,21 +394,31 @@ impl Store {
             )));
         }
         let key = digest_key(digest);
-        let mut lru = self.lru();
-        if lru.contains(digest) {
-            return Ok(());
-        }
-        let victims = lru
-            .victims(size, self.config.capacity, self.config.evict_pinned)
-            .ok_or_else(|| {
-                StoreError::Full(format!(
-                    "only chunks of pinned images are left to evict ({} of {} bytes pinned)",
-                    lru.pinned_bytes(),
-                    self.config.capacity
-                ))
-            })?;
-        let tick = lru.next_tick();
+        // Nothing else changes chunk records until this put is done, so the victims picked
+        // here are still there at the write, and the index is updated after it.
+        let _writer = self.writer();
+        let (victims, tick, recency) = {
+            let mut lru = self.apply_touches();
+            if lru.contains(digest) {
+                return Ok(());
+            }
+            let victims = lru
+                .victims(size, self.config.capacity, self.config.evict_pinned)
+                .ok_or_else(|| {
+                    StoreError::Full(format!(
+                        "only chunks of pinned images are left to evict ({} of {} bytes pinned)",
+                        lru.pinned_bytes(),
+                        self.config.capacity
+                    ))
+                })?;
+            let tick = lru.next_tick();
+            let recency = lru.take_dirty(RECENCY_PER_PUT, &victims);
+            (victims, tick, recency)
+        };
         let mut b = WriteBatch::default();
+        for (d, t, s) in &recency {
+            b.put_cf(self.cf(CF_ACCESS), digest_key(d), access_value(*t, *s));
+        }
         for v in &victims {
             let k = digest_key(v);
             b.delete_cf(self.cf(CF_CHUNKS), k);
@@ -303,10 +430,22 @@ impl Store {
             chunk_value(compression, uncompressed_size, data),
         );
         b.put_cf(self.cf(CF_ACCESS), key, access_value(tick, size));
-        self.db.write(b)?;
+        self.run_put_hook(digest);
+        if let Err(e) = self.db.write(b) {
+            // Nothing of the batch was applied: the victims stay, the records stay dirty.
+            let mut lru = self.lru();
+            for (d, _, _) in &recency {
+                lru.mark_dirty(d);
+            }
+            return Err(e.into());
+        }
         let mut freed = 0u64;
-        for v in &victims {
-            freed += lru.remove(v).unwrap_or(0);
+        {
+            let mut lru = self.lru();
+            for v in &victims {
+                freed += lru.remove(v).unwrap_or(0);
+            }
+            lru.insert(*digest, size, tick);
         }
         self.evictions.fetch_add(victims.len() as u64, Relaxed);
         if !victims.is_empty() {
@@ -318,7 +457,6 @@ impl Store {
                 "evicted least recently used chunks to stay within capacity"
             );
         }
-        lru.insert(*digest, size, tick);
         Ok(())
     }
 
@@ -328,8 +466,9 @@ impl Store {
         self.config.capacity.saturating_sub(lru.pinned_bytes())
     }
 
-    /// Drop chunk `digest` (e.g. it failed verification).
+    /// Drop chunk `digest` (e.g. it failed verification). Waits for a put in progress.
     pub fn remove(&self, digest: &ChunkDigest) -> Result<(), StoreError> {
+        let _writer = self.writer();
         let key = digest_key(digest);
         let mut b = WriteBatch::default();
         b.delete_cf(self.cf(CF_CHUNKS), key);
@@ -547,6 +686,7 @@ impl Store {
 
     /// Remove every chunk no image pins.
     pub fn gc(&self) -> Result<GcReport, StoreError> {
+        let _writer = self.writer();
         let victims = self.lru().unpinned();
         let mut report = GcReport::default();
         for d in victims {
@@ -564,6 +704,7 @@ impl Store {
 
     /// Remove everything: chunks, pins and metadata.
     pub fn clear(&self) -> Result<(), StoreError> {
+        let _writer = self.writer();
         for name in [CF_CHUNKS, CF_ACCESS, CF_PINS, CF_META] {
             let cf = self.cf(name);
             let mut b = WriteBatch::default();
@@ -573,7 +714,12 @@ impl Store {
             }
             self.db.write(b)?;
         }
+        lock(&self.touches).clear();
         *self.lru() = Lru::default();
         Ok(())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

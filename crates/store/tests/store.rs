@@ -1,9 +1,12 @@
 //! The chunk store on a real RocksDB on disk: persistence, ownership, capacity and pins,
-//! tamper detection through the resolver, and crash safety under kill -9.
+//! eviction order by reads, tamper detection through the resolver, gets that never wait for a
+//! put's write, and crash safety under kill -9.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -175,19 +178,57 @@ fn a_tampered_chunk_is_detected_dropped_and_refetched() {
     assert!(!store.contains(&d) && store.contains(&d2));
 }
 
-/// Child mode of the crash test: write chunks forever, printing each digest once `put` returned.
+/// Where the crash test's child writes (set by the parent; the child refuses to run without it).
+const CRASH_DIR_VAR: &str = "DFAGENT_STORE_CRASH_DIR";
+/// The child's first line: it opened the store and is entering its write loop.
+const CHILD_WRITING: &str = "WRITING";
+
+/// The child half of `kill_9_loses_nothing_acknowledged`, which runs it (`--ignored --exact`)
+/// and kills it: writes chunks until killed, printing each one's index once `put` returned,
+/// while a second thread reads chunks already written (so access records of reads go out with
+/// the writes). Not a test on its own, hence ignored; run without the parent it fails.
 #[test]
+#[ignore = "the child half of kill_9_loses_nothing_acknowledged, which runs it"]
 fn crash_child_writer() {
-    let Ok(dir) = std::env::var("DFAGENT_STORE_CRASH_DIR") else {
-        return;
+    let dir = std::env::var(CRASH_DIR_VAR).unwrap_or_else(|_| {
+        panic!("run by kill_9_loses_nothing_acknowledged, which sets {CRASH_DIR_VAR}")
+    });
+    let s = Arc::new(Store::open(std::path::Path::new(&dir), config(1 << 30)).unwrap());
+    let acked = Arc::new(AtomicU32::new(0));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let reader = {
+        let (s, acked) = (s.clone(), acked.clone());
+        std::thread::spawn(move || {
+            for n in 0..10_000_000u32 {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let written = acked.load(Ordering::Acquire);
+                if written == 0 {
+                    std::thread::yield_now();
+                    continue;
+                }
+                let i = n.wrapping_mul(7919) % written;
+                let (d, _) = chunk(i, 64 << 10);
+                if !matches!(s.get(&d), Ok(Some(_))) {
+                    println!("\nMISSING {i}");
+                }
+            }
+        })
     };
-    let s = Store::open(std::path::Path::new(&dir), config(1 << 30)).unwrap();
+    // On a line of its own (libtest's "test crash_child_writer ... " has no newline yet).
+    println!("\n{CHILD_WRITING}");
     for i in 0..100_000u32 {
+        if Instant::now() >= deadline {
+            break;
+        }
         let (d, data) = chunk(i, 64 << 10);
         s.put(&d, Compression::None, data.len() as u32, &data)
             .unwrap();
+        acked.store(i + 1, Ordering::Release);
         println!("ACK {i}");
     }
+    reader.join().unwrap();
 }
 
 #[test]
@@ -197,34 +238,67 @@ fn kill_9_loses_nothing_acknowledged() {
         .args([
             "--exact",
             "crash_child_writer",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("DFAGENT_STORE_CRASH_DIR", dir.path())
+        .env(CRASH_DIR_VAR, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut acked = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while acked.len() < 200 && Instant::now() < deadline {
-        match lines.next() {
-            Some(Ok(l)) => {
-                if let Some(i) = l.strip_prefix("ACK ") {
-                    acked.push(i.parse::<u32>().unwrap());
-                }
+    // Lines come through a thread, so a silent child cannot hang the wait below.
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
             }
-            _ => break,
+        }
+    });
+    let mut writing = false;
+    let mut acked = Vec::new();
+    let mut missing = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.len() < 200 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(l) = rx.recv_timeout(left) else { break };
+        if l == CHILD_WRITING {
+            writing = true;
+        } else if let Some(i) = l.strip_prefix("ACK ") {
+            acked.push(i.parse::<u32>().unwrap());
+        } else if let Some(i) = l.strip_prefix("MISSING ") {
+            missing.push(i.to_string());
         }
     }
     // SAFETY: sending SIGKILL to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    let _ = child.wait();
+    let status = child.wait().unwrap();
+    assert!(
+        writing,
+        "the child never reached its write loop (not run, filtered out, or failed to open the store)"
+    );
     assert!(
         acked.len() >= 200,
         "child acknowledged only {} chunks",
         acked.len()
+    );
+    assert_eq!(
+        acked,
+        (0..acked.len() as u32).collect::<Vec<_>>(),
+        "acknowledgements out of order"
+    );
+    assert!(
+        missing.is_empty(),
+        "the child's reader missed written chunks: {missing:?}"
+    );
+    // It was still writing when the signal came: killed, not exited.
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the child was not killed mid-write: {status}"
     );
 
     let s = Store::open(dir.path(), config(1 << 30)).unwrap();
@@ -236,10 +310,133 @@ fn kill_9_loses_nothing_acknowledged() {
             .unwrap_or_else(|| panic!("acknowledged chunk {i} lost"));
         assert_eq!(&v.data[..], &data[..]);
     }
+    let report = s.verify().unwrap();
     assert!(
-        s.verify().unwrap().removed.is_empty(),
-        "a wrong chunk survived the crash"
+        report.removed.is_empty(),
+        "a wrong chunk survived the crash: {:?}",
+        report.removed
     );
+    // Every chunk record has its access record and no access record lacks its chunk.
+    assert_eq!(report.checked, s.stats().chunks);
+}
+
+#[test]
+fn a_get_completes_while_a_put_is_held_inside_its_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(dir.path(), config(1 << 30)).unwrap());
+    let (a, a_data) = chunk(60, 100_000);
+    let (b, b_data) = chunk(61, 100_000);
+    s.put(&a, Compression::None, a_data.len() as u32, &a_data)
+        .unwrap();
+
+    let (parked_tx, parked_rx) = mpsc::channel::<ChunkDigest>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    s.set_put_hook(Some(Arc::new(move |d: &ChunkDigest| {
+        let _ = parked_tx.send(*d);
+        // Bounded, and a test that fails drops the sender: never parked for good.
+        let _ = release_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(60));
+    })));
+    let (put_done_tx, put_done_rx) = mpsc::channel();
+    let putter = {
+        let (s, b_data) = (s.clone(), b_data.clone());
+        std::thread::spawn(move || {
+            let r = s.put(&b, Compression::None, b_data.len() as u32, &b_data);
+            let _ = put_done_tx.send(r.map_err(|e| e.to_string()));
+        })
+    };
+    let parked = parked_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the put never reached its write");
+    assert_eq!(parked, b);
+
+    // The put is parked inside its write. Gets of another chunk complete — enough of them that
+    // one also applies the log of uses to the eviction index — and so do `contains`, `stats`,
+    // and a get of the chunk being written (not there yet).
+    let (got_tx, got_rx) = mpsc::channel();
+    let getter = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            let mut last = None;
+            for _ in 0..1500 {
+                last = s.get(&a).unwrap();
+            }
+            let b_now = s.get(&b).unwrap().is_some();
+            let _ = got_tx.send((last, s.contains(&a), s.contains(&b), b_now, s.stats()));
+        })
+    };
+    let (last, has_a, has_b, b_now, stats) = got_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a get waited for a put's write");
+    assert!(
+        put_done_rx.try_recv().is_err(),
+        "the put finished before it was released: the gets did not run while it was parked"
+    );
+    assert_eq!(&last.expect("chunk a is stored").data[..], &a_data[..]);
+    assert!(has_a && !has_b && !b_now);
+    assert_eq!(stats.chunks, 1);
+    assert_eq!(stats.hits, 1500);
+
+    release_tx.send(()).unwrap();
+    let done = put_done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the released put did not finish");
+    assert_eq!(done, Ok(()));
+    putter.join().unwrap();
+    getter.join().unwrap();
+    s.set_put_hook(None);
+    assert_eq!(&s.get(&b).unwrap().unwrap().data[..], &b_data[..]);
+    assert_eq!(s.stats().chunks, 2);
+}
+
+#[test]
+fn a_chunk_read_since_it_was_written_is_evicted_after_older_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), config(40_000)).unwrap();
+    let chunks: Vec<_> = (70..76).map(|i| chunk(i, 10_000)).collect();
+    let put = |i: usize| {
+        let (d, data) = &chunks[i];
+        s.put(d, Compression::None, data.len() as u32, data)
+            .unwrap();
+    };
+    for i in 0..4 {
+        put(i);
+    }
+    // Read 0: the oldest write is now the most recent use, so 1 goes first, then 2.
+    assert!(s.get(&chunks[0].0).unwrap().is_some());
+    put(4);
+    assert!(s.contains(&chunks[0].0) && !s.contains(&chunks[1].0));
+    assert!(s.get(&chunks[2].0).unwrap().is_some());
+    put(5);
+    assert!(s.contains(&chunks[2].0) && !s.contains(&chunks[3].0));
+    assert!(s.contains(&chunks[0].0));
+}
+
+#[test]
+fn the_recency_of_reads_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks: Vec<_> = (80..85).map(|i| chunk(i, 10_000)).collect();
+    {
+        let s = Store::open(dir.path(), config(40_000)).unwrap();
+        for (d, data) in &chunks[..4] {
+            s.put(d, Compression::None, data.len() as u32, data)
+                .unwrap();
+        }
+        // Read after the last write: its access record is only written at close.
+        assert!(s.get(&chunks[0].0).unwrap().is_some());
+    }
+    let s = Store::open(dir.path(), config(40_000)).unwrap();
+    let (d, data) = &chunks[4];
+    s.put(d, Compression::None, data.len() as u32, data)
+        .unwrap();
+    assert!(
+        s.contains(&chunks[0].0),
+        "the read before the close was forgotten: the chunk read last was evicted first"
+    );
+    assert!(!s.contains(&chunks[1].0));
 }
 
 #[test]

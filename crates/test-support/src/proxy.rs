@@ -1,6 +1,10 @@
 //! An HTTP/1.1 proxy in front of a test registry that records every request (with the client's
-//! address), and on the test's word answers a status of its own, redirects to the registry, or
-//! flips a byte in blob range responses, as a faulty network path or cache would.
+//! address), and on the test's word injects faults: a status of its own (with a `Retry-After`
+//! if asked: 429 and 503 storms), a redirect to the registry, a body cut short, a body trickled
+//! slowly, a byte flipped, a connection closed without an answer — as a faulty network path,
+//! cache or overloaded registry would. A [`Policy`] decides per request ([`Action`]);
+//! [`first_n`] makes the common "fail the first few, then behave" one. Adding a fault is adding
+//! an [`Action`] and its arm in `serve`/`forward`.
 //!
 //! Each request is forwarded on its own upstream connection (HTTP/1.0, so the body ends at
 //! EOF); the answer goes back to the client with an exact `Content-Length` on a kept-alive
@@ -11,10 +15,10 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long a client or upstream connection may stay silent.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -100,6 +104,32 @@ pub enum Corrupt {
     Always,
 }
 
+/// A `Retry-After` header the proxy sends with a status of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryAfter {
+    /// `Retry-After: N` (delta-seconds).
+    Seconds(u64),
+    /// `Retry-After: <HTTP-date>` at least this many seconds from now (HTTP-dates have whole
+    /// seconds: the date is the next whole second plus N).
+    DateIn(u64),
+}
+
+impl RetryAfter {
+    /// The header's value as of now.
+    pub fn header_value(self) -> String {
+        match self {
+            RetryAfter::Seconds(s) => s.to_string(),
+            RetryAfter::DateIn(s) => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(now + 1 + s))
+            }
+        }
+    }
+}
+
 /// What the proxy does with a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -107,9 +137,44 @@ pub enum Action {
     Forward,
     /// Answer with this status and an empty body.
     Status(u16),
+    /// Answer with this status, an empty body and a `Retry-After` header (429, 503).
+    StatusRetryAfter(u16, RetryAfter),
     /// Answer 307 to the same path on the upstream itself (as object-store backed registries
     /// redirect blob GETs).
     Redirect,
+    /// Forward, but send only the first N bytes of the body (the head still announces the
+    /// whole length), then close the connection: a body cut short by the network.
+    Truncate(u64),
+    /// Forward, sending the body `chunk` bytes at a time with `pause_ms` between pieces: a
+    /// slow link. Keep `chunk × pause` well under the client's read timeout per piece.
+    Trickle {
+        /// Bytes per piece (at least 1).
+        chunk: usize,
+        /// Pause after each piece.
+        pause_ms: u64,
+    },
+    /// Forward, flipping one byte in the middle of the body (any answer with a body), as
+    /// corruption on the way would.
+    FlipByte,
+    /// Close the connection without answering.
+    Close,
+}
+
+/// A policy: the first `n` requests that `matching` picks get `action`; every other request is
+/// forwarded. (`usize::MAX` for "always".)
+pub fn first_n(
+    n: usize,
+    matching: impl Fn(&Request) -> bool + Send + Sync + 'static,
+    action: Action,
+) -> impl Fn(&Request) -> Action + Send + Sync + 'static {
+    let picked = AtomicUsize::new(0);
+    move |r: &Request| {
+        if matching(r) && picked.fetch_add(1, Ordering::SeqCst) < n {
+            action
+        } else {
+            Action::Forward
+        }
+    }
 }
 
 /// Decides each request's [`Action`].
@@ -286,7 +351,7 @@ impl Drop for Proxy {
 
 /// Read from `s` until `buf` holds a full header block; returns its length (with the blank
 /// line), or None at EOF, on an error or on an oversized head.
-fn read_head(mut s: &TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+pub(crate) fn read_head(mut s: &TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
     let mut tmp = [0u8; 8192];
     loop {
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -302,7 +367,8 @@ fn read_head(mut s: &TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
     }
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+/// The value of header `name` (case-insensitive) in a request or response head.
+pub(crate) fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().skip(1).find_map(|l| {
         let (k, v) = l.split_once(':')?;
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
@@ -368,16 +434,28 @@ fn serve(mut client: &TcpStream, peer: SocketAddr, sh: &Shared) {
                 lock(&sh.log).push(Seen::answered(&req, code, 0, false));
                 client.write_all(own_answer(code, "Injected", "").as_bytes())
             }
+            (Action::StatusRetryAfter(code, after), _) => {
+                lock(&sh.log).push(Seen::answered(&req, code, 0, false));
+                let extra = format!("Retry-After: {}\r\n", after.header_value());
+                client.write_all(own_answer(code, "Injected", &extra).as_bytes())
+            }
+            (Action::Close, _) => {
+                lock(&sh.log).push(Seen::answered(&req, 0, 0, false));
+                return;
+            }
             (Action::Redirect, Some(up)) => {
                 lock(&sh.log).push(Seen::answered(&req, 307, 0, false));
                 let location = format!("Location: http://{up}{}\r\n", req.path);
                 client.write_all(own_answer(307, "Temporary Redirect", &location).as_bytes())
             }
-            (Action::Redirect | Action::Forward, None) => {
+            (_, None) => {
                 lock(&sh.log).push(Seen::answered(&req, 502, 0, false));
                 client.write_all(own_answer(502, "Bad Gateway", "").as_bytes())
             }
-            (Action::Forward, Some(up)) => forward(client, &req, &head, &body, up, sh),
+            (
+                Action::Forward | Action::Truncate(_) | Action::Trickle { .. } | Action::FlipByte,
+                Some(up),
+            ) => forward(client, &req, &head, &body, up, sh, action),
         };
         if answer.is_err() || !keep_alive {
             return;
@@ -386,7 +464,8 @@ fn serve(mut client: &TcpStream, peer: SocketAddr, sh: &Shared) {
 }
 
 /// Forward one request to `upstream` (HTTP/1.0, fresh connection), record it, and write the
-/// answer (corrupted per the policy) to the client.
+/// answer to the client: corrupted per the corruption policy, and cut, trickled or flipped per
+/// `action`. A cut answer ends with an error, so the connection is closed.
 fn forward(
     mut client: &TcpStream,
     req: &Request,
@@ -394,6 +473,7 @@ fn forward(
     body: &[u8],
     upstream: SocketAddr,
     sh: &Shared,
+    action: Action,
 ) -> std::io::Result<()> {
     let method = req.method.as_str();
     let mut up_req = format!("{method} {} HTTP/1.0\r\n", req.path);
@@ -443,13 +523,16 @@ fn forward(
             Corrupt::FirstOfEachRange => !seen_before,
             Corrupt::Always => true,
         };
-        if corrupted {
-            let mid = rbody.len() / 2;
-            rbody[mid] ^= 0x5a;
-        }
     }
     // No body and no Content-Length for HEAD answers' own length, 1xx, 204 and 304.
     let bodyless = method == "HEAD" || status < 200 || status == 204 || status == 304;
+    if action == Action::FlipByte && !bodyless && !rbody.is_empty() {
+        corrupted = true;
+    }
+    if corrupted {
+        let mid = rbody.len() / 2;
+        rbody[mid] ^= 0x5a;
+    }
     let mut out = String::new();
     for (i, l) in rhead.lines().enumerate() {
         let lower = l.to_ascii_lowercase();
@@ -472,11 +555,31 @@ fn forward(
         out.push_str(&format!("Content-Length: {}\r\n", rbody.len()));
     }
     out.push_str("\r\n");
-    let sent = if bodyless { 0 } else { rbody.len() as u64 };
-    lock(&sh.log).push(Seen::answered(req, status, sent, corrupted));
+    let body_out: &[u8] = if bodyless { &[] } else { &rbody };
+    let (body_out, cut) = match action {
+        Action::Truncate(n) if (n as usize) < body_out.len() => (&body_out[..n as usize], true),
+        _ => (body_out, false),
+    };
+    lock(&sh.log).push(Seen::answered(
+        req,
+        status,
+        body_out.len() as u64,
+        corrupted,
+    ));
     client.write_all(out.as_bytes())?;
-    if !bodyless {
-        client.write_all(&rbody)?;
+    match action {
+        Action::Trickle { chunk, pause_ms } => {
+            for piece in body_out.chunks(chunk.max(1)) {
+                client.write_all(piece)?;
+                client.flush()?;
+                std::thread::sleep(Duration::from_millis(pause_ms));
+            }
+        }
+        _ => client.write_all(body_out)?,
+    }
+    if cut {
+        client.flush()?;
+        return Err(std::io::Error::other("answer cut short on purpose"));
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{ensure, Context};
+use anyhow::Context;
 use dfagent_bench::report::{fmt_ratio, fmt_value, Series, Table};
 
 use crate::env::{Env, LONG, TAG};
@@ -41,11 +41,6 @@ fn build(env: &Env, layout: &Path, out: &Path, args: &[String]) -> anyhow::Resul
 
 /// The build scenario.
 pub fn run(env: &mut Env) -> anyhow::Result<Outcome> {
-    ensure!(
-        env.has_build(),
-        "{} has no `build` command yet",
-        env.dfagent.display()
-    );
     env.nydus()?;
     let oci = env.oci()?;
     let (layout, layer, tar_bytes) = (oci.layout.clone(), oci.layer.clone(), oci.tar_bytes);

@@ -35,8 +35,6 @@ pub struct Workload {
     pub start: Option<Vec<String>>,
     /// Files hashed on both sides after a start, so a wrong byte fails the run.
     pub check_files: Vec<String>,
-    /// Upstream-built Nydus image of the same tree (fixture), used when `dfagent build` is absent.
-    pub fixture: Option<PathBuf>,
 }
 
 /// The OCI image of the workload in a local layout and in the registry.
@@ -73,7 +71,6 @@ pub struct Env {
     nydus: Option<String>,
     warm_store: Option<PathBuf>,
     unpacked: Option<PathBuf>,
-    has_build: Option<bool>,
     work_reg: u64,
 }
 
@@ -207,7 +204,6 @@ impl Env {
             nydus: None,
             warm_store: None,
             unpacked: None,
-            has_build: None,
             work_reg,
         })
     }
@@ -232,20 +228,6 @@ impl Env {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.work.join(format!("{name}-{n}"))
-    }
-
-    /// Whether this dfagent has the `build` command.
-    pub fn has_build(&mut self) -> bool {
-        if let Some(b) = self.has_build {
-            return b;
-        }
-        let b = procs::run(
-            Command::new(&self.dfagent).args(["build", "--help"]),
-            Duration::from_secs(30),
-        )
-        .is_ok();
-        self.has_build = Some(b);
-        b
     }
 
     /// The workload as an OCI image (one gzip layer, made with umoci), in a local layout and
@@ -293,50 +275,26 @@ impl Env {
         self.oci.as_ref().context("OCI image")
     }
 
-    /// The workload as a Nydus image in the registry (`bench/nydus:v1`): built with
-    /// `dfagent build` from the OCI image, or (without `build`, quick mode only) the fixture
-    /// image of the same tree pushed with `dfagent push`. Returns how it was made.
+    /// The workload as a Nydus image in the registry (`bench/nydus:v1`), built with
+    /// `dfagent build` from the OCI image. Returns how it was made.
     pub fn nydus(&mut self) -> anyhow::Result<String> {
         if let Some(n) = &self.nydus {
             return Ok(n.clone());
         }
         let t = Instant::now();
-        let how = if self.has_build() {
-            let layout = self.oci()?.layout.clone();
-            let out = self.work.join("nydus-build");
-            procs::run(
-                Command::new(&self.dfagent)
-                    .arg("build")
-                    .arg(format!("oci:{}:{TAG}", layout.display()))
-                    .arg("--push")
-                    .arg(self.direct(NYDUS_REPO))
-                    .arg("--output-dir")
-                    .arg(&out),
-                LONG,
-            )?;
-            "built by `dfagent build` from the OCI image".to_owned()
-        } else if let Some(f) = &self.workload.fixture {
-            procs::run(
-                Command::new(&self.dfagent)
-                    .arg("push")
-                    .arg("--bootstrap")
-                    .arg(f.join("bootstrap"))
-                    .arg("--blob-dir")
-                    .arg(f.join("blobs"))
-                    .arg(self.direct(NYDUS_REPO)),
-                LONG,
-            )?;
-            format!(
-                "the upstream-built fixture `{}` (same tree; `dfagent build` not available yet), pushed with `dfagent push`",
-                f.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
-            )
-        } else {
-            bail!(
-                "{} has no `build` command: the Nydus image of {} cannot be made (use --quick for the fixture image)",
-                self.dfagent.display(),
-                self.workload.label
-            );
-        };
+        let layout = self.oci()?.layout.clone();
+        let out = self.work.join("nydus-build");
+        procs::run(
+            Command::new(&self.dfagent)
+                .arg("build")
+                .arg(format!("oci:{}:{TAG}", layout.display()))
+                .arg("--push")
+                .arg(self.direct(NYDUS_REPO))
+                .arg("--output-dir")
+                .arg(&out),
+            LONG,
+        )?;
+        let how = "built by `dfagent build` from the OCI image".to_owned();
         eprintln!(
             "dfagent-bench: Nydus image: {how} ({:.1} s)",
             t.elapsed().as_secs_f64()
@@ -429,7 +387,6 @@ fn full_workload() -> anyhow::Result<Workload> {
         tree,
         start: Some(vec!["python3".into(), "-c".into(), "print(42)".into()]),
         check_files: vec!["usr/bin/python3.11".into(), "etc/os-release".into()],
-        fixture: None,
     })
 }
 
@@ -453,7 +410,6 @@ fn quick_workload(work: &Path) -> anyhow::Result<Workload> {
             "text/big.txt".into(),
             "hello.txt".into(),
         ],
-        fixture: Some(shared.join("fixtures/rafs/v6-zstd-blake3")),
     })
 }
 

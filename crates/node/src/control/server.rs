@@ -119,9 +119,38 @@ fn check_mountpoint_owner(caller: &Caller, mp: &Path) -> std::result::Result<(),
     Ok(())
 }
 
-/// The request's choices over the daemon's defaults.
-fn options(c: requests::MountChoices, defaults: &MountOptions) -> MountOptions {
-    MountOptions {
+/// The request's choices over the daemon's defaults, as `caller` may have them. Only root may
+/// ask for set-user-id bits, device files or a container's root file system (an image's
+/// setuid-root binary would make a socket-group member root); the configured `suid` and `dev`
+/// defaults apply to root's mounts only. `allow_other` is anyone's to ask: the mount stays
+/// `nosuid` and `nodev`, and a member's mount is the daemon's (root's), which the member could
+/// not read otherwise.
+fn options(
+    c: requests::MountChoices,
+    defaults: &MountOptions,
+    caller: &Caller,
+) -> std::result::Result<MountOptions, Status> {
+    let root = caller.is_root();
+    if !root {
+        let asked: Vec<&str> = [
+            (c.suid, "suid"),
+            (c.dev, "dev"),
+            (c.container_rootfs, "container_rootfs"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect();
+        if !asked.is_empty() {
+            return Err(Status::permission_denied(format!(
+                "uid {}: {} is for root only (an image's set-user-id binaries and device files \
+                 would give its users root's power)",
+                caller.uid,
+                asked.join(", ")
+            )));
+        }
+    }
+    Ok(MountOptions {
         prefetch: match c.prefetch {
             None => defaults.prefetch,
             Some(requests::Prefetch::None) => PrefetchPolicy::None,
@@ -133,7 +162,11 @@ fn options(c: requests::MountChoices, defaults: &MountOptions) -> MountOptions {
             .map(|m| u64::from(m) << 20)
             .unwrap_or(defaults.readahead),
         force: c.force,
-    }
+        allow_other: c.allow_other || defaults.allow_other,
+        suid: c.suid || (root && defaults.suid),
+        dev: c.dev || (root && defaults.dev),
+        container_rootfs: c.container_rootfs,
+    })
 }
 
 fn mount_info(m: &MountInfo) -> proto::MountInfo {
@@ -210,7 +243,7 @@ impl Control for ControlService {
         let spec = MountSpec {
             image,
             mountpoint: mp.clone(),
-            options: options(m.choices, self.daemon.defaults()),
+            options: options(m.choices, self.daemon.defaults(), &caller)?,
         };
         let name = spec.image.name();
         match self.daemon.mount_as(spec, caller.uid).await {
@@ -449,4 +482,80 @@ pub async fn serve(
         .await;
     let _ = std::fs::remove_file(path);
     r.map_err(|e| NodeError::io("control API server", std::io::Error::other(e.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(uid: u32) -> Caller {
+        Caller {
+            uid,
+            gid: uid,
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn setuid_bits_device_files_and_rootfs_are_roots_only() {
+        let member = caller(1000);
+        for (c, name) in [
+            (
+                requests::MountChoices {
+                    suid: true,
+                    ..Default::default()
+                },
+                "suid",
+            ),
+            (
+                requests::MountChoices {
+                    dev: true,
+                    ..Default::default()
+                },
+                "dev",
+            ),
+            (
+                requests::MountChoices {
+                    container_rootfs: true,
+                    ..Default::default()
+                },
+                "container_rootfs",
+            ),
+        ] {
+            let e = options(c.clone(), &MountOptions::default(), &member).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied);
+            assert!(e.message().contains(name) && e.message().contains("root only"));
+            let o = options(c, &MountOptions::default(), &caller(0)).unwrap();
+            assert!(o.access().suid || o.access().dev);
+        }
+        // Configured defaults: allow_other for everyone, suid and dev for root only.
+        let defaults = MountOptions {
+            allow_other: true,
+            suid: true,
+            dev: true,
+            ..MountOptions::default()
+        };
+        let m = options(requests::MountChoices::default(), &defaults, &member).unwrap();
+        assert!(m.allow_other && !m.suid && !m.dev);
+        let r = options(requests::MountChoices::default(), &defaults, &caller(0)).unwrap();
+        assert!(r.allow_other && r.suid && r.dev);
+        // Nothing asked, nothing configured: owner only, nosuid, nodev.
+        let o = options(
+            requests::MountChoices::default(),
+            &MountOptions::default(),
+            &caller(0),
+        )
+        .unwrap();
+        assert_eq!(o.access(), dfagent_nydusfs::MountAccess::default());
+        let a = options(
+            requests::MountChoices {
+                allow_other: true,
+                ..Default::default()
+            },
+            &MountOptions::default(),
+            &member,
+        )
+        .unwrap();
+        assert!(a.allow_other && !a.suid && !a.dev);
+    }
 }

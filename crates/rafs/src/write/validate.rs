@@ -3,10 +3,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use dfagent_core::MAX_CHUNK_SIZE;
+use dfagent_core::{Compression, MAX_CHUNK_SIZE};
 
 use super::placement::is_dir_mode;
 use super::{xattr, BlobSpec, BootstrapOptions, ChunkPlacement, Content, Node, Tree};
+use crate::chunk_table::max_stored_size;
 use crate::error::{RafsError, Result};
 use crate::inode::FileType;
 use crate::layout::chunk_addr::{self, MAX_CHUNKS_PER_BLOB};
@@ -359,6 +360,21 @@ fn check_chunks(
                 if c.compressed { "compressed" } else { "raw" },
                 c.compressed_size,
                 c.uncompressed_size
+            )));
+        }
+        // What the reader accepts: a compressed chunk in a blob with a compressor, within that
+        // compressor's worst case.
+        let stored_as = if c.compressed {
+            blob.compression
+        } else {
+            Compression::None
+        };
+        if (c.compressed && blob.compression == Compression::None)
+            || u64::from(c.compressed_size) > max_stored_size(stored_as, c.uncompressed_size)
+        {
+            return Err(bad(format!(
+                "{cw}: stored size {} is beyond what {} gives for {} bytes",
+                c.compressed_size, blob.compression, c.uncompressed_size
             )));
         }
         match placements.insert((c.blob_index, c.index_in_blob), *c) {

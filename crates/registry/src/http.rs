@@ -1,0 +1,182 @@
+//! Our own HTTP requests to a registry: every read (manifests, whole blobs, blob ranges) goes
+//! through [`HostHttp::get`] rather than the OCI client, so that we see what the OCI client
+//! hides — the `Retry-After` of a busy registry, and a 401 we can answer by authenticating
+//! again (an expired token) and retrying once. Pushes stay with the OCI client.
+//!
+//! Redirects are followed (up to 10; object-store backed registries answer blob GETs with 307);
+//! the `Authorization` header is dropped when a redirect leaves the registry's host, so neither
+//! credentials nor tokens reach a storage URL. URLs in errors lose their query (a signed
+//! storage URL's signature).
+
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use oci_client::errors::OciDistributionError;
+use oci_client::Reference;
+use tracing::debug;
+
+use crate::auth::{read_limited, scrub, Auth};
+use crate::client::Op;
+use crate::config::{RegistryConfig, Secret};
+use crate::error::{
+    classify, classify_response, status_class, Failure, RegistryError, StatusClass,
+};
+
+/// Largest error body read (for its message).
+const MAX_ERROR_BODY: usize = 64 << 10;
+/// Redirects followed per request.
+const MAX_REDIRECTS: usize = 10;
+/// Our `User-Agent`.
+const USER_AGENT: &str = concat!("dfagent-registry/", env!("CARGO_PKG_VERSION"));
+
+/// The HTTP client of one registry host and its authentication.
+#[derive(Debug)]
+pub(crate) struct HostHttp {
+    /// host[:port].
+    registry: String,
+    scheme: &'static str,
+    client: reqwest::Client,
+    auth: Auth,
+}
+
+impl HostHttp {
+    /// The client of `registry` (host[:port]) with `config`'s timeouts, the extra CA `roots`,
+    /// and `credentials` (user, password) if any.
+    pub(crate) fn new(
+        config: &RegistryConfig,
+        registry: &str,
+        roots: &[reqwest::Certificate],
+        credentials: Option<(String, Secret)>,
+    ) -> crate::Result<Self> {
+        let plain_http = config.is_plain_http(registry);
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .user_agent(USER_AGENT)
+            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+            .tls_certs_merge(roots.iter().cloned())
+            .build()
+            .map_err(|e| {
+                RegistryError::Config(format!("cannot build an HTTP client for {registry}: {e}"))
+            })?;
+        Ok(Self {
+            registry: registry.to_string(),
+            scheme: if plain_http { "http" } else { "https" },
+            client,
+            auth: Auth::new(registry, credentials, plain_http)?,
+        })
+    }
+
+    /// `<scheme>://<registry>/v2/<repository>/<tail>` for `r`.
+    fn url(&self, r: &Reference, tail: &str) -> String {
+        let ns = r
+            .namespace()
+            .map(|ns| format!("?ns={ns}"))
+            .unwrap_or_default();
+        format!(
+            "{}://{}/v2/{}/{tail}{ns}",
+            self.scheme,
+            r.resolve_registry(),
+            r.repository()
+        )
+    }
+
+    /// `GET /v2/<repository>/<tail>` of `r` with `headers`, authenticated as the registry
+    /// wants. A 401 is answered once: learn the challenge, get new credentials (a new token
+    /// unless another request just got one), send again. Returns a 2xx answer, or the failure
+    /// classified (a busy registry's `Retry-After` kept).
+    pub(crate) async fn get(
+        &self,
+        r: &Reference,
+        tail: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        what: &str,
+    ) -> Result<reqwest::Response, Failure> {
+        let url = self.url(r, tail);
+        let repository = r.repository();
+        let (authorization, sent) = self
+            .auth
+            .authorization(&self.client, repository, Op::Pull, what)
+            .await?;
+        let resp = self.send(&url, headers, authorization, what).await?;
+        if status_class(resp.status().as_u16()) != StatusClass::Unauthorized {
+            return self.checked(resp, what).await;
+        }
+        let challenge = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        drop(resp);
+        debug!(registry = %self.registry, repository, ?sent, what,
+            "401 Unauthorized: authenticating again, then retrying once");
+        self.auth
+            .refused(
+                &self.client,
+                repository,
+                Op::Pull,
+                sent,
+                challenge.as_deref(),
+                what,
+            )
+            .await?;
+        let (authorization, _) = self
+            .auth
+            .authorization(&self.client, repository, Op::Pull, what)
+            .await?;
+        let resp = self.send(&url, headers, authorization, what).await?;
+        self.checked(resp, what).await.map_err(|mut f| {
+            // Authenticated afresh and still refused: another round will not help.
+            f.reauth = false;
+            f
+        })
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        authorization: Option<HeaderValue>,
+        what: &str,
+    ) -> Result<reqwest::Response, Failure> {
+        let mut req = self.client.get(url);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        if let Some(a) = authorization {
+            req = req.header(AUTHORIZATION, a);
+        }
+        req.send().await.map_err(|e| self.request_failure(e, what))
+    }
+
+    /// `resp` if it is a 2xx, else its failure (body read for the message, bounded).
+    async fn checked(
+        &self,
+        resp: reqwest::Response,
+        what: &str,
+    ) -> Result<reqwest::Response, Failure> {
+        let status = resp.status().as_u16();
+        if status_class(status) == StatusClass::Success {
+            return Ok(resp);
+        }
+        let headers = resp.headers().clone();
+        let mut url = resp.url().clone();
+        url.set_query(None);
+        let body = read_limited(resp, MAX_ERROR_BODY).await.unwrap_or_default();
+        Err(classify_response(
+            status,
+            &headers,
+            &body,
+            url.as_str(),
+            &self.registry,
+            what,
+        ))
+    }
+
+    /// A failed request or body read (the network), classified.
+    pub(crate) fn request_failure(&self, e: reqwest::Error, what: &str) -> Failure {
+        classify(
+            OciDistributionError::RequestError(scrub(e)),
+            &self.registry,
+            what,
+        )
+    }
+}

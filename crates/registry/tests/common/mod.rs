@@ -1,0 +1,60 @@
+//! Helpers shared by the registry crate's integration tests: clients that read credentials only
+//! from a docker config the test wrote, and the fixture images' files.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use dfagent_core::BlobId;
+use dfagent_registry::{Registry, RegistryConfig};
+
+pub fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// A client that reads credentials only from `docker_config` (a file in a temp dir), retrying
+/// `retries` times with a 10 ms first backoff.
+pub fn client_with(docker_config: PathBuf, retries: u32) -> Registry {
+    Registry::new(RegistryConfig {
+        docker_config: Some(docker_config),
+        retries,
+        retry_base_delay: Duration::from_millis(10),
+        ..RegistryConfig::default()
+    })
+    .expect("Registry::new")
+}
+
+/// A client without credentials.
+pub fn anonymous_client(dir: &Path) -> Registry {
+    client_with(dir.join("no-such-config.json"), 4)
+}
+
+/// A docker config in `dir` giving `user`/`pass` for `registry`.
+pub fn write_docker_config(dir: &Path, registry: &str, user: &str, pass: &str) -> PathBuf {
+    write_docker_config_for(dir, &[registry], user, pass)
+}
+
+/// A docker config in `dir` giving `user`/`pass` for each of `registries`.
+pub fn write_docker_config_for(dir: &Path, registries: &[&str], user: &str, pass: &str) -> PathBuf {
+    let path = dir.join("config.json");
+    let auth = b64(format!("{user}:{pass}").as_bytes());
+    let auths: serde_json::Map<String, serde_json::Value> = registries
+        .iter()
+        .map(|r| (r.to_string(), serde_json::json!({ "auth": auth })))
+        .collect();
+    let cfg = serde_json::json!({ "auths": auths });
+    std::fs::write(&path, cfg.to_string()).expect("write docker config");
+    path
+}
+
+/// `(bootstrap, blob dir)` of fixture image `name`.
+pub fn fixture(name: &str) -> (PathBuf, PathBuf) {
+    let dir = dfagent_test_support::fixtures::fixture(name);
+    (dir.join("bootstrap"), dir.join("blobs"))
+}
+
+/// The bytes of data blob `id` of fixture image `name`.
+pub fn blob_bytes(name: &str, id: &BlobId) -> Vec<u8> {
+    std::fs::read(fixture(name).1.join(id.hex())).expect("fixture blob")
+}
