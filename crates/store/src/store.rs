@@ -165,6 +165,9 @@ impl Drop for Store {
     }
 }
 
+/// A pin record as stored: its key, and the chunk it names if the key parses.
+type PinRecord = (Box<[u8]>, Option<ChunkDigest>);
+
 /// Most bytes every memtable of the store holds together (RocksDB's write buffer manager).
 const MEMTABLE_BUDGET: usize = 16 << 20;
 
@@ -492,21 +495,11 @@ impl Store {
         let mut wanted: Vec<ChunkDigest> = digests.to_vec();
         wanted.sort();
         wanted.dedup();
-        let prefix = pin_prefix(image);
-        let mut had: Vec<ChunkDigest> = Vec::new();
-        let iter = self.db.iterator_cf(
-            self.cf(CF_PINS),
-            IteratorMode::From(&prefix, Direction::Forward),
-        );
-        for item in iter {
-            let (k, _) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            if let Ok(d) = parse_digest_key(&k[prefix.len()..]) {
-                had.push(d);
-            }
-        }
+        let mut had: Vec<ChunkDigest> = self
+            .pin_records(image)?
+            .into_iter()
+            .filter_map(|(_, d)| d)
+            .collect();
         had.sort();
         let gone: Vec<&ChunkDigest> = had
             .iter()
@@ -537,11 +530,11 @@ impl Store {
         Ok(())
     }
 
-    /// Forget `image`'s pins.
-    pub fn unpin(&self, image: &str) -> Result<(), StoreError> {
+    /// Every pin record of `image` ([`PinRecord`]): its key, and the chunk it names (`None` for a key that
+    /// does not parse, which is still `image`'s to delete).
+    fn pin_records(&self, image: &str) -> Result<Vec<PinRecord>, StoreError> {
         let prefix = pin_prefix(image);
-        let mut b = WriteBatch::default();
-        let mut gone = Vec::new();
+        let mut out = Vec::new();
         let iter = self.db.iterator_cf(
             self.cf(CF_PINS),
             IteratorMode::From(&prefix, Direction::Forward),
@@ -551,9 +544,18 @@ impl Store {
             if !k.starts_with(&prefix) {
                 break;
             }
-            if let Ok(d) = parse_digest_key(&k[prefix.len()..]) {
-                gone.push(d);
-            }
+            let d = parse_digest_key(&k[prefix.len()..]).ok();
+            out.push((k, d));
+        }
+        Ok(out)
+    }
+
+    /// Forget `image`'s pins.
+    pub fn unpin(&self, image: &str) -> Result<(), StoreError> {
+        let mut b = WriteBatch::default();
+        let mut gone = Vec::new();
+        for (k, d) in self.pin_records(image)? {
+            gone.extend(d);
             b.delete_cf(self.cf(CF_PINS), &k);
         }
         self.db.write(b)?;
