@@ -1,5 +1,6 @@
 //! Helpers shared by the registry crate's integration tests: clients that read credentials only
-//! from a docker config the test wrote, and the fixture images' files.
+//! from a docker config the test wrote, the fixture images' files, and a registry behind a token
+//! service with the image pushed.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -8,6 +9,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use dfagent_core::BlobId;
 use dfagent_registry::{Registry, RegistryConfig};
+use dfagent_test_support::proxy::Proxy;
+use dfagent_test_support::registry::Registry as RegistryProc;
+use dfagent_test_support::token::{ExpiresIn, TokenServer};
+use dfagent_test_support::wait::within;
 
 pub fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
@@ -57,4 +62,55 @@ pub fn fixture(name: &str) -> (PathBuf, PathBuf) {
 /// The bytes of data blob `id` of fixture image `name`.
 pub fn blob_bytes(name: &str, id: &BlobId) -> Vec<u8> {
     std::fs::read(fixture(name).1.join(id.hex())).expect("fixture blob")
+}
+
+/// The image the token and fault tests read: two data blobs, 6.5 MB, many chunks.
+pub const IMAGE: &str = "v6-chunkdict";
+
+/// A registry with token authentication, a recording proxy in front of it, the image pushed
+/// (straight to the registry), and a client with the right credentials for both addresses.
+pub struct TokenSetup {
+    pub tokens: TokenServer,
+    pub proxy: Proxy,
+    /// The image through the proxy.
+    pub reference: String,
+    pub client: Registry,
+    // Dropped last: the registry, then its directory.
+    _registry: RegistryProc,
+    _tmp: tempfile::TempDir,
+}
+
+pub async fn token_setup(lifetime: Duration, expires_in: ExpiresIn) -> TokenSetup {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tokens = TokenServer::builder()
+        .credentials("carol", "t0ken-pw")
+        .lifetime(lifetime)
+        .expires_in(expires_in)
+        .start();
+    let registry = RegistryProc::builder()
+        .config_extra(&tokens.registry_config())
+        .start();
+    let proxy = Proxy::forward(registry.addr());
+    let config = write_docker_config_for(
+        tmp.path(),
+        &[&registry.host(), &proxy.host()],
+        "carol",
+        "t0ken-pw",
+    );
+    let client = client_with(config, 4);
+    let (bootstrap, blobs) = fixture(IMAGE);
+    let direct = format!("{}/team/app:v1", registry.host());
+    let pushed = within("push", client.push_nydus(&direct, &bootstrap, &blobs)).await;
+    if pushed.is_err() {
+        eprintln!("registry log:\n{}", registry.log());
+    }
+    pushed.expect("push with short-lived tokens");
+    TokenSetup {
+        tokens,
+        reference: format!("{}/team/app:v1", proxy.host()),
+        proxy,
+        client,
+        _registry: registry,
+        _tmp: tmp,
+    }
 }
