@@ -70,3 +70,38 @@ tar --format=pax --xattrs --xattrs-include='*' -C "$tmp/t" -cf "$here/corpus/tar
 tar --format=gnu -C "$tmp/t" -cf "$here/corpus/tar_layer/gnu.tar" .
 rm -rf "$tmp"
 echo "seeded $n bootstraps into corpus/bootstrap and $(ls "$here/corpus/blob_meta" | wc -l) blob tails into corpus/blob_meta, $(ls "$here/corpus/tar_layer" | wc -l) layers into corpus/tar_layer, $(ls "$here/corpus/mount_ops" | wc -l) images into corpus/mount_ops"
+# corpus/peer_messages/: a chunk request frame followed by an answer to it (FOUND in two pieces,
+# MISSING, BUSY), a refusal, and an answer to the fuzz target's fixed request.
+mkdir -p "$here/corpus/peer_messages"
+python3 - "$here/corpus/peer_messages" <<'PY'
+import hashlib, struct, sys
+out = sys.argv[1]
+def varint(n):
+    b = b""
+    while True:
+        x = n & 0x7f; n >>= 7
+        if n: b += bytes([x | 0x80])
+        else: return b + bytes([x])
+def field(no, wt, payload):
+    key = varint(no << 3 | wt)
+    return key + (varint(payload) if wt == 0 else varint(len(payload)) + payload)
+def frame(m): return struct.pack(">I", len(m)) + m
+def wanted(d, size, usize, comp):
+    return field(1, 0, 1) + field(2, 2, d) + field(3, 0, 4096) + field(4, 0, size) + field(5, 0, usize) + field(6, 0, comp)
+def answer(d, status, size=0, comp=0):
+    m = field(1, 0, 1) + field(2, 2, d) + field(3, 0, status)
+    if size: m += field(4, 0, size) + field(5, 0, comp)
+    return m
+blob = bytes([7]) * 32
+ds = [hashlib.blake2b(bytes([i]), digest_size=32).digest() for i in range(3)]
+req = field(1, 2, blob) + b"".join(field(2, 2, wanted(d, 100, 200, 3)) for d in ds)
+hdr = field(1, 2, b"".join(field(1, 2, a) for a in [answer(ds[0], 1, 100, 3), answer(ds[1], 2), answer(ds[2], 3)]))
+pieces = frame(field(1, 2, b"a" * 60)) + frame(field(1, 2, b"b" * 40))
+open(f"{out}/request-answer", "wb").write(frame(req) + frame(hdr) + pieces)
+refusal = field(2, 2, field(1, 0, 3) + field(2, 2, b"busy"))
+open(f"{out}/request-refusal", "wb").write(frame(req) + frame(refusal))
+open(f"{out}/request", "wb").write(frame(req))
+# The fixed request's digests are blake3 of 0, 1, 2: python has no blake3, so this answer names
+# wrong digests; the fuzzer still learns the header's shape from it.
+open(f"{out}/answer", "wb").write(frame(hdr) + pieces)
+PY

@@ -20,6 +20,7 @@ declare -A max_len=(
   [tar_layer]=65536
   [control_request]=70000
   [mount_ops]=262144
+  [peer_messages]=300000
 )
 
 cd "$here/fuzz"

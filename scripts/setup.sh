@@ -11,7 +11,7 @@ log() { printf '\n== %s\n' "$*" >&2; }
 
 pkgs=(build-essential pkg-config clang libclang-dev protobuf-compiler fuse3 docker-registry
       umoci skopeo debootstrap jq curl ca-certificates python3 e2fsprogs zstd ccache prometheus
-      acl)
+      acl iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

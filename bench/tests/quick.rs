@@ -199,3 +199,119 @@ fn quick_mode_reports_every_scenario() {
         );
     }
 }
+
+/// `dfagent-bench swarm --quick` with 3 nodes and one round: the summary lines, and what the
+/// JSON says of every cluster run (each node's check files matched the source tree inside the
+/// scenario; here: every prefetch finished, the bytes add up). Alone, every node fetches its own
+/// copy of the data blobs; with peers, the sequential nodes after the first take data from
+/// peers and the registry sends less. No timing is asserted. Run alone with
+/// `cargo test -p dfagent-bench --test quick swarm`.
+#[test]
+fn swarm_quick_reports_egress_and_start() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the bench needs root (network namespaces, FUSE mounts)"
+    );
+    let dfagent = dfagent_binary();
+    let results = tempfile::tempdir().unwrap();
+    let nodes = 3u64;
+    let out = Command::new(env!("CARGO_BIN_EXE_dfagent-bench"))
+        .args([
+            "swarm",
+            "--nodes",
+            "3",
+            "--quick",
+            "--rounds",
+            "1",
+            "--results-dir",
+        ])
+        .arg(results.path())
+        .arg("--dfagent")
+        .arg(&dfagent)
+        .env(
+            "DFAGENT_SOCKET",
+            results.path().join("no-daemon/dfagent.sock"),
+        )
+        .output()
+        .expect("running dfagent-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit status {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let lines: Vec<_> = stdout.lines().filter_map(parse_summary_line).collect();
+    assert_eq!(lines.len(), stdout.lines().count(), "stdout:\n{stdout}");
+    let line = |name: &str| {
+        lines.iter().find(|l| l.name == name).unwrap_or_else(|| {
+            panic!("no summary line for {name}\nstdout:\n{stdout}\nstderr:\n{stderr}")
+        })
+    };
+    for name in ["swarm-start", "swarm-start-sequential"] {
+        let l = line(name);
+        assert!(l.dfagent > 0.0 && l.baseline > 0.0, "{l:?}");
+    }
+    for name in ["swarm-egress-sequential", "swarm-egress-concurrent"] {
+        let l = line(name);
+        assert_eq!(l.unit, "x");
+        // Alone, each node fetched the data blobs once: about `nodes` times the unique bytes.
+        assert!(
+            (l.baseline - nodes as f64).abs() <= 0.05 * nodes as f64,
+            "{name}: {l:?}"
+        );
+        assert!(l.dfagent > 0.0 && l.dfagent <= l.baseline, "{name}: {l:?}");
+    }
+    assert!(
+        line("swarm-egress-sequential").dfagent < line("swarm-egress-sequential").baseline,
+        "with peers the registry sent less in sequential mode:\n{stdout}"
+    );
+
+    let dir = results.path();
+    let md = std::fs::read_to_string(dir.join("swarm.md")).unwrap();
+    assert!(md.contains("| median |"), "swarm.md has no medians row");
+    for png in ["swarm.png", "swarm-nodes.png"] {
+        let bytes = std::fs::read(dir.join(png)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png} is not a PNG");
+    }
+    let j = json(dir, "swarm");
+    assert_eq!(j["nodes"], nodes);
+    let rounds = j["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 1);
+    for mode in ["sequential", "concurrent"] {
+        let m = &rounds[0][mode];
+        let unique = m["unique_stored_bytes"].as_u64().unwrap();
+        assert!(unique > 0, "{m}");
+        for side in ["dfagent", "baseline"] {
+            let run = &m[side];
+            let ns = run["nodes"].as_array().unwrap();
+            assert_eq!(ns.len() as u64, nodes, "{run}");
+            let mut sum = 0;
+            for n in ns {
+                assert_eq!(n["settle_timed_out"], false, "{mode} {side}: {n}");
+                assert!(n["chunks_total"].as_u64().unwrap() > 0, "{n}");
+                let tiers = n["tiers"].as_object().unwrap();
+                let tier = |t: &str| tiers.get(t).and_then(|v| v.as_u64()).unwrap_or(0);
+                if side == "baseline" {
+                    assert_eq!(tier("peer"), 0, "no peer bytes without peers: {n}");
+                    // Alone, the proxy's count of a node's data bytes is what it fetched.
+                    assert_eq!(
+                        n["registry_data_bytes"].as_u64(),
+                        Some(tier("registry")),
+                        "{n}"
+                    );
+                }
+                sum += n["registry_data_bytes"].as_u64().unwrap();
+            }
+            assert_eq!(run["registry_data_bytes"].as_u64(), Some(sum), "{run}");
+        }
+        if mode == "sequential" {
+            // Nodes after the first took data from peers.
+            for n in &m["dfagent"]["nodes"].as_array().unwrap()[1..] {
+                assert!(n["tiers"]["peer"].as_u64().unwrap_or(0) > 0, "{n}");
+            }
+        }
+    }
+}

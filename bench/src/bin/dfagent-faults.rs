@@ -484,8 +484,12 @@ mod readers {
 
         let peak_mib = (peak_rss.load(Relaxed).max(end.0) as f64) / 1024.0;
         let hwm_mib = end.1 as f64 / 1024.0;
-        let strict = (a.cache_mib + ALLOWANCE_MIB) as f64;
-        let with_queue = (a.cache_mib + WRITE_QUEUE_MIB + ALLOWANCE_MIB) as f64;
+        // Configured caches: the decoded-chunk cache and the store's fixed RocksDB budgets
+        // (memtables, block cache).
+        let store_mib = (dfagent_store::MEMORY_BUDGET >> 20) as u64;
+        let caches = a.cache_mib + store_mib;
+        let strict = (caches + ALLOWANCE_MIB) as f64;
+        let with_queue = (caches + WRITE_QUEUE_MIB + ALLOWANCE_MIB) as f64;
         let c = &counts;
         let (reads, errors, wrong) = (
             c.reads.load(Relaxed),
@@ -495,7 +499,7 @@ mod readers {
         let line = format!(
             "readers: {} threads x {seconds} s: {reads} reads ({} whole files, {} ranges), {:.0} MiB read, \
              errors={errors} wrong_bytes={wrong} hung={hung}; daemon VmHWM {hwm_mib:.0} MiB (peak sampled VmRSS {peak_mib:.0}) \
-             vs decoded cache {} MiB + {ALLOWANCE_MIB} MiB = {strict:.0} MiB{}",
+             vs configured caches (decoded {} MiB + store {store_mib} MiB) + {ALLOWANCE_MIB} MiB = {strict:.0} MiB{}",
             a.threads,
             c.whole.load(Relaxed),
             c.ranges.load(Relaxed),
@@ -529,7 +533,8 @@ mod readers {
              | daemon idle | {:.0} | {:.0} | {:.0} | {:.0} |\n\
              | mounted, before reads | {:.0} | {:.0} | {:.0} | {:.0} |\n\
              | after {seconds} s of reads | {:.0} (sampled peak {peak_mib:.0}) | {hwm_mib:.0} | {:.0} | {:.0} |\n\n\
-             Budget: decoded-chunk cache {} MiB + {ALLOWANCE_MIB} MiB = {strict:.0} MiB \
+             Budget: decoded-chunk cache {} MiB + the store's memtables and block cache {store_mib} MiB \
+             + {ALLOWANCE_MIB} MiB = {strict:.0} MiB \
              (with the write-back queue's up to {WRITE_QUEUE_MIB} MiB: {with_queue:.0} MiB).\n\n\
              First errors: {}\n",
             a.threads,

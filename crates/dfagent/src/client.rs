@@ -284,3 +284,78 @@ pub fn ps(rt: &tokio::runtime::Runtime, mut c: Client, json: bool) -> anyhow::Re
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `dfagent peers`: the daemon's peer id, its listen and advertised addresses, and the peers it
+/// knows, with bytes exchanged and ban state.
+pub fn peers(rt: &tokio::runtime::Runtime, mut c: Client, json: bool) -> anyhow::Result<ExitCode> {
+    let p = rt
+        .block_on(c.peers(proto::PeersRequest {}))
+        .map_err(status)?
+        .into_inner();
+    if json {
+        let peers: Vec<serde_json::Value> = p
+            .peers
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "peer_id": i.peer_id,
+                    "addrs": i.addrs,
+                    "connected": i.connected,
+                    "bytes_in": i.bytes_in,
+                    "bytes_out": i.bytes_out,
+                    "chunks_in": i.chunks_in,
+                    "chunks_out": i.chunks_out,
+                    "banned_seconds": i.banned_seconds,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "enabled": p.enabled,
+            "peer_id": p.peer_id,
+            "private": p.private,
+            "listen": p.listen,
+            "advertised": p.advertised,
+            "peers": peers,
+        });
+        println!("{out}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !p.enabled {
+        println!(
+            "the peer network is off (set [peer] enable = true in the daemon's configuration)"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("peer id:    {}", p.peer_id);
+    println!(
+        "network:    {}",
+        if p.private {
+            "private (cluster secret)"
+        } else {
+            "open (no cluster secret)"
+        }
+    );
+    println!("listen:     {}", p.listen.join(" "));
+    println!("advertised: {}", p.advertised.join(" "));
+    println!();
+    println!(
+        "{:<54} {:<9} {:>12} {:>12} {:>10} ADDRESSES",
+        "PEER", "STATE", "BYTES IN", "BYTES OUT", "BANNED"
+    );
+    for i in &p.peers {
+        println!(
+            "{:<54} {:<9} {:>12} {:>12} {:>10} {}",
+            i.peer_id,
+            if i.connected { "connected" } else { "known" },
+            i.bytes_in,
+            i.bytes_out,
+            if i.banned_seconds > 0 {
+                format!("{}s", i.banned_seconds)
+            } else {
+                "-".into()
+            },
+            i.addrs.join(" ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

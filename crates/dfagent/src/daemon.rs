@@ -81,6 +81,10 @@ pub fn run(
         Some(SocketGroup::Name(n)) => resolve_group(&n)?,
     };
     let node = open_node(&rt, &cfg, true)?;
+    if let Some(peer) = cfg.peer_config()? {
+        rt.block_on(node.start_peer(peer))
+            .context("starting the peer network")?;
+    }
     let daemon = Daemon::new(node, cfg.mount_options());
     let settings = DaemonSettings {
         socket: cfg.daemon.socket.clone(),

@@ -127,6 +127,13 @@ enum Command {
         #[command(flatten)]
         registry: node_args::RegistryArgs,
     },
+    /// The daemon's peer network: its peer id, listen and advertised addresses, and the peers it
+    /// knows with bytes exchanged and ban state.
+    Peers {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the daemon's mounts: image, mount point, state, bytes fetched per tier, chunks
     /// cached, prefetch progress.
     Ps {
@@ -204,6 +211,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = dfagent_node::runtime()?;
             match d.client(&rt, c)? {
                 Some(client) => client::ps(&rt, client, json),
+                None => anyhow::bail!(
+                    "no dfagent daemon answers on {} (start one with `dfagent daemon`)",
+                    d.socket(c)?.display()
+                ),
+            }
+        }
+        Command::Peers { json } => {
+            let rt = dfagent_node::runtime()?;
+            match d.client(&rt, c)? {
+                Some(client) => client::peers(&rt, client, json),
                 None => anyhow::bail!(
                     "no dfagent daemon answers on {} (start one with `dfagent daemon`)",
                     d.socket(c)?.display()

@@ -39,11 +39,14 @@ pub const DEFAULT_PATH: &str = "/etc/dfagent/config.toml";
 /// path in upper case with `__` between levels (`DFAGENT_STORE__CAPACITY`).
 pub const ENV_PREFIX: &str = "DFAGENT_";
 
+/// The peer key's file name in the store's directory (when `peer.identity_file` is unset).
+pub const PEER_IDENTITY_FILE: &str = "peer-identity.key";
+
 /// Separator of key levels in environment variable names.
 const ENV_SEPARATOR: &str = "__";
 
 /// Key names whose values are secrets: their values never appear in errors.
-const SECRET_KEYS: &[&str] = &["password"];
+const SECRET_KEYS: &[&str] = &["password", "secret"];
 
 // ---------------------------------------------------------------------------------------------
 // The schema
@@ -64,7 +67,7 @@ pub struct Config {
     pub log: LogSection,
     /// `[daemon]`: the daemon's control socket and metrics endpoint.
     pub daemon: DaemonSection,
-    /// `[peer]`: reserved for the peer network.
+    /// `[peer]`: the peer network (off by default).
     pub peer: PeerSection,
     /// `[dragonfly]`: reserved for the Dragonfly tier.
     pub dragonfly: DragonflySection,
@@ -388,13 +391,88 @@ impl DaemonSection {
     }
 }
 
-/// `[peer]`: reserved for the peer network (a later release); only `enable = false` for now.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// `[peer]`: the peer network — this node fetches chunks from other nodes and serves its own to
+/// them, by digest, verified on arrival. Off by default: an open port that serves chunks of
+/// private images must be a decision. Every value below is checked when the file is read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PeerSection {
-    /// Must be false: the peer network is not implemented yet.
-    #[serde(deserialize_with = "reserved_enable")]
+    /// Start the peer network (the daemon only). Default false.
     pub enable: bool,
+    /// Addresses listened on (multiaddrs, TCP). Default TCP port 7010 of every address.
+    #[serde(deserialize_with = "multiaddrs")]
+    pub listen: Vec<String>,
+    /// Addresses other nodes are told to dial (multiaddrs). Empty (default): the listen
+    /// addresses, unspecified ones expanded to the node's interfaces, skipping loopback and
+    /// container bridges.
+    #[serde(deserialize_with = "multiaddrs")]
+    pub advertise: Vec<String>,
+    /// Peers dialled at start (multiaddrs, `/p2p/<peer id>` optional).
+    #[serde(deserialize_with = "multiaddrs")]
+    pub bootstrap: Vec<String>,
+    /// DNS names (`name:port`) that resolve to peers (a Kubernetes headless Service), resolved
+    /// again every `dns_refresh`; every address found is dialled.
+    #[serde(deserialize_with = "dns_names")]
+    pub bootstrap_dns: Vec<String>,
+    /// How often `bootstrap_dns` names are resolved again. Default `1m`.
+    #[serde(with = "duration")]
+    pub dns_refresh: Duration,
+    /// Find peers on the local link with mDNS. Default false.
+    pub mdns: bool,
+    /// The cluster secret: a node without it can neither fetch from nor serve to the cluster.
+    /// Unset (default): anyone who reaches the port can fetch chunks (a warning is logged).
+    pub secret: Option<Secret>,
+    /// A file holding the cluster secret (instead of `secret`), read at start.
+    pub secret_file: Option<PathBuf>,
+    /// The node's key (its peer id). Unset (default): `peer-identity.key` in the store's
+    /// directory, so a node keeps its peer id across restarts.
+    pub identity_file: Option<PathBuf>,
+    /// Requests served at once; beyond that, requesters are told "busy" and ask another node.
+    /// Default 16.
+    pub max_uploads: usize,
+    /// Requests open to one peer at once. Default 4.
+    pub max_inflight_per_peer: usize,
+    /// Providers one batch of chunks is split across. Default 3.
+    pub providers_asked: usize,
+    /// How long the providers found for a blob are remembered (looked up again earlier when
+    /// they all miss). Default `1m`.
+    #[serde(with = "duration")]
+    pub provider_ttl: Duration,
+    /// How long a peer that sent a chunk failing verification is not asked. Default `10m`.
+    #[serde(with = "duration")]
+    pub ban: Duration,
+    /// Longest wait for one request to a peer. Default `10s`.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Lifetime of this node's provider records in the DHT; they are published again before
+    /// they expire. Default `1h`.
+    #[serde(with = "duration")]
+    pub record_ttl: Duration,
+}
+
+impl Default for PeerSection {
+    fn default() -> Self {
+        let p = dfagent_peer::PeerConfig::default();
+        Self {
+            enable: false,
+            listen: p.listen.iter().map(|a| a.to_string()).collect(),
+            advertise: Vec::new(),
+            bootstrap: Vec::new(),
+            bootstrap_dns: Vec::new(),
+            dns_refresh: p.dns_refresh,
+            mdns: p.mdns,
+            secret: None,
+            secret_file: None,
+            identity_file: None,
+            max_uploads: p.max_uploads,
+            max_inflight_per_peer: p.max_inflight_per_peer,
+            providers_asked: p.providers_asked,
+            provider_ttl: p.provider_ttl,
+            ban: p.ban,
+            request_timeout: p.request_timeout,
+            record_ttl: p.record_ttl,
+        }
+    }
 }
 
 /// `[dragonfly]`: reserved for the Dragonfly tier (a later release); only `enable = false` for
@@ -612,6 +690,35 @@ fn socket_group<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         Raw::Id(id) => Ok(id.to_string()),
         Raw::Name(n) => Ok(n),
     }
+}
+
+/// A list of multiaddrs (`/ip4/10.0.0.1/tcp/7010`).
+fn multiaddrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    for a in &v {
+        if let Err(e) = a.parse::<dfagent_peer::Multiaddr>() {
+            return Err(serde::de::Error::custom(format!(
+                "invalid multiaddr {a:?}: {e} (expected e.g. \"/ip4/10.0.0.1/tcp/7010\")"
+            )));
+        }
+    }
+    Ok(v)
+}
+
+/// A list of `name:port`.
+fn dns_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    for n in &v {
+        let ok = is_host_port(n)
+            && n.rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "invalid DNS name {n:?}: expected name:port (e.g. \"dfagent-peers.kube-system.svc:7010\")"
+            )));
+        }
+    }
+    Ok(v)
 }
 
 /// `enable` of a reserved section: only `false`.
@@ -1088,6 +1195,70 @@ impl Config {
         }
     }
 
+    /// The peer network's settings, `None` when `[peer] enable` is false. Reads `secret_file`;
+    /// `secret` and `secret_file` together, or an empty secret, are errors (naming the key,
+    /// never the value).
+    pub fn peer_config(&self) -> Result<Option<dfagent_peer::PeerConfig>, ConfigError> {
+        let p = &self.peer;
+        if !p.enable {
+            return Ok(None);
+        }
+        let invalid = |key: &str, detail: String| ConfigError::Invalid {
+            origin: "configuration".into(),
+            key: format!("peer.{key}"),
+            detail,
+        };
+        let secret = match (&p.secret, &p.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "secret",
+                    "give either secret or secret_file, not both".into(),
+                ))
+            }
+            (Some(s), None) => Some(s.expose().as_bytes().to_vec()),
+            (None, Some(path)) => {
+                let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some(text.trim_ascii().to_vec())
+            }
+            (None, None) => None,
+        };
+        if secret.as_ref().is_some_and(|s| s.is_empty()) {
+            return Err(invalid("secret", "the cluster secret is empty".into()));
+        }
+        let addrs = |key: &str, v: &[String]| {
+            v.iter()
+                .map(|a| {
+                    a.parse::<dfagent_peer::Multiaddr>()
+                        .map_err(|e| invalid(key, format!("invalid multiaddr {a:?}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Some(dfagent_peer::PeerConfig {
+            listen: addrs("listen", &p.listen)?,
+            advertise: addrs("advertise", &p.advertise)?,
+            bootstrap: addrs("bootstrap", &p.bootstrap)?,
+            bootstrap_dns: p.bootstrap_dns.clone(),
+            dns_refresh: p.dns_refresh,
+            mdns: p.mdns,
+            secret,
+            identity_file: p
+                .identity_file
+                .clone()
+                .unwrap_or_else(|| self.store.path.join(PEER_IDENTITY_FILE)),
+            max_uploads: p.max_uploads,
+            max_inflight_per_peer: p.max_inflight_per_peer,
+            providers_asked: p.providers_asked,
+            provider_ttl: p.provider_ttl,
+            ban: p.ban,
+            request_timeout: p.request_timeout,
+            record_ttl: p.record_ttl,
+            ..dfagent_peer::PeerConfig::default()
+        }))
+    }
+
     /// The default options of a mount (`force` and `container_rootfs` off: they are per mount).
     pub fn mount_options(&self) -> MountOptions {
         MountOptions {
@@ -1168,8 +1339,38 @@ socket_group = ""
 metrics_addr = "127.0.0.1:9464"
 
 [peer]
-# Reserved for the peer network (not implemented yet): only false is accepted.
+# The peer network: fetch chunks from other nodes, serve ours to them (the daemon only).
+# Off by default: an open port that serves chunks of private images must be a decision.
 enable = false
+# Multiaddrs listened on (TCP).
+listen = ["/ip4/0.0.0.0/tcp/7010"]
+# Multiaddrs other nodes dial; [] = the listen addresses on this node's interfaces, skipping
+# loopback and container bridges.
+advertise = []
+# Peers dialled at start (multiaddrs, /p2p/<peer id> optional).
+bootstrap = []
+# name:port DNS names of peers (a Kubernetes headless Service), resolved every dns_refresh.
+bootstrap_dns = []
+dns_refresh = "1m"
+# Find peers on the local link with mDNS.
+mdns = false
+# The cluster secret (or secret_file); unset = anyone who reaches the port can fetch chunks.
+# secret = "..."
+# secret_file = "/etc/dfagent/peer-secret"
+# The node's key (its peer id); unset = peer-identity.key in the store's directory.
+# identity_file = "/var/lib/dfagent/store/peer-identity.key"
+# Requests served at once (beyond: "busy"); requests open to one peer at once.
+max_uploads = 16
+max_inflight_per_peer = 4
+# Providers one batch is split across; how long providers found for a blob are remembered.
+providers_asked = 3
+provider_ttl = "1m"
+# How long a peer that sent a chunk failing verification is not asked.
+ban = "10m"
+# Longest wait for one request to a peer.
+request_timeout = "10s"
+# Lifetime of our provider records in the DHT (published again before they expire).
+record_ttl = "1h"
 
 [dragonfly]
 # Reserved for the Dragonfly tier (not implemented yet): only false is accepted.
@@ -1454,6 +1655,44 @@ level = "warn,dfagent_registry=debug"
     }
 
     #[test]
+    fn peer_settings_become_the_peer_networks_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(
+            Config::default().peer_config().unwrap().is_none(),
+            "off by default"
+        );
+        let secret_file = tmp.path().join("secret");
+        std::fs::write(&secret_file, "s3cret-value\n").unwrap();
+        let text = format!(
+            "[store]\npath = \"/srv/store\"\n[peer]\nenable = true\n\
+             bootstrap = [\"/ip4/10.0.0.2/tcp/7010\"]\nsecret_file = \"{}\"\nban = \"30s\"\n",
+            secret_file.display()
+        );
+        let c = load(Some(&write(tmp.path(), &text)), &[], &Overrides::new()).unwrap();
+        let p = c.peer_config().unwrap().expect("enabled");
+        assert_eq!(
+            p.secret.as_deref(),
+            Some(&b"s3cret-value"[..]),
+            "trailing newline trimmed"
+        );
+        assert_eq!(
+            p.identity_file,
+            PathBuf::from("/srv/store").join(PEER_IDENTITY_FILE)
+        );
+        assert_eq!(p.bootstrap.len(), 1);
+        assert_eq!(p.ban, Duration::from_secs(30));
+
+        // Both forms of the secret: an error naming the key, never the value.
+        let both = format!("{text}secret = \"inline-value\"\n");
+        let c = load(Some(&write(tmp.path(), &both)), &[], &Overrides::new()).unwrap();
+        let e = c.peer_config().unwrap_err().to_string();
+        assert!(e.contains("peer.secret: give either"), "{e}");
+        assert!(!e.contains("inline-value") && !e.contains("s3cret"), "{e}");
+        // The secret never shows in the printed configuration.
+        assert!(!c.to_toml_redacted().contains("inline-value"));
+    }
+
+    #[test]
     fn bad_values_name_their_source() {
         let e = load_env(&[("DFAGENT_STORE__CAPACITY", "lots")], &Overrides::new())
             .unwrap_err()
@@ -1484,7 +1723,8 @@ level = "warn,dfagent_registry=debug"
             ("[daemon]\nmetrics_addr = \"localhost\"\n", "daemon.metrics_addr: invalid address"),
             ("[log]\nformat = \"xml\"\n", "log.format: unknown value \"xml\""),
             ("[log]\nlevel = \"\"\n", "log.level: must not be empty"),
-            ("[peer]\nenable = true\n", "peer.enable: not implemented yet"),
+            ("[peer]\nlisten = [\"tcp/7010\"]\n", "peer.listen: invalid multiaddr \"tcp/7010\""),
+            ("[peer]\nbootstrap_dns = [\"svc\"]\n", "peer.bootstrap_dns: invalid DNS name \"svc\""),
             ("[dragonfly]\nenable = true\n", "dragonfly.enable: not implemented yet"),
             ("[store]\ncapacity = -1\n", "store.capacity: expected a size"),
             (

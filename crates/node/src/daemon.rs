@@ -375,17 +375,21 @@ fn unmount_entry(entry: Entry, lazy: bool) -> Result<()> {
     entry.mount.unmount()
 }
 
-/// Keep large allocations out of the malloc heap, for a long-running daemon with many mounts.
-/// Each FUSE session thread allocates a request buffer of about 16 MiB; after the first such
-/// buffer is freed glibc raises its mmap threshold above that size, and later buffers come from
-/// the heap, zero-filled and resident. A fixed threshold keeps them mmap'd: pages a session never
-/// touches cost nothing, and freed buffers go back to the system.
+/// Keep a long-running daemon's memory close to what it uses:
+/// - Large allocations (fetched ranges, chunks of 256 KiB and more, FUSE request buffers) come
+///   from their own mappings and go back to the system when freed. glibc would otherwise raise
+///   its mmap threshold after the first large free, serve later large buffers from the heap,
+///   and keep them resident once freed.
+/// - Two malloc arenas instead of glibc's default of 8 per core: with dozens of threads (FUSE
+///   sessions, the runtime, RocksDB) each arena holds freed memory of its own. Measured with
+///   64 readers (`docs/reliability.md`, finding 3).
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a tunable of the allocator; called before the daemon's threads
     // allocate much, and safe to call at any time.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
@@ -478,6 +482,7 @@ pub async fn serve(
     };
     let _ = stop_tx.send(true);
     daemon.shutdown(settings.shutdown_limit).await;
+    daemon.node().stop_peer().await;
     if let Some(t) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }

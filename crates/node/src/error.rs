@@ -11,6 +11,9 @@ pub enum NodeError {
     /// The registry refused or could not be reached.
     #[error(transparent)]
     Registry(#[from] dfagent_registry::RegistryError),
+    /// The peer network could not start.
+    #[error("peer network: {0}")]
+    Peer(#[from] dfagent_peer::PeerError),
     /// A bootstrap that does not parse.
     #[error("image metadata: {0}")]
     Rafs(#[from] dfagent_rafs::RafsError),

@@ -177,8 +177,9 @@ impl Node {
             None => None,
         };
         let nydus = Arc::new(nydus);
-        let tiers: Vec<Arc<dyn ChunkTier>> =
-            vec![Arc::new(RegistryTier::new(self.registry()?, nydus.clone()))];
+        // store (the resolver core's) → peers → registry.
+        let mut tiers = self.tiers_before_registry();
+        tiers.push(Arc::new(RegistryTier::new(self.registry()?, nydus.clone())));
         // The manifest's own sha256 (what `manifest_digest` names), computed here: the digest
         // string came from the registry or a stored record, and names the mount.
         let content_digest = dfagent_core::sha256_digest(&nydus.manifest_bytes);

@@ -11,6 +11,8 @@
 //! - [`Node::pull`], [`Node::push`].
 //! - [`daemon::Daemon`]: the node serving every mount of the machine; [`control`]: its gRPC
 //!   API on a unix socket (server, client, access checks).
+//! - [`Node::start_peer`]: the peer network (the daemon's), serving from the store, providing
+//!   the store's blobs, and a peer tier in every registry image's chain.
 //!
 //! This crate wires subsystems; it holds no format, protocol or storage logic of its own, and
 //! knows nothing of command lines or terminals (the binary parses and prints).
@@ -23,6 +25,7 @@ mod image;
 pub mod metrics;
 mod mount;
 mod node;
+mod peer;
 mod pins;
 mod pull;
 

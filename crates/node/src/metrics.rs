@@ -181,6 +181,9 @@ impl prometheus_client::collector::Collector for Collector {
                 s.evictions,
             )?;
         }
+        if let Some(peer) = node.peer() {
+            encode_peer(&mut enc, &peer.counters())?;
+        }
         let fs = self.daemon.fs_totals();
         counter_family(
             &mut enc,
@@ -237,6 +240,93 @@ impl prometheus_client::collector::Collector for Collector {
         }
         Ok(())
     }
+}
+
+/// The peer network's families (bytes and chunks fetched from peers are the `tier="peer"` rows
+/// of the tier families).
+fn encode_peer(enc: &mut DescriptorEncoder, c: &dfagent_peer::PeerCounters) -> std::fmt::Result {
+    use dfagent_peer::PeerCounters as C;
+    gauge(
+        enc,
+        "dfagent_peers_connected",
+        "Peers connected now",
+        C::get(&c.peers_connected) as i64,
+    )?;
+    counter(
+        enc,
+        "dfagent_peer_provider_lookups",
+        "Provider lookups in the peer network's DHT",
+        C::get(&c.provider_lookups),
+    )?;
+    {
+        // A sum beside the count of `dfagent_peer_provider_lookups` (rate(sum)/rate(count) is
+        // the mean lookup time).
+        let m = enc.encode_descriptor(
+            "dfagent_peer_provider_lookup",
+            "Total time provider lookups took",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(C::get(&c.lookup_seconds_sum_micros) as f64 / 1e6).encode(m)?;
+    }
+    counter(
+        enc,
+        "dfagent_peer_served_chunks",
+        "Verified chunks served to peers",
+        C::get(&c.chunks_served),
+    )?;
+    counter(
+        enc,
+        "dfagent_peer_served_bytes",
+        "Stored bytes of the chunks served to peers",
+        C::get(&c.bytes_served),
+    )?;
+    counter(
+        enc,
+        "dfagent_peer_bans",
+        "Peers banned for a chunk that failed verification or a protocol error",
+        C::get(&c.bans),
+    )?;
+    counter_family(
+        enc,
+        "dfagent_peer_busy_answers",
+        "Busy answers, sent (this node at its upload limit) and received",
+        &[
+            (
+                vec![("direction", "sent".to_string())],
+                C::get(&c.busy_answers_sent),
+            ),
+            (
+                vec![("direction", "received".to_string())],
+                C::get(&c.busy_answers_received),
+            ),
+        ],
+    )?;
+    counter(
+        enc,
+        "dfagent_peer_tampered_local_chunks",
+        "Chunks of this node's store that failed verification when read for a peer (dropped, not sent)",
+        C::get(&c.tampered_local),
+    )?;
+    counter_family(
+        enc,
+        "dfagent_peer_errors",
+        "Peer exchanges that failed, by kind",
+        &[
+            (
+                vec![("kind", "protocol".to_string())],
+                C::get(&c.protocol_errors),
+            ),
+            (
+                vec![("kind", "network".to_string())],
+                C::get(&c.network_errors),
+            ),
+            (
+                vec![("kind", "refused".to_string())],
+                C::get(&c.refused_requests),
+            ),
+        ],
+    )
 }
 
 /// The metrics text of `daemon`, in the Prometheus text format (0.0.4).

@@ -2,7 +2,7 @@
 //! the resolver core every mount shares, and the runtime everything runs on.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dfagent_registry::{Registry, RegistryConfig};
 use dfagent_resolver::{ResolverConfig, ResolverCore};
@@ -65,6 +65,8 @@ pub struct Node {
     registry: Mutex<Option<Arc<Registry>>>,
     pins: Arc<Pins>,
     rt: tokio::runtime::Handle,
+    /// The peer network, once started (the daemon's).
+    peer: OnceLock<dfagent_peer::Peer>,
 }
 
 impl Node {
@@ -100,6 +102,7 @@ impl Node {
             registry: Mutex::new(None),
             pins: Arc::new(Pins::default()),
             rt,
+            peer: OnceLock::new(),
         }))
     }
 
@@ -159,16 +162,32 @@ impl Node {
         Ok(reg)
     }
 
+    /// The peer network, if it runs.
+    pub fn peer(&self) -> Option<&dfagent_peer::Peer> {
+        self.peer.get()
+    }
+
+    /// Keep the started peer network (`Err` gives it back if one is kept already).
+    pub(crate) fn set_peer(&self, peer: dfagent_peer::Peer) -> Result<(), dfagent_peer::Peer> {
+        self.peer.set(peer)
+    }
+
     /// Wait until every verified chunk queued for the store is written.
     pub async fn flush(&self) {
         self.core.flush().await;
     }
 }
 
+/// Most threads of the runtime's blocking pool (store reads, file I/O, peer-side verification).
+/// Tokio's default of 512 lets 64 concurrent readers spread store reads over dozens of threads,
+/// each with its own stack and malloc cache, for no gain on a 2–8 core node.
+pub const MAX_BLOCKING_THREADS: usize = 32;
+
 /// The multi-threaded runtime a node runs on (named `dfagent-io` threads).
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .thread_name("dfagent-io")
         .enable_all()
         .build()

@@ -34,6 +34,8 @@ use crate::image::{
     has_bootstrap_layer, index_candidates, nydus_parts, Descriptor, NydusImage,
     BOOTSTRAP_PATH_IN_LAYER, OS_FEATURE_NYDUS,
 };
+// Our own parser: oci-spec's `FromStr` would compile a regex that keeps ~7 MiB.
+pub(crate) use crate::reference::parse_reference;
 
 /// Largest bootstrap layer (compressed) and bootstrap (uncompressed) we accept: 1 GiB.
 pub const MAX_BOOTSTRAP_SIZE: u64 = 1 << 30;
@@ -150,16 +152,6 @@ fn check_mirror(host: &str, mirror: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Parse an image reference (`host[:port]/repo[:tag][@digest]`).
-pub(crate) fn parse_reference(reference: &str) -> Result<Reference> {
-    reference
-        .parse::<Reference>()
-        .map_err(|e| RegistryError::Reference {
-            reference: reference.to_string(),
-            detail: e.to_string(),
-        })
 }
 
 /// Backoff before retry number `retry` (1-based): `base * 2^(retry-1)`, capped, with the upper

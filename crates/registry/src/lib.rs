@@ -32,6 +32,7 @@ mod error;
 mod http;
 mod image;
 mod push;
+mod reference;
 mod tier;
 
 pub use client::{

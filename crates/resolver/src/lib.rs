@@ -13,6 +13,7 @@
 
 mod blobdir;
 pub mod check;
+mod decode;
 mod metrics;
 pub mod prefetch;
 mod resolver;

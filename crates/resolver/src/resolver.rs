@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use dfagent_core::{
-    decode_chunk, Answer, BoxFuture, ChunkReader, ChunkRef, ChunkTier, ReadError, Retry, Slot,
-    StoredChunk, TierError,
+    Answer, BoxFuture, ChunkReader, ChunkRef, ChunkTier, ReadError, Retry, Slot, StoredChunk,
+    TierError,
 };
 use tokio::sync::{watch, Semaphore};
 
@@ -330,7 +330,7 @@ impl Resolver {
         }
         tier.each(|m| m.request(started.elapsed()));
         let name = tier.tier.name();
-        // Decode every answer in parallel on blocking threads.
+        // Queue every answer for the decoder threads (they work in parallel), then collect.
         let mut decodes = Vec::new();
         let mut failures: Vec<(String, usize)> = Vec::new();
         for (&i, slot) in pending.iter().zip(slots.iter_mut()) {
@@ -349,8 +349,11 @@ impl Resolver {
                     let len = stored.data.len() as u64;
                     self.bump(|m| &m.bytes_fetched, len);
                     let encoded = batch[i].with_encoding(stored.compression, len as u32);
-                    let data = stored.data.clone();
-                    let task = tokio::task::spawn_blocking(move || decode_chunk(&encoded, &data));
+                    let task = self.core.decoder.decode(
+                        encoded,
+                        stored.data.clone(),
+                        mode == Mode::Background,
+                    );
                     decodes.push((i, stored, task));
                 }
             }
@@ -361,13 +364,8 @@ impl Resolver {
         let mut again = Vec::new();
         for (i, stored, task) in decodes {
             let chunk = &batch[i];
-            let decoded = match task.await {
-                Ok(d) => d.map_err(|e| e.to_string()),
-                Err(e) => Err(format!("decoder task failed: {e}")),
-            };
-            match decoded {
+            match task.await {
                 Ok(data) => {
-                    let data = Bytes::from(data);
                     self.bump(|m| &m.bytes_decoded, data.len() as u64);
                     let len = stored.data.len() as u64;
                     tier.each(|m| {

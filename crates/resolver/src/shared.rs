@@ -12,6 +12,7 @@ use bytes::Bytes;
 use dfagent_core::{ChunkDigest, ChunkRef, ChunkStore, ReadError, StoredChunk};
 use tokio::sync::{watch, Semaphore};
 
+use crate::decode::DecodePool;
 use crate::metrics::{add, ResolverMetrics, ResolverStats, TierMetrics};
 use crate::writeback::WriteBack;
 
@@ -73,6 +74,8 @@ pub(crate) struct StoreRole {
 pub struct ResolverCore {
     pub(crate) store: Option<StoreRole>,
     pub(crate) cache: quick_cache::sync::Cache<ChunkDigest, Bytes, ByteWeight>,
+    /// The threads that decode and verify what the tiers and the store return.
+    pub(crate) decoder: DecodePool,
     inflight: Mutex<HashMap<ChunkDigest, Inflight>>,
     pub(crate) metrics: Arc<ResolverMetrics>,
     pub(crate) config: ResolverConfig,
@@ -111,6 +114,7 @@ impl ResolverCore {
         Arc::new(Self {
             store,
             cache: quick_cache::sync::Cache::with_weighter(items, config.cache_bytes, ByteWeight),
+            decoder: DecodePool::start(),
             inflight: Mutex::new(HashMap::new()),
             metrics,
             config,

@@ -1,10 +1,19 @@
 //! How records are laid out in RocksDB.
 //!
-//! Column families: `chunks` (digest → header + stored bytes), `access` (digest → last use and
-//! size, small so recency updates never rewrite chunk data), `pins` (image + digest → nothing),
-//! `meta` ([`MetaKey`] → bytes: image records, bootstraps, pulled marks).
+//! Column families: `chunks` (digest → header + stored bytes), `access` (digest → [`Access`]:
+//! last use, size and the blob the chunk arrived from; small so recency updates never rewrite
+//! chunk data), `pins` (image + digest → nothing), `meta` ([`MetaKey`] → bytes: image records,
+//! bootstraps, pulled marks).
+//!
+//! Access records come in two versions, told apart by length:
+//! - version 1, 16 bytes: last-use tick (u64 LE), stored size (u64 LE). Written by stores before
+//!   blobs were recorded, and still for a chunk whose blob is unknown; such a chunk counts under
+//!   no blob.
+//! - version 2, 49 bytes: the byte `2`, tick (u64 LE), size (u64 LE), the 32 bytes of the
+//!   [`BlobId`] the chunk first arrived from. The store rebuilds its per-blob chunk counts from
+//!   these at open.
 
-use dfagent_core::{ChunkDigest, Compression, DigestAlgo};
+use dfagent_core::{BlobId, ChunkDigest, Compression, DigestAlgo};
 
 use crate::error::StoreError;
 
@@ -108,27 +117,69 @@ pub(crate) fn parse_chunk_value(key: &[u8], v: &[u8]) -> Result<(Compression, u3
     Ok((compression, size))
 }
 
-/// Encode an access record: last-use tick and stored size.
-pub(crate) fn access_value(tick: u64, size: u64) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    v[..8].copy_from_slice(&tick.to_le_bytes());
-    v[8..].copy_from_slice(&size.to_le_bytes());
+/// Version byte in front of an access record that names the chunk's blob (version 2).
+const ACCESS_V2: u8 = 2;
+/// Size of a version-1 access record: tick and size, no version byte, no blob.
+const ACCESS_V1_LEN: usize = 16;
+/// Size of a version-2 access record: version byte, tick, size, blob id.
+const ACCESS_V2_LEN: usize = 1 + 16 + 32;
+
+/// What an access record says about a stored chunk: its last use, its stored size and the
+/// blob it first arrived from (`None` in records written before blobs were recorded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Access {
+    /// Last-use tick (eviction order).
+    pub tick: u64,
+    /// Stored bytes.
+    pub size: u64,
+    /// The blob the chunk was stored for.
+    pub blob: Option<BlobId>,
+}
+
+/// Encode an access record: version 2 (49 bytes) when the blob is known, else version 1 (the
+/// 16 bytes of earlier versions), so a record without a blob keeps its old form.
+pub(crate) fn access_value(a: &Access) -> Vec<u8> {
+    let mut v = Vec::with_capacity(ACCESS_V2_LEN);
+    if a.blob.is_some() {
+        v.push(ACCESS_V2);
+    }
+    v.extend_from_slice(&a.tick.to_le_bytes());
+    v.extend_from_slice(&a.size.to_le_bytes());
+    if let Some(b) = &a.blob {
+        v.extend_from_slice(b.bytes());
+    }
     v
 }
 
-/// Decode an access record.
-pub(crate) fn parse_access_value(key: &[u8], v: &[u8]) -> Result<(u64, u64), StoreError> {
-    if v.len() != 16 {
-        return Err(StoreError::BadRecord {
-            key: hex_key(key),
-            detail: "access record is not 16 bytes".into(),
-        });
+/// Decode an access record of either version (told apart by length).
+pub(crate) fn parse_access_value(key: &[u8], v: &[u8]) -> Result<Access, StoreError> {
+    let bad = |detail: &str| StoreError::BadRecord {
+        key: hex_key(key),
+        detail: detail.into(),
+    };
+    let u64_at = |at: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&v[at..at + 8]);
+        u64::from_le_bytes(a)
+    };
+    match v.len() {
+        ACCESS_V1_LEN => Ok(Access {
+            tick: u64_at(0),
+            size: u64_at(8),
+            blob: None,
+        }),
+        ACCESS_V2_LEN if v[0] == ACCESS_V2 => {
+            let mut b = [0u8; 32];
+            b.copy_from_slice(&v[17..]);
+            Ok(Access {
+                tick: u64_at(1),
+                size: u64_at(9),
+                blob: Some(BlobId::from_bytes(b)),
+            })
+        }
+        ACCESS_V2_LEN => Err(bad("unknown access record version")),
+        _ => Err(bad("access record is neither 16 nor 49 bytes")),
     }
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&v[..8]);
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&v[8..]);
-    Ok((u64::from_le_bytes(a), u64::from_le_bytes(b)))
 }
 
 /// Key of a pin: image name, a NUL, the digest key.
@@ -145,4 +196,45 @@ pub(crate) fn pin_prefix(image: &str) -> Vec<u8> {
     let mut k = image.as_bytes().to_vec();
     k.push(0);
     k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_records_of_both_versions_read() {
+        let key = [0u8; 33];
+        // A record as stores before version 2 wrote it: tick then size, 16 bytes.
+        let mut old = Vec::new();
+        old.extend_from_slice(&7u64.to_le_bytes());
+        old.extend_from_slice(&4096u64.to_le_bytes());
+        let a = parse_access_value(&key, &old).unwrap();
+        assert_eq!(
+            a,
+            Access {
+                tick: 7,
+                size: 4096,
+                blob: None
+            }
+        );
+        // Without a blob the old form is still what is written.
+        assert_eq!(access_value(&a), old);
+
+        let with = Access {
+            tick: 9,
+            size: 10,
+            blob: Some(BlobId::from_bytes([0xab; 32])),
+        };
+        let v = access_value(&with);
+        assert_eq!(v.len(), 49);
+        assert_eq!(v[0], 2);
+        assert_eq!(parse_access_value(&key, &v).unwrap(), with);
+
+        let mut wrong_version = v.clone();
+        wrong_version[0] = 3;
+        assert!(parse_access_value(&key, &wrong_version).is_err());
+        assert!(parse_access_value(&key, &v[..20]).is_err());
+        assert!(parse_access_value(&key, &[]).is_err());
+    }
 }

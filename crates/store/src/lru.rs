@@ -1,16 +1,22 @@
 //! The in-memory eviction index: every chunk's last use and size, ordered so that unpinned
 //! chunks go first and, among them, the least recently used. It also remembers which chunks
 //! were used since their access record was last written (`dirty`), so those records can be
-//! written later in batches instead of one write per read.
+//! written later in batches instead of one write per read. And it counts the chunks held per
+//! blob (a chunk counts under the blob it first arrived from), queueing a [`BlobEvent`] when a
+//! blob's count leaves or reaches zero; the store delivers the queue once its locks are released.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use dfagent_core::ChunkDigest;
+use dfagent_core::{BlobId, ChunkDigest};
+
+use crate::layout::Access;
+use crate::store::BlobEvent;
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     tick: u64,
     size: u64,
+    blob: Option<BlobId>,
 }
 
 /// Recency, size and pin count of every stored chunk.
@@ -22,6 +28,10 @@ pub(crate) struct Lru {
     pins: HashMap<ChunkDigest, u32>,
     /// Chunks whose last use is newer than their access record on disk.
     dirty: HashSet<ChunkDigest>,
+    /// Chunks held per blob (only blobs with at least one).
+    blobs: HashMap<BlobId, u64>,
+    /// Blob transitions not yet handed to the store's listener, in the order they happened.
+    events: Vec<BlobEvent>,
     used: u64,
     pinned_bytes: u64,
     tick: u64,
@@ -45,11 +55,19 @@ impl Lru {
         self.entries.contains_key(d)
     }
 
-    /// Add a chunk whose access record is being written with it (so it is not dirty).
-    pub fn insert(&mut self, d: ChunkDigest, size: u64, tick: u64) {
+    /// Add a chunk whose access record is being written with it (so it is not dirty), counting
+    /// it under `blob`.
+    pub fn insert(&mut self, d: ChunkDigest, size: u64, tick: u64, blob: Option<BlobId>) {
         self.remove(&d);
         let pinned = self.pinned(&d);
-        self.entries.insert(d, Entry { tick, size });
+        self.entries.insert(d, Entry { tick, size, blob });
+        if let Some(b) = blob {
+            let n = self.blobs.entry(b).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                self.events.push(BlobEvent::Held(b));
+            }
+        }
         self.order.insert((pinned, tick, d));
         self.used += size;
         if pinned {
@@ -67,17 +85,17 @@ impl Lru {
         let tick = self.next_tick();
         self.order.remove(&(pinned, e.tick, *d));
         self.order.insert((pinned, tick, *d));
-        self.entries.insert(*d, Entry { tick, size: e.size });
+        self.entries.insert(*d, Entry { tick, ..e });
         self.dirty.insert(*d);
     }
 
-    /// Up to `limit` dirty chunks that are not in `except`, as (digest, tick, size) for their
-    /// access records; they are clean from now on (see [`Lru::mark_dirty`] if the write fails).
+    /// Up to `limit` dirty chunks that are not in `except`, with their access records; they are
+    /// clean from now on (see [`Lru::mark_dirty`] if the write fails).
     pub fn take_dirty(
         &mut self,
         limit: usize,
         except: &[ChunkDigest],
-    ) -> Vec<(ChunkDigest, u64, u64)> {
+    ) -> Vec<(ChunkDigest, Access)> {
         let picked: Vec<ChunkDigest> = self
             .dirty
             .iter()
@@ -89,7 +107,16 @@ impl Lru {
             .into_iter()
             .filter_map(|d| {
                 self.dirty.remove(&d);
-                self.entries.get(&d).map(|e| (d, e.tick, e.size))
+                self.entries.get(&d).map(|e| {
+                    (
+                        d,
+                        Access {
+                            tick: e.tick,
+                            size: e.size,
+                            blob: e.blob,
+                        },
+                    )
+                })
             })
             .collect()
     }
@@ -116,7 +143,46 @@ impl Lru {
         if pinned {
             self.pinned_bytes -= e.size;
         }
+        if let Some(b) = e.blob {
+            if let Some(n) = self.blobs.get_mut(&b) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.blobs.remove(&b);
+                    self.events.push(BlobEvent::Gone(b));
+                }
+            }
+        }
         Some(e.size)
+    }
+
+    /// Forget every chunk and pin (the store was cleared): each blob held is gone. Events
+    /// already queued are kept for delivery.
+    pub fn clear(&mut self) {
+        let mut gone: Vec<BlobId> = self.blobs.keys().copied().collect();
+        gone.sort();
+        let mut events = std::mem::take(&mut self.events);
+        events.extend(gone.into_iter().map(BlobEvent::Gone));
+        *self = Lru {
+            events,
+            ..Lru::default()
+        };
+    }
+
+    /// Blobs with at least one chunk held.
+    pub fn blobs(&self) -> Vec<BlobId> {
+        let mut out: Vec<BlobId> = self.blobs.keys().copied().collect();
+        out.sort();
+        out
+    }
+
+    /// Chunks held under `blob`.
+    pub fn blob_chunks(&self, blob: &BlobId) -> u64 {
+        self.blobs.get(blob).copied().unwrap_or(0)
+    }
+
+    /// The blob transitions queued since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<BlobEvent> {
+        std::mem::take(&mut self.events)
     }
 
     fn set_pin_count(&mut self, d: &ChunkDigest, count: u32) {
@@ -214,7 +280,7 @@ mod tests {
         let mut l = Lru::default();
         for i in 0..4 {
             let t = l.next_tick();
-            l.insert(d(i), 10, t);
+            l.insert(d(i), 10, t, None);
         }
         l.pin(&d(0));
         l.touch(&d(1));
@@ -235,7 +301,7 @@ mod tests {
         let mut l = Lru::default();
         for i in 0..3 {
             let t = l.next_tick();
-            l.insert(d(i), 10, t);
+            l.insert(d(i), 10, t, None);
         }
         assert_eq!(l.dirty_len(), 0, "a put writes its own access record");
         l.touch(&d(0));
@@ -246,7 +312,7 @@ mod tests {
         let taken = l.take_dirty(10, &[d(1)]);
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].0, d(0));
-        assert_eq!(taken[0].2, 10);
+        assert_eq!(taken[0].1.size, 10);
         assert_eq!(l.dirty_len(), 1);
         // A failed write puts it back; a removed chunk is never handed out.
         l.mark_dirty(&d(0));
@@ -262,7 +328,34 @@ mod tests {
         // Re-inserting a chunk clears it: its record is written with it.
         l.touch(&d(2));
         let t = l.next_tick();
-        l.insert(d(2), 10, t);
+        l.insert(d(2), 10, t, None);
         assert_eq!(l.dirty_len(), 0);
+    }
+
+    #[test]
+    fn blobs_are_counted_and_their_transitions_queued_once() {
+        let (x, y) = (BlobId::from_bytes([1; 32]), BlobId::from_bytes([2; 32]));
+        let mut l = Lru::default();
+        for (i, b) in [(0, Some(x)), (1, Some(x)), (2, Some(y)), (3, None)] {
+            let t = l.next_tick();
+            l.insert(d(i), 10, t, b);
+        }
+        assert_eq!(l.blobs(), vec![x, y]);
+        assert_eq!(l.blob_chunks(&x), 2);
+        assert_eq!(
+            l.take_events(),
+            vec![BlobEvent::Held(x), BlobEvent::Held(y)]
+        );
+        l.remove(&d(0));
+        assert!(l.take_events().is_empty(), "x still has a chunk");
+        l.remove(&d(1));
+        l.remove(&d(3));
+        assert_eq!(l.take_events(), vec![BlobEvent::Gone(x)]);
+        // Recency writes keep the blob in the record.
+        l.touch(&d(2));
+        assert_eq!(l.take_dirty(10, &[])[0].1.blob, Some(y));
+        l.clear();
+        assert_eq!(l.take_events(), vec![BlobEvent::Gone(y)]);
+        assert!(l.blobs().is_empty() && l.len() == 0);
     }
 }

@@ -9,6 +9,12 @@
 //! the access records of chunks used since they were written go out with a later put's batch
 //! (and when the store closes), so a read costs no write. (A get that finds an unreadable
 //! record removes it, and that removal does wait for a put in progress, as removals do.)
+//!
+//! Blob inventory: the index also counts the chunks held per blob. A change that takes a blob's
+//! count from 0 to 1 or from 1 to 0 queues a [`BlobEvent`] under the index lock (so the queue is
+//! in commit order); after releasing `writer` and the index, the changing thread takes the
+//! `delivering` lock, drains the queue and calls the listener, so events reach the listener in
+//! order and with no store lock held.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -17,8 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use dfagent_core::{decode_chunk, BlobId, ChunkDigest, ChunkRef, Compression};
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
+    Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
 use crate::error::StoreError;
@@ -104,8 +110,21 @@ pub struct GcReport {
 const TOUCH_BATCH: usize = 512;
 
 /// Most access records of chunks read since they were written that one put carries in its
-/// batch (each is 49 bytes).
+/// batch (each is 49 bytes of key and version-1 value, 82 with a blob).
 const RECENCY_PER_PUT: usize = 1024;
+
+/// A change in the set of blobs the store holds chunks of (see [`Store::set_blob_listener`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobEvent {
+    /// The store now holds a chunk of this blob and held none before.
+    Held(BlobId),
+    /// The last chunk held of this blob is gone (evicted, removed, rejected, collected or
+    /// cleared).
+    Gone(BlobId),
+}
+
+/// Receives [`BlobEvent`]s; see [`Store::set_blob_listener`] for what it may do.
+pub type BlobListener = Arc<dyn Fn(BlobEvent) + Send + Sync>;
 
 /// A function run inside [`Store::put`] just before its database write; see
 /// [`Store::set_put_hook`].
@@ -125,6 +144,11 @@ pub struct Store {
     /// Whether `put_hook` is set (checked with one relaxed load per put).
     hooked: AtomicBool,
     put_hook: Mutex<Option<PutHook>>,
+    /// Who hears of blobs held and gone.
+    listener: Mutex<Option<BlobListener>>,
+    /// Taken (after every other lock is released) to drain the index's blob events and call
+    /// the listener, one thread at a time, so events arrive in commit order.
+    delivering: Mutex<()>,
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
@@ -169,7 +193,17 @@ impl Drop for Store {
 type PinRecord = (Box<[u8]>, Option<ChunkDigest>);
 
 /// Most bytes every memtable of the store holds together (RocksDB's write buffer manager).
-const MEMTABLE_BUDGET: usize = 16 << 20;
+pub const MEMTABLE_BUDGET: usize = 16 << 20;
+
+/// RocksDB's block cache, one for every column family. Left to RocksDB, each column family
+/// gets a 32 MiB block cache of its own, and chunks under `min_blob_size` live in SST blocks:
+/// under 64 readers the daemon's RSS grew with it (10 MiB after 60 s, still growing). The
+/// decoded-chunk cache is the cache that matters; the OS page cache holds the files anyway.
+pub const BLOCK_CACHE_BUDGET: usize = 4 << 20;
+
+/// The memory the store is configured to keep (memtables and block cache): the store's part of
+/// a node's configured caches.
+pub const MEMORY_BUDGET: usize = MEMTABLE_BUDGET + BLOCK_CACHE_BUDGET;
 
 impl Store {
     /// Open (creating if needed) the store in `dir`, taking ownership of it.
@@ -188,7 +222,14 @@ impl Store {
         // configured caches. Chunks reach the store only after they were served, and are
         // flushed into blob files at once: small memtables cost nothing on the read path.
         opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
-        let mut chunk_opts = Options::default();
+        let mut tables = BlockBasedOptions::default();
+        tables.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE_BUDGET));
+        let family = || {
+            let mut o = Options::default();
+            o.set_block_based_table_factory(&tables);
+            o
+        };
+        let mut chunk_opts = family();
         chunk_opts.set_write_buffer_size(MEMTABLE_BUDGET / 2);
         chunk_opts.set_max_write_buffer_number(2);
         if config.blob_files {
@@ -199,9 +240,9 @@ impl Store {
         }
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_CHUNKS, chunk_opts),
-            ColumnFamilyDescriptor::new(CF_ACCESS, Options::default()),
-            ColumnFamilyDescriptor::new(CF_PINS, Options::default()),
-            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+            ColumnFamilyDescriptor::new(CF_ACCESS, family()),
+            ColumnFamilyDescriptor::new(CF_PINS, family()),
+            ColumnFamilyDescriptor::new(CF_META, family()),
         ];
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
         let store = Store {
@@ -213,6 +254,8 @@ impl Store {
             writer: Mutex::new(()),
             hooked: AtomicBool::new(false),
             put_hook: Mutex::new(None),
+            listener: Mutex::new(None),
+            delivering: Mutex::new(()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -270,16 +313,12 @@ impl Store {
             return Ok(());
         }
         let mut b = WriteBatch::default();
-        for (d, tick, size) in &dirty {
-            b.put_cf(
-                self.cf(CF_ACCESS),
-                digest_key(d),
-                access_value(*tick, *size),
-            );
+        for (d, a) in &dirty {
+            b.put_cf(self.cf(CF_ACCESS), digest_key(d), access_value(a));
         }
         if let Err(e) = self.db.write_opt(b, &no_wal()) {
             let mut lru = self.lru();
-            for (d, _, _) in &dirty {
+            for (d, _) in &dirty {
                 lru.mark_dirty(d);
             }
             return Err(e.into());
@@ -322,13 +361,15 @@ impl Store {
         for item in self.db.iterator_cf(self.cf(CF_ACCESS), IteratorMode::Start) {
             let (k, v) = item?;
             match (parse_digest_key(&k), parse_access_value(&k, &v)) {
-                (Ok(d), Ok((tick, size))) => {
-                    lru.observe_tick(tick);
-                    lru.insert(d, size, tick);
+                (Ok(d), Ok(a)) => {
+                    lru.observe_tick(a.tick);
+                    lru.insert(d, a.size, a.tick, a.blob);
                 }
                 _ => bad.push(k),
             }
         }
+        // What is held at open is read with `blobs()`, not announced: no listener exists yet.
+        drop(lru.take_events());
         drop(lru);
         for k in bad {
             tracing::warn!(key = %hex_key(&k), "dropping unreadable access record and its chunk");
@@ -379,12 +420,30 @@ impl Store {
         }))
     }
 
-    /// Keep chunk `digest` (already verified by the caller), evicting least recently used
-    /// chunks (pinned ones last) to stay within capacity. Durable against process crashes once
-    /// this returns. Puts (and removals) wait for each other; gets never wait for a put.
+    /// Keep chunk `digest` (already verified by the caller), arrived as part of `blob`,
+    /// evicting least recently used chunks (pinned ones last) to stay within capacity. Durable
+    /// against process crashes once this returns. Puts (and removals) wait for each other; gets
+    /// never wait for a put. A chunk already held keeps the blob it first arrived from. Blob
+    /// events of the put (its blob held, victims' blobs gone) are delivered before it returns,
+    /// unless another thread delivering at the same time takes them.
     pub fn put(
         &self,
         digest: &ChunkDigest,
+        blob: &BlobId,
+        compression: Compression,
+        uncompressed_size: u32,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        let r = self.put_locked(digest, blob, compression, uncompressed_size, data);
+        self.deliver_blob_events();
+        r
+    }
+
+    /// [`Store::put`] with its locks; blob events are left queued.
+    fn put_locked(
+        &self,
+        digest: &ChunkDigest,
+        blob: &BlobId,
         compression: Compression,
         uncompressed_size: u32,
         data: &[u8],
@@ -419,8 +478,8 @@ impl Store {
             (victims, tick, recency)
         };
         let mut b = WriteBatch::default();
-        for (d, t, s) in &recency {
-            b.put_cf(self.cf(CF_ACCESS), digest_key(d), access_value(*t, *s));
+        for (d, a) in &recency {
+            b.put_cf(self.cf(CF_ACCESS), digest_key(d), access_value(a));
         }
         for v in &victims {
             let k = digest_key(v);
@@ -432,12 +491,17 @@ impl Store {
             key,
             chunk_value(compression, uncompressed_size, data),
         );
-        b.put_cf(self.cf(CF_ACCESS), key, access_value(tick, size));
+        let access = Access {
+            tick,
+            size,
+            blob: Some(*blob),
+        };
+        b.put_cf(self.cf(CF_ACCESS), key, access_value(&access));
         self.run_put_hook(digest);
         if let Err(e) = self.db.write(b) {
             // Nothing of the batch was applied: the victims stay, the records stay dirty.
             let mut lru = self.lru();
-            for (d, _, _) in &recency {
+            for (d, _) in &recency {
                 lru.mark_dirty(d);
             }
             return Err(e.into());
@@ -448,7 +512,7 @@ impl Store {
             for v in &victims {
                 freed += lru.remove(v).unwrap_or(0);
             }
-            lru.insert(*digest, size, tick);
+            lru.insert(*digest, size, tick, Some(*blob));
         }
         self.evictions.fetch_add(victims.len() as u64, Relaxed);
         if !victims.is_empty() {
@@ -471,6 +535,12 @@ impl Store {
 
     /// Drop chunk `digest` (e.g. it failed verification). Waits for a put in progress.
     pub fn remove(&self, digest: &ChunkDigest) -> Result<(), StoreError> {
+        let r = self.remove_locked(digest);
+        self.deliver_blob_events();
+        r
+    }
+
+    fn remove_locked(&self, digest: &ChunkDigest) -> Result<(), StoreError> {
         let _writer = self.writer();
         let key = digest_key(digest);
         let mut b = WriteBatch::default();
@@ -688,6 +758,12 @@ impl Store {
 
     /// Remove every chunk no image pins.
     pub fn gc(&self) -> Result<GcReport, StoreError> {
+        let r = self.gc_locked();
+        self.deliver_blob_events();
+        r
+    }
+
+    fn gc_locked(&self) -> Result<GcReport, StoreError> {
         let _writer = self.writer();
         let victims = self.lru().unpinned();
         let mut report = GcReport::default();
@@ -704,8 +780,14 @@ impl Store {
         Ok(report)
     }
 
-    /// Remove everything: chunks, pins and metadata.
+    /// Remove everything: chunks, pins and metadata. Every blob held is announced gone.
     pub fn clear(&self) -> Result<(), StoreError> {
+        let r = self.clear_locked();
+        self.deliver_blob_events();
+        r
+    }
+
+    fn clear_locked(&self) -> Result<(), StoreError> {
         let _writer = self.writer();
         for name in [CF_CHUNKS, CF_ACCESS, CF_PINS, CF_META] {
             let cf = self.cf(name);
@@ -717,8 +799,53 @@ impl Store {
             self.db.write(b)?;
         }
         lock(&self.touches).clear();
-        *self.lru() = Lru::default();
+        self.lru().clear();
         Ok(())
+    }
+
+    /// Blobs of which the store holds at least one chunk (a chunk counts under the blob it first
+    /// arrived from; chunks stored before blobs were recorded count under none), sorted.
+    pub fn blobs(&self) -> Vec<BlobId> {
+        self.lru().blobs()
+    }
+
+    /// Chunks held under `blob`.
+    pub fn blob_chunks(&self, blob: &BlobId) -> u64 {
+        self.lru().blob_chunks(blob)
+    }
+
+    /// Set (or with `None` remove) the function told when a blob's chunk count goes from 0 to 1
+    /// ([`BlobEvent::Held`], a put) or from 1 to 0 ([`BlobEvent::Gone`]: eviction, remove,
+    /// reject, gc, clear). It is called after the change committed, with no store lock held,
+    /// one event at a time and in commit order, on the thread of the change that caused the
+    /// event or of another change delivering at the same time.
+    ///
+    /// It must be cheap and must not panic: the next change waits for it. It may read the store
+    /// (`get`, `contains`, `blobs`, `stats`, metadata reads) but must not change chunks from
+    /// inside the call (`put`, `remove`, `reject`, `verify`, `gc`, `clear`): that would wait for
+    /// its own delivery. To act on an event, hand it to a channel or a task.
+    ///
+    /// Chunks held when the listener is set are not announced: set the listener first, then
+    /// read [`Store::blobs`] for the starting set (an event may repeat a blob that list has).
+    pub fn set_blob_listener(&self, listener: Option<BlobListener>) {
+        *lock(&self.listener) = listener;
+    }
+
+    /// Hand the queued blob events to the listener (dropped when there is none). Called with no
+    /// other store lock held.
+    fn deliver_blob_events(&self) {
+        let _turn = lock(&self.delivering);
+        let events = self.lru().take_events();
+        if events.is_empty() {
+            return;
+        }
+        let listener = lock(&self.listener).clone();
+        if let Some(l) = listener {
+            for e in events {
+                tracing::debug!(event = ?e, "blob inventory changed");
+                l(e);
+            }
+        }
     }
 }
 

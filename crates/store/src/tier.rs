@@ -76,6 +76,7 @@ impl ChunkStore for StoreTier {
         self.store
             .put(
                 &chunk.digest,
+                &chunk.blob,
                 stored.compression,
                 chunk.uncompressed_size,
                 &stored.data,

@@ -22,6 +22,11 @@ fn chunk(i: u32, len: usize) -> (ChunkDigest, Vec<u8>) {
     (DigestAlgo::Blake3.digest(&data), data)
 }
 
+/// A blob id for tests.
+fn blob(i: u8) -> BlobId {
+    BlobId::from_bytes([i; 32])
+}
+
 fn config(capacity: u64) -> StoreConfig {
     StoreConfig {
         capacity,
@@ -35,7 +40,7 @@ fn chunks_survive_reopen() {
     let (d, data) = chunk(1, 100_000);
     {
         let s = Store::open(dir.path(), config(1 << 30)).unwrap();
-        s.put(&d, Compression::None, data.len() as u32, &data)
+        s.put(&d, &blob(0), Compression::None, data.len() as u32, &data)
             .unwrap();
         s.put_image_record("localhost:5000/x:v1", b"{}").unwrap();
         s.put_bootstrap("sha256:00", b"boot").unwrap();
@@ -84,7 +89,7 @@ fn capacity_is_kept_and_pinned_chunks_go_last() {
     let chunks: Vec<_> = (0..10).map(|i| chunk(i, 10_000)).collect();
     s.pin("img", &[chunks[0].0]).unwrap();
     for (d, data) in &chunks {
-        s.put(d, Compression::None, data.len() as u32, data)
+        s.put(d, &blob(0), Compression::None, data.len() as u32, data)
             .unwrap();
         assert!(s.stats().bytes <= 40_000);
     }
@@ -109,16 +114,16 @@ fn capacity_is_kept_and_pinned_chunks_go_last() {
     .unwrap();
     s.pin("img", &[chunks[0].0, chunks[1].0]).unwrap();
     for (d, data) in &chunks[..2] {
-        s.put(d, Compression::None, data.len() as u32, data)
+        s.put(d, &blob(0), Compression::None, data.len() as u32, data)
             .unwrap();
     }
     let (d, data) = &chunks[2];
     assert!(matches!(
-        s.put(d, Compression::None, data.len() as u32, data),
+        s.put(d, &blob(0), Compression::None, data.len() as u32, data),
         Err(StoreError::Full(_))
     ));
     s.unpin("img").unwrap();
-    s.put(d, Compression::None, data.len() as u32, data)
+    s.put(d, &blob(0), Compression::None, data.len() as u32, data)
         .unwrap();
     assert_eq!(s.gc().unwrap().chunks, 2);
 }
@@ -131,7 +136,7 @@ fn a_tampered_chunk_is_detected_dropped_and_refetched() {
     let mut bad = data.clone();
     bad[1234] ^= 0x40;
     store
-        .put(&d, Compression::None, bad.len() as u32, &bad)
+        .put(&d, &blob(0), Compression::None, bad.len() as u32, &bad)
         .unwrap();
 
     let r = ChunkRef {
@@ -164,13 +169,15 @@ fn a_tampered_chunk_is_detected_dropped_and_refetched() {
     // `verify` finds a tampered value on its own too.
     store.remove(&d).unwrap();
     store
-        .put(&d, Compression::None, bad.len() as u32, &bad)
+        .put(&d, &blob(0), Compression::None, bad.len() as u32, &bad)
         .unwrap();
     let (d2, z) = {
         let (d2, raw) = chunk(8, 30_000);
         (d2, (zstd::bulk::compress(&raw, 3).unwrap(), raw.len()))
     };
-    store.put(&d2, Compression::Zstd, z.1 as u32, &z.0).unwrap();
+    store
+        .put(&d2, &blob(0), Compression::Zstd, z.1 as u32, &z.0)
+        .unwrap();
     let report = store.verify().unwrap();
     assert_eq!(report.checked, 2);
     assert_eq!(report.removed.len(), 1);
@@ -223,7 +230,7 @@ fn crash_child_writer() {
             break;
         }
         let (d, data) = chunk(i, 64 << 10);
-        s.put(&d, Compression::None, data.len() as u32, &data)
+        s.put(&d, &blob(0), Compression::None, data.len() as u32, &data)
             .unwrap();
         acked.store(i + 1, Ordering::Release);
         println!("ACK {i}");
@@ -326,8 +333,14 @@ fn a_get_completes_while_a_put_is_held_inside_its_write() {
     let s = Arc::new(Store::open(dir.path(), config(1 << 30)).unwrap());
     let (a, a_data) = chunk(60, 100_000);
     let (b, b_data) = chunk(61, 100_000);
-    s.put(&a, Compression::None, a_data.len() as u32, &a_data)
-        .unwrap();
+    s.put(
+        &a,
+        &blob(0),
+        Compression::None,
+        a_data.len() as u32,
+        &a_data,
+    )
+    .unwrap();
 
     let (parked_tx, parked_rx) = mpsc::channel::<ChunkDigest>();
     let (release_tx, release_rx) = mpsc::channel::<()>();
@@ -344,7 +357,13 @@ fn a_get_completes_while_a_put_is_held_inside_its_write() {
     let putter = {
         let (s, b_data) = (s.clone(), b_data.clone());
         std::thread::spawn(move || {
-            let r = s.put(&b, Compression::None, b_data.len() as u32, &b_data);
+            let r = s.put(
+                &b,
+                &blob(0),
+                Compression::None,
+                b_data.len() as u32,
+                &b_data,
+            );
             let _ = put_done_tx.send(r.map_err(|e| e.to_string()));
         })
     };
@@ -399,7 +418,7 @@ fn a_chunk_read_since_it_was_written_is_evicted_after_older_ones() {
     let chunks: Vec<_> = (70..76).map(|i| chunk(i, 10_000)).collect();
     let put = |i: usize| {
         let (d, data) = &chunks[i];
-        s.put(d, Compression::None, data.len() as u32, data)
+        s.put(d, &blob(0), Compression::None, data.len() as u32, data)
             .unwrap();
     };
     for i in 0..4 {
@@ -422,7 +441,7 @@ fn the_recency_of_reads_survives_a_reopen() {
     {
         let s = Store::open(dir.path(), config(40_000)).unwrap();
         for (d, data) in &chunks[..4] {
-            s.put(d, Compression::None, data.len() as u32, data)
+            s.put(d, &blob(0), Compression::None, data.len() as u32, data)
                 .unwrap();
         }
         // Read after the last write: its access record is only written at close.
@@ -430,7 +449,7 @@ fn the_recency_of_reads_survives_a_reopen() {
     }
     let s = Store::open(dir.path(), config(40_000)).unwrap();
     let (d, data) = &chunks[4];
-    s.put(d, Compression::None, data.len() as u32, data)
+    s.put(d, &blob(0), Compression::None, data.len() as u32, data)
         .unwrap();
     assert!(
         s.contains(&chunks[0].0),
@@ -445,7 +464,7 @@ fn re_pinning_writes_only_the_difference() {
     let s = Store::open(dir.path(), config(1 << 30)).unwrap();
     let chunks: Vec<(ChunkDigest, Vec<u8>)> = (0..5).map(|i| chunk(40 + i, 1000)).collect();
     for (d, data) in &chunks {
-        s.put(d, Compression::None, data.len() as u32, data)
+        s.put(d, &blob(0), Compression::None, data.len() as u32, data)
             .unwrap();
     }
     let d = |i: usize| chunks[i].0;

@@ -1,7 +1,8 @@
 //! A `dfagent daemon` for tests and the fault campaign: its own socket and store under a
 //! directory the caller owns, stderr copied to `daemon.log` there, started with a bounded wait
 //! for its "daemon ready" line, and stopped with SIGTERM (then SIGKILL after a bound) on drop.
-//! [`DfagentDaemon::cli`] is the CLI as its client (mount, pull, umount, cache go through it).
+//! [`DfagentDaemon::run`] runs the CLI as its client (mount, pull, umount, cache go through it).
+//! [`DfagentDaemon::start_in`] runs it in a test's network namespace ([`crate::netns`]).
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
@@ -11,6 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::cli::{Dfagent, CLI_TIMEOUT};
+use crate::netns::NetNode;
 use crate::process::run_bounded;
 
 /// How long the daemon may take to say "daemon ready".
@@ -29,18 +31,49 @@ pub struct DfagentDaemon {
 
 impl DfagentDaemon {
     /// `dfagent daemon --socket DIR/run/dfagent.sock --store STORE --metrics-addr none EXTRA...`
-    /// with its log at `DIR/daemon.log`; waits (bounded) until it is ready.
+    /// (without `--metrics-addr none` when `EXTRA` has a `--metrics-addr`) with its log at
+    /// `DIR/daemon.log`; waits (bounded) until it is ready.
     pub fn start(cli: &Dfagent, dir: &Path, store: &Path, extra: &[&str]) -> DfagentDaemon {
+        Self::start_with(cli, dir, store, extra, None)
+    }
+
+    /// [`DfagentDaemon::start`] with the daemon in network namespace `node` (its registry
+    /// traffic leaves from the node's address; cut the node and the registry is unreachable).
+    /// Its control socket and mounts are in the test's own namespaces, so the client and the
+    /// test's reads stay where they are.
+    pub fn start_in(
+        node: &NetNode,
+        cli: &Dfagent,
+        dir: &Path,
+        store: &Path,
+        extra: &[&str],
+    ) -> DfagentDaemon {
+        Self::start_with(cli, dir, store, extra, Some(node))
+    }
+
+    fn start_with(
+        cli: &Dfagent,
+        dir: &Path,
+        store: &Path,
+        extra: &[&str],
+        node: Option<&NetNode>,
+    ) -> DfagentDaemon {
         let socket = dir.join("run/dfagent.sock");
         let log = dir.join("daemon.log");
-        let mut child = cli
-            .command()
-            .args(["daemon", "--socket"])
+        let mut cmd = cli.command();
+        cmd.args(["daemon", "--socket"])
             .arg(&socket)
             .arg("--store")
-            .arg(store)
-            .args(["--metrics-addr", "none"])
-            .args(extra)
+            .arg(store);
+        if !extra.contains(&"--metrics-addr") {
+            cmd.args(["--metrics-addr", "none"]);
+        }
+        cmd.args(extra);
+        if let Some(n) = node {
+            cmd = n.wrap(&cmd);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

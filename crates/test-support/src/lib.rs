@@ -20,6 +20,8 @@
 //!   per row) and storm policies; [`daemon`]: a `dfagent daemon` with its own socket and store;
 //!   [`tmpfs`]: a small tmpfs (a full disk under the store).
 //! - [`process`], [`wait`], [`net`]: bounded process runs and waits, free loopback ports.
+//! - [`netns`]: network namespaces on a bridge for multi-node tests (own addresses, nodes that
+//!   can be cut off), torn down on drop (root only).
 //!
 //! What it must not do: send traffic anywhere but 127.0.0.0/8 or the network namespaces a test
 //! makes itself; leave anything behind (processes, mounts, directories are cleaned up on drop);
@@ -35,6 +37,7 @@ pub mod fixtures;
 pub mod mount;
 pub mod mountinfo;
 pub mod net;
+pub mod netns;
 pub mod process;
 pub mod proxy;
 pub mod registry;

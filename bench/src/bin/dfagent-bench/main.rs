@@ -18,9 +18,10 @@ mod outcome;
 mod procs;
 mod reads;
 mod store_bench;
+mod swarm;
 mod ttfb;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -98,6 +99,14 @@ enum Scenario {
     MountLatency,
     /// The daemon's memory with 16 images mounted and read, beyond its configured cache.
     DaemonMemory,
+    /// N daemons in network namespaces start the image with the peer network on vs off:
+    /// registry egress and start times, nodes one after another and all at once. Not part of
+    /// `all` (it needs network namespaces and runs several clusters per round).
+    Swarm {
+        /// Nodes (daemons, each in its own network namespace).
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+    },
 }
 
 const ORDER: [Scenario; 10] = [
@@ -113,7 +122,7 @@ const ORDER: [Scenario; 10] = [
     Scenario::DaemonMemory,
 ];
 
-fn run_one(env: &mut Env, s: Scenario) -> anyhow::Result<Outcome> {
+fn run_one(env: &mut Env, s: Scenario, results: &Path) -> anyhow::Result<Outcome> {
     match s {
         Scenario::ColdStart => cold_start::cold(env),
         Scenario::ColdStartWarm => cold_start::warm(env),
@@ -125,6 +134,7 @@ fn run_one(env: &mut Env, s: Scenario) -> anyhow::Result<Outcome> {
         Scenario::Build => build_bench::run(env),
         Scenario::MountLatency => daemon_bench::latency(env),
         Scenario::DaemonMemory => daemon_bench::memory(env),
+        Scenario::Swarm { nodes } => swarm::run(env, nodes, results),
         Scenario::All => anyhow::bail!("`all` is not a single scenario"),
     }
 }
@@ -185,7 +195,7 @@ fn run(command: Scenario, opts: Opts) -> anyhow::Result<bool> {
             break;
         }
         eprintln!("dfagent-bench: == {s:?}");
-        match run_one(&mut env, s).and_then(|o| outcome::write(&o, &results, &context)) {
+        match run_one(&mut env, s, &results).and_then(|o| outcome::write(&o, &results, &context)) {
             Ok(l) => {
                 for line in &l {
                     println!("{line}");

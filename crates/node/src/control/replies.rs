@@ -1,5 +1,5 @@
-//! The store's answers in the control API's words, shared by the daemon's service and the CLI
-//! when it works on a store in-process, so both print the same.
+//! The store's and the peer network's answers in the control API's words, shared by the daemon's
+//! service and the CLI when it works on a store in-process, so both print the same.
 
 use dfagent_store::{Store, StoreError, VerifyReport};
 
@@ -32,6 +32,31 @@ pub fn cache_verify(r: &VerifyReport) -> proto::CacheVerifyReply {
             .removed
             .iter()
             .map(|(d, why)| format!("{d}: {why}"))
+            .collect(),
+    }
+}
+
+/// What `dfagent peers` shows of a running peer network.
+pub fn peers(s: &dfagent_peer::PeerStatus) -> proto::PeersReply {
+    proto::PeersReply {
+        enabled: true,
+        peer_id: s.peer_id.clone(),
+        listen: s.listen.clone(),
+        advertised: s.advertised.clone(),
+        private: s.private,
+        peers: s
+            .peers
+            .iter()
+            .map(|p| proto::PeerInfo {
+                peer_id: p.id.clone(),
+                addrs: p.addrs.clone(),
+                connected: p.connected,
+                bytes_in: p.bytes_in,
+                bytes_out: p.bytes_out,
+                chunks_in: p.chunks_in,
+                chunks_out: p.chunks_out,
+                banned_seconds: p.banned_for.map(|d| d.as_secs().max(1)).unwrap_or(0),
+            })
             .collect(),
     }
 }

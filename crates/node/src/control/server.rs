@@ -92,7 +92,7 @@ pub fn status_of(e: &NodeError) -> Status {
             _ => Status::unavailable(msg),
         },
         NodeError::BadImage { .. } | NodeError::Rafs(_) => Status::invalid_argument(msg),
-        NodeError::Unsupported(_) => Status::failed_precondition(msg),
+        NodeError::Unsupported(_) | NodeError::Peer(_) => Status::failed_precondition(msg),
         NodeError::Store(_) | NodeError::Io { .. } => Status::internal(msg),
     }
 }
@@ -420,6 +420,18 @@ impl Control for ControlService {
             metrics_addr: self.metrics_addr.clone(),
             socket: self.socket.display().to_string(),
         }))
+    }
+
+    async fn peers(
+        &self,
+        req: Request<proto::PeersRequest>,
+    ) -> std::result::Result<Response<proto::PeersReply>, Status> {
+        self.caller(&req)?;
+        let reply = match self.daemon.node().peer() {
+            Some(peer) => replies::peers(&peer.status()),
+            None => proto::PeersReply::default(),
+        };
+        Ok(Response::new(reply))
     }
 }
 
