@@ -8,7 +8,8 @@
 //! [`ROUNDS`]); when every cached provider lacked them, the cache is dropped and the DHT asked
 //! again once. Whatever is still missing is left unanswered for the next tier; network errors
 //! are counted, not reported as failures (the registry has every chunk). A whole fetch is
-//! bounded by `request_timeout`.
+//! bounded by `request_timeout` plus a second per MiB asked for, every read of an answer by its
+//! own timeout.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -30,6 +31,8 @@ use crate::wire::{
 const ROUNDS: usize = 3;
 /// How long "no provider" is believed (at most; `provider_ttl` if shorter).
 const NEGATIVE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Bytes per second a fetch is given time for, beyond `request_timeout`.
+const MIN_RATE: u64 = 1 << 20;
 /// Bound on one read of a peer's answer.
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -330,7 +333,16 @@ impl ChunkTier for PeerTier {
             if slots.is_empty() || self.inner.connected_count() == 0 {
                 return;
             }
-            let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout;
+            // `request_timeout`, plus time for the bytes at MIN_RATE: a batch of big chunks that
+            // keeps arriving on a loaded node is not cut off and fetched again from the
+            // registry; a stalled peer is still cut off by each read's own timeout.
+            let wanted: u64 = slots
+                .iter()
+                .map(|s| u64::from(s.chunk().compressed_size))
+                .sum();
+            let deadline = tokio::time::Instant::now()
+                + self.inner.config.request_timeout
+                + std::time::Duration::from_secs(wanted / MIN_RATE);
             let mut by_blob: HashMap<BlobId, Vec<usize>> = HashMap::new();
             let mut order: Vec<BlobId> = Vec::new();
             for (i, s) in slots.iter().enumerate() {

@@ -149,7 +149,7 @@ impl Cluster {
         std::fs::create_dir_all(dir.join("mnt")).expect("node dir");
         let mut text = format!(
             "[peer]\nenable = true\nlisten = [\"/ip4/{}/tcp/{PEER_PORT}\"]\nbootstrap = [{}]\n\
-             provider_ttl = \"2s\"\nrequest_timeout = \"5s\"\n",
+             provider_ttl = \"2s\"\n",
             net.addr(),
             bootstrap
                 .iter()

@@ -441,7 +441,8 @@ pub struct PeerSection {
     /// How long a peer that sent a chunk failing verification is not asked. Default `10m`.
     #[serde(with = "duration")]
     pub ban: Duration,
-    /// Longest wait for one request to a peer. Default `10s`.
+    /// Longest wait for a batch from peers (plus a second per MiB asked for; each read of an
+    /// answer also times out on its own). Default `10s`.
     #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// Lifetime of this node's provider records in the DHT; they are published again before
