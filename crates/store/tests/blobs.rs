@@ -2,32 +2,15 @@
 //! remove, reject, gc and clear; the listener's Held/Gone events (once each, in order, with no
 //! store lock held); counts rebuilt at reopen; access records of the old format still open.
 
+mod common;
+
+use common::{blob, chunk, config};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use dfagent_core::{BlobId, ChunkDigest, Compression, DigestAlgo};
-use dfagent_store::{BlobEvent, Store, StoreConfig};
-
-fn chunk(i: u32, len: usize) -> (ChunkDigest, Vec<u8>) {
-    // Distinct for every i (its bytes first), exactly `len` long.
-    let data: Vec<u8> = i
-        .to_le_bytes()
-        .into_iter()
-        .chain((4..len).map(|j| (j as u32).wrapping_mul(17).wrapping_add(i * 7) as u8))
-        .collect();
-    (DigestAlgo::Blake3.digest(&data), data)
-}
-
-fn blob(i: u8) -> BlobId {
-    BlobId::from_bytes([i; 32])
-}
-
-fn config(capacity: u64) -> StoreConfig {
-    StoreConfig {
-        capacity,
-        ..StoreConfig::default()
-    }
-}
+use dfagent_store::{BlobEvent, Store};
 
 fn put(s: &Store, c: &(ChunkDigest, Vec<u8>), b: &BlobId) {
     s.put(&c.0, b, Compression::None, c.1.len() as u32, &c.1)

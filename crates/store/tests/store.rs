@@ -2,6 +2,10 @@
 //! eviction order by reads, tamper detection through the resolver, gets that never wait for a
 //! put's write, and crash safety under kill -9.
 
+mod common;
+
+use common::{blob, chunk, config};
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
@@ -10,29 +14,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dfagent_core::{BlobId, ChunkDigest, ChunkRef, Compression, DigestAlgo};
+use dfagent_core::{BlobId, ChunkDigest, ChunkRef, Compression};
 use dfagent_resolver::{Resolver, ResolverConfig, ResolverCore};
 use dfagent_store::{Store, StoreConfig, StoreError, StoreTier};
 use dfagent_test_support::tiers::MemTier;
-
-fn chunk(i: u32, len: usize) -> (ChunkDigest, Vec<u8>) {
-    let data: Vec<u8> = (0..len)
-        .map(|j| (j as u32).wrapping_mul(31).wrapping_add(i) as u8)
-        .collect();
-    (DigestAlgo::Blake3.digest(&data), data)
-}
-
-/// A blob id for tests.
-fn blob(i: u8) -> BlobId {
-    BlobId::from_bytes([i; 32])
-}
-
-fn config(capacity: u64) -> StoreConfig {
-    StoreConfig {
-        capacity,
-        ..StoreConfig::default()
-    }
-}
 
 #[test]
 fn chunks_survive_reopen() {
