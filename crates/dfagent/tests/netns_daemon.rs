@@ -11,7 +11,7 @@ use std::time::Duration;
 use dfagent_test_support::daemon::DfagentDaemon;
 use dfagent_test_support::dfagent_cli;
 use dfagent_test_support::fixtures::{expected_files, fixture, sha256_hex, ExpectedFile};
-use dfagent_test_support::netns::{available, leftovers, Bridge};
+use dfagent_test_support::netns::{leftovers, require, Bridge};
 use dfagent_test_support::proxy::Proxy;
 use dfagent_test_support::registry::Registry;
 use dfagent_test_support::tmp_dir;
@@ -36,10 +36,7 @@ fn read_and_check(mp: &Path, f: &ExpectedFile) {
 
 #[test]
 fn a_daemon_in_a_namespace_mounts_from_a_registry_on_the_bridge() {
-    if let Err(why) = available() {
-        eprintln!("skipping: {why}");
-        return;
-    }
+    require();
     let work = tmp_dir("dfagent-netns-");
     // Declared first, dropped last: the daemon stops before its namespace goes.
     let bridge = Bridge::create(PREFIX);

@@ -4,7 +4,7 @@
 //! namespace, so the proxy sees which node asked for what. "Data-blob bytes" are bytes of the
 //! image's data blobs (each node fetches the bootstrap layer itself; it does not count).
 //!
-//! Needs root and iproute2; without them each test says why and returns. Every wait is bounded;
+//! Needs root and iproute2; without them each test fails saying why. Every wait is bounded;
 //! namespaces, processes and mounts are cleaned up on drop.
 
 use std::collections::BTreeMap;
@@ -74,12 +74,9 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// `None` (after saying why) when this machine cannot make namespaces.
-    fn new() -> Option<Cluster> {
-        if let Err(why) = netns::available() {
-            eprintln!("skipped: {why}");
-            return None;
-        }
+    /// Fails the test when this machine cannot make namespaces.
+    fn new() -> Cluster {
+        netns::require();
         let bridge = Bridge::create("dfp");
         let registry = Registry::start_on(bridge.free_addr());
         let proxy = Proxy::builder()
@@ -105,14 +102,14 @@ impl Cluster {
             format!("{}/{repo}", registry.host()).as_ref(),
         ]);
         let _ = std::fs::remove_dir_all(work.path().join("push-store"));
-        Some(Cluster {
+        Cluster {
             reference: format!("{}/{repo}", proxy.host()),
             bridge,
             proxy,
             _registry: registry,
             seen: std::sync::Mutex::new(Vec::new()),
             work,
-        })
+        }
     }
 
     /// Node `k` (1-based) with its own namespace, store and configuration: peers on, the
@@ -314,7 +311,7 @@ impl Node {
 /// what they read.
 #[test]
 fn four_nodes_read_one_image_from_each_other() {
-    let Some(c) = Cluster::new() else { return };
+    let c = Cluster::new();
     let n1 = c.seed_node();
     let first = n1.fetched();
     let chunks = distinct_chunks();
@@ -363,7 +360,7 @@ fn four_nodes_read_one_image_from_each_other() {
 /// registry) and serves nothing to it.
 #[test]
 fn a_node_without_the_secret_gets_and_serves_nothing() {
-    let Some(c) = Cluster::new() else { return };
+    let c = Cluster::new();
     let n1 = c.seed_node();
     let registry_bytes = c.data_bytes_to(n1.net.addr());
 
@@ -387,7 +384,7 @@ fn a_node_without_the_secret_gets_and_serves_nothing() {
 /// A node restarts: same peer id, its blobs provided again, and a new node fetches from it.
 #[test]
 fn a_restarted_node_keeps_its_peer_id_and_serves_again() {
-    let Some(c) = Cluster::new() else { return };
+    let c = Cluster::new();
     let mut n1 = c.seed_node();
     let id = n1.peers()["peer_id"]
         .as_str()
@@ -536,7 +533,7 @@ fn peer_metric(text: &str, name: &str) -> u64 {
 /// banned, and `dfagent_verify_failures_total{tier="peer"}` counts what it sent.
 #[test]
 fn a_lying_peer_is_banned_and_no_bad_byte_is_read() {
-    let Some(c) = Cluster::new() else { return };
+    let c = Cluster::new();
     let n1 = c.seed_node();
 
     let liar_net = c.bridge.add_node("liar");
@@ -572,7 +569,7 @@ fn a_lying_peer_is_banned_and_no_bad_byte_is_read() {
 /// reader gets the right bytes (from the registry) and bans no one.
 #[test]
 fn a_tampered_chunk_is_not_served() {
-    let Some(c) = Cluster::new() else { return };
+    let c = Cluster::new();
     let mut n1 = c.seed_node();
     n1.mount = None;
     if let Some(d) = n1.daemon.take() {
@@ -621,7 +618,7 @@ fn a_tampered_chunk_is_not_served() {
 /// completes with the right bytes (from another peer or the registry).
 #[test]
 fn killing_the_serving_node_mid_read_costs_no_read() {
-    let Some(c) = Cluster::new() else { return };
+    let c = Cluster::new();
     let n1 = c.seed_node();
 
     let mut n2 = c.node(2, Some(SECRET), &[n1.net.addr()]);

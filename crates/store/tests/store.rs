@@ -170,21 +170,17 @@ fn a_tampered_chunk_is_detected_dropped_and_refetched() {
     assert!(!store.contains(&d) && store.contains(&d2));
 }
 
-/// Where the crash test's child writes (set by the parent; the child refuses to run without it).
+/// Where the crash test's child writes (set by the parent; its presence makes the test the child).
 const CRASH_DIR_VAR: &str = "DFAGENT_STORE_CRASH_DIR";
 /// The child's first line: it opened the store and is entering its write loop.
 const CHILD_WRITING: &str = "WRITING";
 
-/// The child half of `kill_9_loses_nothing_acknowledged`, which runs it (`--ignored --exact`)
-/// and kills it: writes chunks until killed, printing each one's index once `put` returned,
+/// The child half of `kill_9_loses_nothing_acknowledged`: the test runs its own binary again
+/// (`--exact` that test, with [`CRASH_DIR_VAR`] set) and this runs in that child, which the
+/// parent kills: writes chunks until killed, printing each one's index once `put` returned,
 /// while a second thread reads chunks already written (so access records of reads go out with
-/// the writes). Not a test on its own, hence ignored; run without the parent it fails.
-#[test]
-#[ignore = "the child half of kill_9_loses_nothing_acknowledged, which runs it"]
-fn crash_child_writer() {
-    let dir = std::env::var(CRASH_DIR_VAR).unwrap_or_else(|_| {
-        panic!("run by kill_9_loses_nothing_acknowledged, which sets {CRASH_DIR_VAR}")
-    });
+/// the writes).
+fn crash_child_writer(dir: &str) {
     let s = Arc::new(Store::open(std::path::Path::new(&dir), config(1 << 30)).unwrap());
     let acked = Arc::new(AtomicU32::new(0));
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -208,7 +204,7 @@ fn crash_child_writer() {
             }
         })
     };
-    // On a line of its own (libtest's "test crash_child_writer ... " has no newline yet).
+    // On a line of its own (libtest's "test kill_9_... " has no newline yet).
     println!("\n{CHILD_WRITING}");
     for i in 0..100_000u32 {
         if Instant::now() >= deadline {
@@ -225,12 +221,15 @@ fn crash_child_writer() {
 
 #[test]
 fn kill_9_loses_nothing_acknowledged() {
+    if let Ok(dir) = std::env::var(CRASH_DIR_VAR) {
+        // This process is the child the test below started.
+        return crash_child_writer(&dir);
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "crash_child_writer",
-            "--ignored",
+            "kill_9_loses_nothing_acknowledged",
             "--nocapture",
             "--test-threads=1",
         ])

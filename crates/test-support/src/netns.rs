@@ -51,6 +51,15 @@ const MAX_NODES: u32 = 253;
 /// Bridges made by this process so far (part of every tag).
 static BRIDGES: AtomicU32 = AtomicU32::new(0);
 
+/// Fail the test, saying why, unless this process can make network namespaces and bridges: a
+/// multi-node test that skipped itself would pass while checking nothing (the README's test
+/// command runs as root, and `scripts/setup.sh` installs iproute2).
+pub fn require() {
+    if let Err(why) = available() {
+        panic!("{why} (run the tests as root; scripts/setup.sh installs iproute2)");
+    }
+}
+
 /// `Ok` when this process can make network namespaces and bridges (root, `ip` present), else
 /// why not, for a test to print before it returns.
 pub fn available() -> Result<(), String> {

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use dfagent_test_support::netns::{available, leftovers, sweep_stale, Bridge, NetNode};
+use dfagent_test_support::netns::{leftovers, require, sweep_stale, Bridge, NetNode};
 use dfagent_test_support::process::{kill, run_bounded};
 use dfagent_test_support::wait::wait_until;
 
@@ -17,16 +17,6 @@ const CONNECT: Duration = Duration::from_secs(2);
 /// How long a node may take to become reachable (server start, link back up).
 const REACHABLE: Duration = Duration::from_secs(20);
 const PORT: u16 = 8080;
-
-fn can_run() -> bool {
-    match available() {
-        Ok(()) => true,
-        Err(why) => {
-            eprintln!("skipping: {why}");
-            false
-        }
-    }
-}
 
 /// A TCP server in `node` on its address: answers every connection with a greeting and
 /// closes it; exits by itself after two minutes without a connection.
@@ -80,9 +70,7 @@ fn greets_from(node: &NetNode, addr: SocketAddr) -> bool {
 
 #[test]
 fn nodes_reach_each_other_and_the_root_until_cut_off() {
-    if !can_run() {
-        return;
-    }
+    require();
     let prefix = "nta";
     let bridge = Bridge::create(prefix);
     let n1 = bridge.add_node("n1");
@@ -147,9 +135,7 @@ fn nodes_reach_each_other_and_the_root_until_cut_off() {
 
 #[test]
 fn a_panicking_test_leaves_nothing_behind() {
-    if !can_run() {
-        return;
-    }
+    require();
     let prefix = "ntb";
     let r = std::panic::catch_unwind(|| {
         let bridge = Bridge::create(prefix);
@@ -168,9 +154,7 @@ fn a_panicking_test_leaves_nothing_behind() {
 
 #[test]
 fn leftovers_of_a_killed_run_are_swept_and_live_ones_kept() {
-    if !can_run() {
-        return;
-    }
+    require();
     let prefix = "ntc";
     // A pid that is gone: a child that already exited and was reaped.
     let mut c = std::process::Command::new("true").spawn().unwrap();
