@@ -40,16 +40,55 @@ fn gated(c: ChunkRef, data: &Bytes) -> (Arc<GatedTier>, Arc<MemTier>) {
     (Arc::new(GatedTier::new(inner_dyn, c.digest)), inner)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn n_concurrent_reads_across_two_chains_are_one_fetch_and_n_minus_1_coalesced() {
-    const N: u64 = 8;
-    let (c, data) = raw_chunk(60, 4096);
+/// One chunk, a node's resolver core, chain `a` reading it through a gated tier (`gate` in
+/// front of `inner`) and chain `b` through an ungated one (`other`); the gate opens on drop.
+struct Chains {
+    c: ChunkRef,
+    data: Bytes,
+    core: Arc<ResolverCore>,
+    gate: Arc<GatedTier>,
+    inner: Arc<MemTier>,
+    other: Arc<MemTier>,
+    a: Arc<Resolver>,
+    b: Arc<Resolver>,
+    _open: OpenOnDrop,
+}
+
+/// [`Chains`] over chunk number `seed`.
+fn chains(seed: u8) -> Chains {
+    let (c, data) = raw_chunk(seed, 4096);
     let core = ResolverCore::without_store(ResolverConfig::default());
     let (gate, inner) = gated(c, &data);
-    let _open = OpenOnDrop(gate.clone());
     let other = Arc::new(MemTier::new("registry", &[(c, data.clone())]));
     let a = Arc::new(Resolver::new(core.clone(), vec![gate.clone()]));
     let b = Arc::new(Resolver::new(core.clone(), vec![other.clone()]));
+    Chains {
+        c,
+        data,
+        core,
+        _open: OpenOnDrop(gate.clone()),
+        gate,
+        inner,
+        other,
+        a,
+        b,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_concurrent_reads_across_two_chains_are_one_fetch_and_n_minus_1_coalesced() {
+    const N: u64 = 8;
+    let Chains {
+        c,
+        data,
+        core,
+        gate,
+        inner,
+        other,
+        a,
+        b,
+        _open,
+    } = chains(60);
 
     // The leader's fetch is held at the gate ...
     let mut readers = vec![spawn_read(&a, c)];
@@ -88,10 +127,15 @@ async fn n_concurrent_reads_across_two_chains_are_one_fetch_and_n_minus_1_coales
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_leader_hands_the_fetch_to_a_follower() {
     const FOLLOWERS: u64 = 4;
-    let (c, data) = raw_chunk(61, 4096);
-    let core = ResolverCore::without_store(ResolverConfig::default());
-    let (gate, inner) = gated(c, &data);
-    let _open = OpenOnDrop(gate.clone());
+    let Chains {
+        c,
+        data,
+        core,
+        gate,
+        inner,
+        _open,
+        ..
+    } = chains(61);
     let r = Arc::new(Resolver::new(core.clone(), vec![gate.clone()]));
 
     let leader = spawn_read(&r, c);
@@ -128,13 +172,17 @@ async fn an_aborted_leader_hands_the_fetch_to_a_follower() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_leader_lets_followers_of_another_chain_fetch_through_theirs() {
     const FOLLOWERS: u64 = 3;
-    let (c, data) = raw_chunk(62, 4096);
-    let core = ResolverCore::without_store(ResolverConfig::default());
-    let (gate, inner) = gated(c, &data);
-    let _open = OpenOnDrop(gate.clone());
-    let other = Arc::new(MemTier::new("registry", &[(c, data.clone())]));
-    let a = Arc::new(Resolver::new(core.clone(), vec![gate.clone()]));
-    let b = Arc::new(Resolver::new(core.clone(), vec![other.clone()]));
+    let Chains {
+        c,
+        data,
+        core,
+        gate,
+        inner,
+        other,
+        a,
+        b,
+        _open,
+    } = chains(62);
 
     // The leader's read is raced against a cancel signal, as a timeout would race it: when the
     // signal wins, the read future is dropped where it stands (at the gate).
@@ -179,10 +227,15 @@ async fn a_dropped_leader_lets_followers_of_another_chain_fetch_through_theirs()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_leader_without_followers_leaves_nothing_in_flight() {
-    let (c, data) = raw_chunk(63, 4096);
-    let core = ResolverCore::without_store(ResolverConfig::default());
-    let (gate, inner) = gated(c, &data);
-    let _open = OpenOnDrop(gate.clone());
+    let Chains {
+        c,
+        data,
+        core,
+        gate,
+        inner,
+        _open,
+        ..
+    } = chains(63);
     let r = Arc::new(Resolver::new(core.clone(), vec![gate.clone()]));
 
     let leader = spawn_read(&r, c);
