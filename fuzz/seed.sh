@@ -105,3 +105,40 @@ open(f"{out}/request", "wb").write(frame(req))
 # wrong digests; the fuzzer still learns the header's shape from it.
 open(f"{out}/answer", "wb").write(frame(hdr) + pieces)
 PY
+# corpus/dragonfly_messages/: scheduler answers as protobuf: ListHostsResponse with seed peers (one
+# per host type, a bad ip, a bad port, a duplicate id) and StatImageResponse with two layers on two
+# seed peers (one finished everywhere, one in progress).
+mkdir -p "$here/corpus/dragonfly_messages"
+python3 - "$here/corpus/dragonfly_messages" <<'PY'
+import sys
+out = sys.argv[1]
+def varint(n):
+    n &= (1 << 64) - 1
+    b = b""
+    while True:
+        x = n & 0x7f; n >>= 7
+        if n: b += bytes([x | 0x80])
+        else: return b + bytes([x])
+def field(no, wt, payload):
+    key = varint(no << 3 | wt)
+    if wt == 0: return key + varint(payload)
+    if isinstance(payload, str): payload = payload.encode()
+    return key + varint(len(payload)) + payload
+def host(id, ty, ip, port, proxy, name):
+    return (field(1, 2, id) + field(2, 0, ty) + field(3, 2, "host-" + id) + field(4, 2, ip)
+            + field(5, 0, port) + field(6, 0, port) + field(19, 0, proxy) + field(20, 2, name))
+hosts = [host("10.0.0.1-a-seed", 1, "10.0.0.1", 4000, 4001, "ns-a"),
+         host("10.0.0.2-b-seed", 2, "10.0.0.2", 4000, 4001, "ns-b"),
+         host("10.0.0.3-c", 0, "10.0.0.3", 4000, 4001, "ns-c"),
+         host("fe80::1-d-seed", 3, "fe80::1", 4000, 4001, ""),
+         host("bad-ip", 1, "10.0.0.300", 4000, 4001, "x"),
+         host("bad-port", 1, "10.0.0.5", -1, 70000, "x"),
+         host("10.0.0.1-a-seed", 1, "10.0.0.9", 4000, 4001, "ns-a")]
+open(f"{out}/list-hosts", "wb").write(b"".join(field(1, 2, h) for h in hosts))
+blob = lambda c: "http://reg:5000/v2/app/blobs/sha256:" + c * 64
+layer = lambda url, fin=None: field(1, 2, url) + (field(2, 0, fin) if fin is not None else b"")
+image = field(1, 2, b"".join(field(1, 2, layer(blob(c))) for c in "ab"))
+peer = lambda ip, layers: field(1, 2, ip) + field(2, 2, "seed-" + ip) + b"".join(field(3, 2, l) for l in layers)
+peers = [peer("10.0.0.1", [layer(blob("a"), 1), layer(blob("b"), 0)]), peer("10.0.0.2", [layer(blob("a"), 1)])]
+open(f"{out}/stat-image", "wb").write(field(1, 2, image) + b"".join(field(2, 2, p) for p in peers))
+PY

@@ -8,7 +8,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 # Install and build whatever this machine still lacks (idempotent; quick when all is there).
-"$here/scripts/setup.sh"
+# The demo does not run dfdaemon: its install (for the Dragonfly tests) goes on in the background.
+DFAGENT_DFDAEMON_BACKGROUND=1 "$here/scripts/setup.sh"
 fixtures=${DFAGENT_SHARED:-$here/../shared}/fixtures/rafs
 img=$fixtures/${1:-v6-zstd-blake3}
 img2=$fixtures/v6-chunkdict

@@ -21,6 +21,7 @@ declare -A max_len=(
   [control_request]=70000
   [mount_ops]=262144
   [peer_messages]=300000
+  [dragonfly_messages]=262144
 )
 
 cd "$here/fuzz"

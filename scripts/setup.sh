@@ -11,7 +11,7 @@ log() { printf '\n== %s\n' "$*" >&2; }
 
 pkgs=(build-essential pkg-config clang libclang-dev protobuf-compiler fuse3 docker-registry
       umoci skopeo debootstrap jq curl ca-certificates python3 e2fsprogs zstd ccache prometheus
-      acl iproute2)
+      acl iproute2 libprotobuf-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -39,7 +39,27 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz
 fi
 
-if [ "${DFAGENT_SKIP_BUILD:-}" = 1 ]; then exit 0; fi
+# dfdaemon (Dragonfly's client, for the Dragonfly tests) installs beside the project's build: both
+# are CPU-bound, but each leaves a core idle for long stretches (RocksDB's link, LTO-free codegen
+# waits), so together they finish sooner than one after the other.
+# With DFAGENT_DFDAEMON_BACKGROUND=1 (test.sh) the install is left running on its own: test.sh
+# runs every other test meanwhile and waits for it (install-dfdaemon.sh again, which waits on the
+# install's lock) only before the tests that run dfdaemon.
+dfdaemon_pid=
+if [ "${DFAGENT_SKIP_DFDAEMON:-}" = 1 ]; then
+  :
+elif [ "${DFAGENT_DFDAEMON_BACKGROUND:-}" = 1 ]; then
+  setsid "$here/scripts/install-dfdaemon.sh" </dev/null >/dev/null 2>&1 &
+else
+  "$here/scripts/install-dfdaemon.sh" &
+  dfdaemon_pid=$!
+fi
+wait_dfdaemon() {
+  if [ -n "$dfdaemon_pid" ]; then wait "$dfdaemon_pid"; dfdaemon_pid=; fi
+}
+trap 'if [ -n "$dfdaemon_pid" ]; then kill "$dfdaemon_pid" 2>/dev/null || true; fi' EXIT
+
+if [ "${DFAGENT_SKIP_BUILD:-}" = 1 ]; then wait_dfdaemon; exit 0; fi
 cd "$here"
 # One build serves the demo, the tests and the benchmarks: the dev profile compiles every
 # dependency (RocksDB, zstd, blake3, ...) at opt-level 2 (Cargo.toml). DFAGENT_RELEASE=1 adds a
@@ -52,5 +72,6 @@ if [ "${DFAGENT_RELEASE:-}" = 1 ]; then
   cargo build --release --locked --workspace --bins
   profile=release
 fi
+wait_dfdaemon
 ln -sf "$CARGO_TARGET_DIR/$profile/dfagent" /usr/local/bin/dfagent
 log "ready: dfagent is $CARGO_TARGET_DIR/$profile/dfagent (linked as /usr/local/bin/dfagent)"

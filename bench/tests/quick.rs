@@ -315,3 +315,125 @@ fn swarm_quick_reports_egress_and_start() {
         }
     }
 }
+
+/// The tests that run real dfdaemon processes: `scripts/test.sh` runs them after the rest of
+/// the suite (`--skip with_dfdaemon::`), once the dfdaemon install that a fresh machine starts
+/// in the background has finished.
+mod with_dfdaemon {
+    use super::*;
+
+    /// `dfagent-bench dragonfly --quick` with 2 nodes and one round: the three summary lines, and
+    /// what the JSON says of each mode's cluster run (every node settled and its bytes add up;
+    /// direct nodes took nothing from Dragonfly, seeded nodes did). With a seed the registry sent
+    /// less than with every node alone. No timing is asserted. Run alone with
+    /// `cargo test -p dfagent-bench --test quick with_dfdaemon`.
+    #[test]
+    fn dragonfly_quick_reports_egress_and_start() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "the bench needs root (network namespaces, FUSE mounts)"
+        );
+        let dfagent = dfagent_binary();
+        let results = tempfile::tempdir().unwrap();
+        let nodes = 2u64;
+        let out = Command::new(env!("CARGO_BIN_EXE_dfagent-bench"))
+            .args([
+                "dragonfly",
+                "--nodes",
+                "2",
+                "--quick",
+                "--rounds",
+                "1",
+                "--results-dir",
+            ])
+            .arg(results.path())
+            .arg("--dfagent")
+            .arg(&dfagent)
+            .env(
+                "DFAGENT_SOCKET",
+                results.path().join("no-daemon/dfagent.sock"),
+            )
+            .output()
+            .expect("running dfagent-bench");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "exit status {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            out.status
+        );
+        let lines: Vec<_> = stdout.lines().filter_map(parse_summary_line).collect();
+        assert_eq!(lines.len(), stdout.lines().count(), "stdout:\n{stdout}");
+        assert_eq!(lines.len(), 3, "stdout:\n{stdout}");
+        let line = |name: &str| {
+            lines.iter().find(|l| l.name == name).unwrap_or_else(|| {
+                panic!("no summary line for {name}\nstdout:\n{stdout}\nstderr:\n{stderr}")
+            })
+        };
+        for name in ["dragonfly-start", "dragonfly-start-preheated"] {
+            let l = line(name);
+            assert_eq!(l.unit, "s");
+            assert!(l.dfagent > 0.0 && l.baseline > 0.0, "{l:?}");
+        }
+        let e = line("dragonfly-egress");
+        assert_eq!(e.unit, "MB");
+        assert!(e.baseline > 0.0, "{e:?}");
+        assert!(
+            e.ratio < 1.0 && e.dfagent < e.baseline,
+            "with a seed the registry sent less than to every node alone: {e:?}\nstderr:\n{stderr}"
+        );
+
+        let dir = results.path();
+        let md = std::fs::read_to_string(dir.join("dragonfly.md")).unwrap();
+        assert!(md.contains("| median |"), "dragonfly.md has no medians row");
+        assert!(
+            md.contains("TestScheduler"),
+            "dragonfly.md names the scheduler"
+        );
+        for png in ["dragonfly.png", "dragonfly-nodes.png"] {
+            let bytes = std::fs::read(dir.join(png)).unwrap();
+            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png} is not a PNG");
+        }
+        let j = json(dir, "dragonfly");
+        assert_eq!(j["nodes"], nodes);
+        assert_eq!(j["dfdaemon_version"], "1.5.10");
+        let rounds = j["rounds"].as_array().unwrap();
+        assert_eq!(rounds.len(), 1);
+        for mode in ["direct", "seed", "preheated"] {
+            let run = &rounds[0][mode];
+            let ns = run["nodes"].as_array().unwrap();
+            assert_eq!(ns.len() as u64, nodes, "{run}");
+            let mut sum = 0;
+            for n in ns {
+                assert_eq!(n["settle_timed_out"], false, "{mode}: {n}");
+                assert!(n["chunks_total"].as_u64().unwrap() > 0, "{n}");
+                let tiers = n["tiers"].as_object().unwrap();
+                let tier = |t: &str| tiers.get(t).and_then(|v| v.as_u64()).unwrap_or(0);
+                assert_eq!(tier("peer"), 0, "the peer network is off: {mode}: {n}");
+                if mode == "direct" {
+                    assert_eq!(tier("dragonfly"), 0, "{n}");
+                    assert_eq!(
+                        n["registry_data_bytes"].as_u64(),
+                        Some(tier("registry")),
+                        "{n}"
+                    );
+                } else {
+                    assert!(tier("dragonfly") > 0, "{mode}: {n}");
+                }
+                sum += n["registry_data_bytes"].as_u64().unwrap();
+            }
+            sum += run["seed_registry_data_bytes"].as_u64().unwrap();
+            assert_eq!(run["registry_data_bytes"].as_u64(), Some(sum), "{run}");
+        }
+        assert_eq!(rounds[0]["direct"]["seed_registry_data_bytes"], 0);
+        assert!(
+            rounds[0]["preheated"]["preheat_registry_data_bytes"]
+                .as_u64()
+                .unwrap()
+                > 0,
+            "the preheat fetched the image's data through the seed"
+        );
+    }
+}

@@ -7,7 +7,10 @@
 //! a provider lacks or is too busy for are asked of another provider in a later round (at most
 //! [`ROUNDS`]); when every cached provider lacked them, the cache is dropped and the DHT asked
 //! again once. Whatever is still missing is left unanswered for the next tier; network errors
-//! are counted, not reported as failures (the registry has every chunk). A whole fetch is
+//! are counted, not reported as failures (the registry has every chunk). A request whose stream
+//! opened but broke before any answer is sent again up to [`STREAM_RETRIES`] times after a short
+//! pause: libp2p-stream 0.5's inbound channel holds one stream, so of several streams that reach
+//! a peer at once (a batch split across requests, other requesters) all but one may be reset. A whole fetch is
 //! bounded by `request_timeout` plus a second per MiB asked for, every read of an answer by its
 //! own timeout.
 
@@ -35,6 +38,10 @@ const NEGATIVE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 const MIN_RATE: u64 = 1 << 20;
 /// Bound on one read of a peer's answer.
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Times one request is sent again after its stream broke before any answer.
+const STREAM_RETRIES: u32 = 3;
+/// Pause before such a retry (times the retry's number, plus a spread per request).
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(15);
 
 /// The resolver's tier over the peer network.
 pub struct PeerTier {
@@ -261,21 +268,46 @@ impl PeerTier {
             .await
             .map_err(|_| StreamError::Timeout)?
             .map_err(|_| StreamError::Timeout)?;
-        let mut control = self.inner.control.clone();
-        let mut stream = tokio::time::timeout_at(
-            deadline,
-            control.open_stream(peer, libp2p::StreamProtocol::new(crate::wire::PROTOCOL)),
-        )
-        .await
-        .map_err(|_| StreamError::Timeout)?
-        .map_err(|e| StreamError::Io(std::io::Error::other(e.to_string())))?;
-        let result = self.exchange(&mut stream, &request, deadline).await;
-        finish(
-            &mut stream,
-            READ_TIMEOUT.min(self.inner.config.request_timeout),
-        )
-        .await;
-        result
+        // Requests spread their retries by their first chunk's digest.
+        let spread = u32::from(
+            request
+                .chunks
+                .first()
+                .map_or(0, |c| c.digest.bytes()[0] % 4),
+        );
+        let mut retries = 0u32;
+        loop {
+            let mut control = self.inner.control.clone();
+            let mut stream = tokio::time::timeout_at(
+                deadline,
+                control.open_stream(peer, libp2p::StreamProtocol::new(crate::wire::PROTOCOL)),
+            )
+            .await
+            .map_err(|_| StreamError::Timeout)?
+            .map_err(|e| StreamError::Io(std::io::Error::other(e.to_string())))?;
+            let result = self.exchange(&mut stream, &request, deadline).await;
+            finish(
+                &mut stream,
+                READ_TIMEOUT.min(self.inner.config.request_timeout),
+            )
+            .await;
+            // A stream that opened but broke before any answer is most likely one the peer's
+            // libp2p-stream dropped: its inbound channel holds a single stream, and one that
+            // arrives before the serve loop took the previous is reset. Ask again, briefly (a
+            // peer that is gone fails at the next open, which is not retried).
+            match result {
+                Err(StreamError::Io(e)) if retries < STREAM_RETRIES => {
+                    retries += 1;
+                    let pause = RETRY_PAUSE * (retries + spread);
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(StreamError::Io(e));
+                    }
+                    tracing::debug!(%peer, error = %e, retries, "stream broke before an answer: asking again");
+                    tokio::time::sleep(pause).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     async fn exchange(

@@ -35,6 +35,16 @@ pub struct PeerConfig {
     pub identity_file: PathBuf,
     /// Requests served at once; more get a BUSY refusal.
     pub max_uploads: usize,
+    /// Threads that read and verify chunks for peers, at lowered CPU and I/O priority (see
+    /// the crate doc, "Serving"). At least one.
+    pub serve_threads: usize,
+    /// Requests waiting for a serve thread; when every slot is taken a request is answered
+    /// BUSY (like `max_uploads`). At least one.
+    pub serve_queue: usize,
+    /// Put the serve threads in the idle I/O class instead of best-effort level 7: their disk
+    /// reads then wait while the node reads (mq-deadline lets them through after its aging
+    /// time; BFQ may hold them back as long as the node keeps reading).
+    pub serve_io_idle: bool,
     /// Requests this node has open to one peer at once.
     pub max_inflight_per_peer: usize,
     /// How many providers one batch is split across.
@@ -45,7 +55,9 @@ pub struct PeerConfig {
     pub ban: Duration,
     /// Bound on one tier fetch (all its requests) and on serving one request.
     pub request_timeout: Duration,
-    /// Kademlia provider record TTL; records are re-published at half of it.
+    /// Kademlia provider record TTL (at least 2 s); records are re-published at half of it. A
+    /// withdrawn blob's records on other nodes lapse only after this long (Kademlia has no
+    /// removal message): until then requesters may still ask this node, which answers MISSING.
     pub record_ttl: Duration,
     /// Limits on requests served and sent (chunks and bytes per request, frame size); the
     /// defaults are [`crate::wire`]'s constants. A frame limit below one piece is raised to it.
@@ -67,6 +79,9 @@ impl Default for PeerConfig {
             secret: None,
             identity_file: PathBuf::from("/var/lib/dfagent/peer-identity.key"),
             max_uploads: 16,
+            serve_threads: 2,
+            serve_queue: 8,
+            serve_io_idle: false,
             max_inflight_per_peer: 4,
             providers_asked: 3,
             provider_ttl: Duration::from_secs(60),

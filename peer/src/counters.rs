@@ -35,6 +35,8 @@ pub struct PeerCounters {
     pub refused_requests: AtomicU64,
     /// Requests to peers that failed on the network (connection, timeout).
     pub network_errors: AtomicU64,
+    /// Requests waiting for a serve thread or being read and verified on one now (a gauge).
+    pub serve_pending: AtomicU64,
 }
 
 impl PeerCounters {
@@ -44,6 +46,10 @@ impl PeerCounters {
 
     pub(crate) fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub(c: &AtomicU64, n: u64) {
+        c.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Read one counter.

@@ -25,10 +25,31 @@
 //! headless Service), and optionally mDNS.
 //!
 //! # Serving
-//! Serving runs below local reads: every request on a task of its own, at most
-//! [`PeerConfig::max_uploads`] at once (more get a BUSY refusal), and every chunk decoded and
-//! verified on the blocking pool before a byte is sent; a local copy that fails is rejected
-//! from the store and answered MISSING.
+//! Serving runs below the node's own reads. Every request gets a task of its own on the
+//! runtime (network I/O only), at most [`PeerConfig::max_uploads`] at once (more get a BUSY
+//! refusal). The work that competes with the node's FUSE reads — reading the chunks from the
+//! store and verifying (decompressing and hashing) each one before a byte is sent — runs on
+//! [`PeerConfig::serve_threads`] threads of the peer node's own, fed by a queue of
+//! [`PeerConfig::serve_queue`] requests (full: BUSY, and the requester asks another provider).
+//! A local copy that fails verification is rejected from the store and answered MISSING.
+//!
+//! "Below" means, per serve thread (Linux sets both per thread, so the node's other threads
+//! keep theirs):
+//! - **CPU**: nice raised by 10 (capped at 19). Under CFS/EEVDF a nice-10 thread gets about a
+//!   tenth of the CPU share of a nice-0 one *when the CPU is contended*; on an idle CPU it runs
+//!   at full speed. Nice is relative within an autogroup or cgroup: it orders the daemon's own
+//!   threads, not the daemon against other containers (that is the cgroup's `cpu.weight`).
+//! - **I/O**: best-effort level 7, the lowest best-effort level ([`PeerConfig::serve_io_idle`]:
+//!   the idle class instead). Only some I/O schedulers look at it: BFQ honours class and level;
+//!   mq-deadline (Linux 5.14 on) honours the class only (idle below best-effort, with an aging
+//!   bound), so level 7 is the same as the node's own level there; `none` (the usual choice for
+//!   NVMe) and kyber ignore I/O priorities. Reads served from the page cache (a chunk the node
+//!   itself just read) do no disk I/O at all.
+//!
+//! The store's `fetch` is polled on the serve threads, so only a store that reads inline
+//! there gets the lowered priority (the node hands one that does). Network writes of the
+//! answer, libp2p and the DHT run on the runtime at normal priority. Failing to lower a
+//! priority (a kernel or seccomp refusal) is logged once and serving goes on.
 //!
 //! # Fetching
 //! See [`PeerTier`]. A peer whose chunk fails the resolver's verification
@@ -48,6 +69,8 @@ mod counters;
 mod io;
 #[cfg(feature = "net")]
 mod node;
+#[cfg(feature = "net")]
+mod pool;
 #[cfg(feature = "net")]
 mod server;
 pub mod wire;

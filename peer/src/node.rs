@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::client::PeerTier;
 use crate::config::{advertisable, is_quic, PeerConfig};
 use crate::counters::PeerCounters;
+use crate::pool::ServePool;
 use crate::wire::Limits;
 
 /// Kademlia protocol of dfagent's DHT (kept apart from the public IPFS DHT).
@@ -38,6 +39,8 @@ const ANSWERED_BY_CAP: usize = 8192;
 const PEERS_CAP: usize = 1024;
 /// Refusals sent at once when every upload slot is taken (beyond: streams dropped).
 const BUSY_RESPONDERS: usize = 32;
+/// Shortest provider record TTL (re-published at half of it).
+const MIN_RECORD_TTL: Duration = Duration::from_secs(2);
 
 /// Why the peer node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +78,9 @@ pub enum PeerError {
     /// Serving streams of the chunk protocol could not be registered.
     #[error("peer: chunk protocol already registered")]
     Protocol,
+    /// The serve threads could not be started.
+    #[error("peer: starting the serve threads: {0}")]
+    ServePool(std::io::Error),
 }
 
 /// One peer as [`Peer::status`] shows it.
@@ -156,6 +162,10 @@ pub(crate) struct Inner {
     pub cmd: mpsc::Sender<Command>,
     pub control: libp2p_stream::Control,
     pub serve: Arc<dyn ChunkStore>,
+    /// Where serving reads and verifies, below the node's own reads.
+    pub pool: ServePool,
+    /// The runtime the node runs on, for the serve threads to poll the store on.
+    pub runtime: tokio::runtime::Handle,
     pub uploads: Arc<Semaphore>,
     pub busy: Arc<Semaphore>,
 }
@@ -320,7 +330,7 @@ fn build_swarm(key: Keypair, config: &PeerConfig) -> Result<Swarm<Behaviour>, Pe
     let psk = config.secret.as_deref().map(psk);
     let local = key.public().to_peer_id();
     // Re-published at half the TTL, so a record never lapses while the node runs.
-    let record_ttl = config.record_ttl.max(Duration::from_secs(10));
+    let record_ttl = config.record_ttl.max(MIN_RECORD_TTL);
     let mut kad_cfg = kad::Config::new(libp2p::StreamProtocol::new(KAD_PROTOCOL));
     kad_cfg
         .set_query_timeout(Duration::from_secs(30))
@@ -395,8 +405,21 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
 impl Peer {
     /// Start the swarm on the current tokio runtime, serving chunks from `serve`. Returns once
     /// every listener has its address (or after 5 s).
+    ///
+    /// `serve`'s `fetch` is polled on the node's serve threads (at lowered CPU and I/O
+    /// priority, inside the runtime's context), never on the runtime's workers: a store that
+    /// reads inline in its future, blocking, has its reads run below the node's own; one that
+    /// hands them to another thread (`spawn_blocking`) has them run at that thread's priority.
     pub async fn start(config: PeerConfig, serve: Arc<dyn ChunkStore>) -> Result<Peer, PeerError> {
         let key = load_identity(&config.identity_file)?;
+        let counters = Arc::new(PeerCounters::default());
+        let pool = ServePool::start(
+            config.serve_threads,
+            config.serve_queue,
+            config.serve_io_idle,
+            counters.clone(),
+        )
+        .map_err(PeerError::ServePool)?;
         let local = key.public().to_peer_id();
         let mut swarm = build_swarm(key, &config)?;
         let mut control = swarm.behaviour().stream.new_control();
@@ -431,7 +454,7 @@ impl Peer {
                 max_bytes: config.limits.max_bytes.max(1),
                 max_frame: config.limits.max_frame.max(crate::wire::PIECE_SIZE + 64),
             },
-            counters: Arc::new(PeerCounters::default()),
+            counters,
             state: Mutex::new(State {
                 advertised: config.advertise.clone(),
                 ..State::default()
@@ -439,6 +462,8 @@ impl Peer {
             cmd,
             control,
             serve,
+            pool,
+            runtime: tokio::runtime::Handle::current(),
             uploads: Arc::new(Semaphore::new(
                 config.max_uploads.min(Semaphore::MAX_PERMITS),
             )),
@@ -547,8 +572,10 @@ impl Peer {
         self.inner.counters.clone()
     }
 
-    /// Stop the node: the swarm (closing every connection), the server and the DNS refresher.
+    /// Stop the node: the swarm (closing every connection), the server, the serve threads
+    /// (once their queue is drained) and the DNS refresher.
     pub async fn shutdown(&self) {
+        self.inner.pool.close();
         let _ = self.inner.cmd.send(Command::Shutdown).await;
         let tasks: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
@@ -618,6 +645,12 @@ impl Driver {
         tracing::info!(peer_id = %self.inner.local, "peer node stopped");
     }
 
+    /// Dial `addr` (bootstrap, DNS). Every dial of ours — these, mDNS finds and providers —
+    /// comes from a new port (`allocate_new_port`), not from the listen port (libp2p's
+    /// default, for NAT traversal a cluster does not need): two nodes that dial each other at
+    /// the same moment (both found by mDNS, or each in the other's bootstrap list) would
+    /// otherwise meet in one TCP simultaneous open, where both act as dialer and the handshake
+    /// fails on both sides — and mDNS does not report a peer again for minutes.
     fn dial(&mut self, addr: Multiaddr) {
         if let Some(peer) = peer_of(&addr) {
             if peer == self.inner.local {
@@ -628,7 +661,11 @@ impl Driver {
                 .kad
                 .add_address(&peer, addr.clone());
         }
-        if let Err(e) = self.swarm.dial(addr.clone()) {
+        let opts = DialOpts::unknown_peer_id()
+            .address(addr.clone())
+            .allocate_new_port()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
             tracing::debug!(%addr, error = %e, "dial failed");
         }
     }
@@ -787,6 +824,7 @@ impl Driver {
                         DialOpts::peer_id(peer)
                             .addresses(vec![addr])
                             .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .allocate_new_port()
                             .build(),
                     );
                 }
@@ -808,6 +846,7 @@ impl Driver {
                             let _ = self.swarm.dial(
                                 DialOpts::peer_id(p)
                                     .condition(PeerCondition::DisconnectedAndNotDialing)
+                                    .allocate_new_port()
                                     .build(),
                             );
                             if let Some((_, found)) = self.lookups.get_mut(&id) {

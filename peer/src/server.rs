@@ -1,22 +1,24 @@
 //! Serving chunks to peers. Each incoming stream gets a task of its own; at most `max_uploads`
 //! are served at once (the rest get a BUSY refusal from a small pool of responders, beyond that
-//! their streams are dropped). Stored bytes come from the store the node was handed, and are
-//! decoded and verified on the blocking pool before any byte is sent: a local copy that fails
+//! their streams are dropped). Stored bytes are read from the store the node was handed, and
+//! decoded and verified, on the serve threads ([`crate::pool`], at lowered CPU and I/O
+//! priority; a full queue is answered BUSY) before any byte is sent: a local copy that fails
 //! is rejected (dropped from the store), counted in `tampered_local` and answered MISSING.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dfagent_core::{decode_chunk, slots_for, Answer, TierErrorKind};
+use dfagent_core::{decode_chunk, slots_for, Answer, ChunkRef, ChunkStore, Slot, TierErrorKind};
 use futures::StreamExt;
 use libp2p::PeerId;
 use libp2p_stream::IncomingStreams;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::counters::PeerCounters;
 use crate::io::{finish, read_frame, write_all, StreamError};
 use crate::node::Inner;
+use crate::pool::{Job, Rejected};
 use crate::wire::{
     decode_request, frame, header_message, pieces, refusal_message, ChunkStatus, RefusalReason,
     WireError, MAX_STORED_CHUNK,
@@ -120,84 +122,33 @@ async fn serve_one(
         )
         .await;
     };
-    let mut slots = slots_for(&request.chunks);
-    if tokio::time::timeout(inner.config.request_timeout, inner.serve.fetch(&mut slots))
-        .await
-        .is_err()
-    {
-        tracing::warn!(%peer, "local store did not answer in time: serving nothing");
-        slots = slots_for(&request.chunks);
-    }
-    // Verify on the blocking pool: decompression and hashing must not hold up the runtime that
-    // also serves local reads.
-    let serve = inner.serve.clone();
-    let verify = !inner.config.unsafe_serve_unverified_for_tests;
-    let max_bytes = inner.limits.max_bytes.max(u64::from(MAX_STORED_CHUNK));
-    let checked = tokio::task::spawn_blocking(move || {
-        let mut tampered = 0u64;
-        let mut total = 0u64;
-        let mut out: Vec<(ChunkStatus, Option<Bytes>)> = Vec::with_capacity(slots.len());
-        for slot in slots.iter_mut() {
-            let chunk = *slot.chunk();
-            let entry = match slot.take_answer() {
-                Answer::Found(stored) => {
-                    let len = stored.data.len();
-                    let ok_len = u32::try_from(len)
-                        .ok()
-                        .filter(|l| *l > 0 && *l <= MAX_STORED_CHUNK);
-                    match ok_len {
-                        None => (ChunkStatus::Missing, None),
-                        Some(len32) => {
-                            let as_stored = chunk.with_encoding(stored.compression, len32);
-                            let verdict = if verify {
-                                decode_chunk(&as_stored, &stored.data).map(|_| ())
-                            } else {
-                                Ok(())
-                            };
-                            match verdict {
-                                Err(e) => {
-                                    serve.reject(&chunk, &e.to_string());
-                                    tampered += 1;
-                                    tracing::warn!(chunk = %chunk.digest, error = %e, "local chunk failed verification: dropped, not served");
-                                    (ChunkStatus::Missing, None)
-                                }
-                                Ok(()) if total + u64::from(len32) > max_bytes && total > 0 => {
-                                    (ChunkStatus::Missing, None)
-                                }
-                                Ok(()) => {
-                                    total += u64::from(len32);
-                                    (
-                                        ChunkStatus::Found {
-                                            size: len32,
-                                            compression: stored.compression,
-                                        },
-                                        Some(stored.data),
-                                    )
-                                }
-                            }
-                        }
-                    }
-                }
-                Answer::Failed(e) if e.kind == TierErrorKind::Busy => (ChunkStatus::Busy, None),
-                Answer::Failed(_) | Answer::Missing => (ChunkStatus::Missing, None),
-            };
-            out.push(entry);
+    // Read and verify on the serve threads (below the node's own reads); the answer comes back
+    // on a channel. A full queue is a BUSY answer, like a full upload cap.
+    let (tx, rx) = oneshot::channel();
+    let job = serve_job(inner, request.chunks.clone(), tx);
+    match inner.pool.try_submit(job) {
+        Ok(()) => {}
+        Err(Rejected::Full) => {
+            PeerCounters::inc(&inner.counters.busy_answers_sent);
+            tracing::debug!(%peer, queued = inner.pool.pending(), "serve queue full: busy");
+            return refuse(inner, stream, RefusalReason::Busy, "serve queue full").await;
         }
-        (out, tampered)
-    })
-    .await;
-    let (checked, tampered) = match checked {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "chunk verification task failed");
-            (
-                request
-                    .chunks
-                    .iter()
-                    .map(|_| (ChunkStatus::Missing, None))
-                    .collect(),
-                0,
-            )
+        Err(Rejected::Closed) => {
+            return refuse(inner, stream, RefusalReason::Busy, "shutting down").await;
+        }
+    }
+    // The job bounds its store read by `request_timeout` (from when it was queued); the wait
+    // also covers the queue and the verification.
+    let wait = inner.config.request_timeout.saturating_mul(2);
+    let (checked, tampered) = match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(_)) => {
+            tracing::error!(%peer, "a serve job ended without an answer");
+            (nothing(&request.chunks), 0)
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "serving took too long: answering missing");
+            (nothing(&request.chunks), 0)
         }
     };
     PeerCounters::add(&inner.counters.tampered_local, tampered);
@@ -216,4 +167,104 @@ async fn serve_one(
         inner.count_out(peer, data.len() as u64);
     }
     Ok(())
+}
+
+/// Per chunk: its status, and the stored bytes of the found ones.
+type Checked = Vec<(ChunkStatus, Option<Bytes>)>;
+
+/// Every chunk missing.
+fn nothing(chunks: &[ChunkRef]) -> Checked {
+    chunks
+        .iter()
+        .map(|_| (ChunkStatus::Missing, None))
+        .collect()
+}
+
+/// The work of one request on a serve thread: read `chunks` from the store (polled here, in
+/// the runtime's context, bounded by `request_timeout` from now), verify each, and send the
+/// answers and the count of tampered local copies on `tx`.
+fn serve_job(inner: &Inner, chunks: Vec<ChunkRef>, tx: oneshot::Sender<(Checked, u64)>) -> Job {
+    let serve = inner.serve.clone();
+    let runtime = inner.runtime.clone();
+    let verify = !inner.config.unsafe_serve_unverified_for_tests;
+    let max_bytes = inner.limits.max_bytes.max(u64::from(MAX_STORED_CHUNK));
+    let timeout = inner.config.request_timeout;
+    let queued = Instant::now();
+    Box::new(move || {
+        let mut slots = slots_for(&chunks);
+        match timeout.checked_sub(queued.elapsed()) {
+            Some(left) if !left.is_zero() => {
+                // The timer is made inside `block_on`, in the runtime's context.
+                let read = runtime
+                    .block_on(async { tokio::time::timeout(left, serve.fetch(&mut slots)).await });
+                if read.is_err() {
+                    tracing::warn!("local store did not answer in time: serving nothing");
+                    slots = slots_for(&chunks);
+                }
+            }
+            _ => tracing::warn!("request waited too long for a serve thread: serving nothing"),
+        }
+        let _ = tx.send(check(&*serve, &mut slots, verify, max_bytes));
+    })
+}
+
+/// Verify what the store answered: per slot its status and bytes, and how many local copies
+/// failed (each rejected from the store). Found chunks beyond `max_bytes` in all are answered
+/// missing.
+fn check(
+    serve: &dyn ChunkStore,
+    slots: &mut [Slot],
+    verify: bool,
+    max_bytes: u64,
+) -> (Checked, u64) {
+    let mut tampered = 0u64;
+    let mut total = 0u64;
+    let mut out: Checked = Vec::with_capacity(slots.len());
+    for slot in slots.iter_mut() {
+        let chunk = *slot.chunk();
+        let entry = match slot.take_answer() {
+            Answer::Found(stored) => {
+                let len = stored.data.len();
+                let ok_len = u32::try_from(len)
+                    .ok()
+                    .filter(|l| *l > 0 && *l <= MAX_STORED_CHUNK);
+                match ok_len {
+                    None => (ChunkStatus::Missing, None),
+                    Some(len32) => {
+                        let as_stored = chunk.with_encoding(stored.compression, len32);
+                        let verdict = if verify {
+                            decode_chunk(&as_stored, &stored.data).map(|_| ())
+                        } else {
+                            Ok(())
+                        };
+                        match verdict {
+                            Err(e) => {
+                                serve.reject(&chunk, &e.to_string());
+                                tampered += 1;
+                                tracing::warn!(chunk = %chunk.digest, error = %e, "local chunk failed verification: dropped, not served");
+                                (ChunkStatus::Missing, None)
+                            }
+                            Ok(()) if total + u64::from(len32) > max_bytes && total > 0 => {
+                                (ChunkStatus::Missing, None)
+                            }
+                            Ok(()) => {
+                                total += u64::from(len32);
+                                (
+                                    ChunkStatus::Found {
+                                        size: len32,
+                                        compression: stored.compression,
+                                    },
+                                    Some(stored.data),
+                                )
+                            }
+                        }
+                    }
+                }
+            }
+            Answer::Failed(e) if e.kind == TierErrorKind::Busy => (ChunkStatus::Busy, None),
+            Answer::Failed(_) | Answer::Missing => (ChunkStatus::Missing, None),
+        };
+        out.push(entry);
+    }
+    (out, tampered)
 }

@@ -134,6 +134,7 @@ pub enum Answer {
 pub struct Slot {
     chunk: ChunkRef,
     answer: Answer,
+    background: bool,
 }
 
 impl Slot {
@@ -142,7 +143,19 @@ impl Slot {
         Self {
             chunk,
             answer: Answer::Missing,
+            background: false,
         }
+    }
+
+    /// Mark the slot as background work (prefetch, pull), not a reader waiting: a tier that
+    /// can tell its source (a Dragonfly seed's priority) may ask at a lower priority.
+    pub fn set_background(&mut self, background: bool) {
+        self.background = background;
+    }
+
+    /// Whether the chunk is wanted by background work rather than a waiting reader.
+    pub fn is_background(&self) -> bool {
+        self.background
     }
 
     /// The chunk wanted.

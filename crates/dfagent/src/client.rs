@@ -174,13 +174,7 @@ pub fn pull(
     reference: &str,
 ) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} pulling [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = crate::pull::progress_bar(false, crate::pull::PULL_BAR);
     let last = rt.block_on(async {
         let mut stream = c
             .pull(proto::PullRequest {

@@ -85,6 +85,10 @@ pub fn run(
         rt.block_on(node.start_peer(peer))
             .context("starting the peer network")?;
     }
+    if let Some(dragonfly) = cfg.dragonfly_config()? {
+        node.start_dragonfly(dragonfly)
+            .context("starting the Dragonfly client")?;
+    }
     let daemon = Daemon::new(node, cfg.mount_options());
     let settings = DaemonSettings {
         socket: cfg.daemon.socket.clone(),

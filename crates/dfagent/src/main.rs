@@ -12,6 +12,7 @@ mod listing;
 mod mount;
 mod node_args;
 mod pull;
+mod seed;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +85,13 @@ enum Command {
         #[command(flatten)]
         registry: node_args::RegistryArgs,
     },
+    /// Warm the cluster before a rollout: preheat images on the Dragonfly seed peers (when a
+    /// scheduler is configured, or --scheduler), waiting until they hold every layer, then pull
+    /// each image into this node's store — through the daemon when one runs, which serves it to
+    /// the peer network. Exit codes: 0 seeded, 1 failed, 2 usage or configuration, 3 unknown
+    /// image, 4 registry refused the credentials, 5 scheduler or registry unreachable (retry),
+    /// 6 not done within --timeout (retry).
+    Seed(Box<seed::SeedArgs>),
     /// Publish a local Nydus image (e.g. built by upstream nydus-image) to a registry in
     /// nydusify's layout: one layer per data blob, then the bootstrap layer.
     Push {
@@ -248,6 +256,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Seed(args) => seed::run(*args, d, c),
         Command::Push {
             bootstrap,
             blob_dir,

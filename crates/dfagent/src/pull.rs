@@ -22,13 +22,7 @@ pub fn pull(
     cfg.cache.decoded_mib = cfg.cache.decoded_mib.min(64);
     let node = open_node(&rt, &cfg, true)?;
     let started = Instant::now();
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} pulling [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(false, PULL_BAR);
     let report = rt
         .block_on(node.pull(reference, |p| {
             bar.set_length(p.total_bytes);
@@ -48,6 +42,23 @@ pub fn pull(
         started,
         p.failed_chunks,
     ))
+}
+
+/// The progress bar of a pull: bytes of the image stored so far.
+pub const PULL_BAR: &str =
+    "{spinner} pulling [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}";
+
+/// A progress bar drawn with `template` (nothing drawn when `hidden`, e.g. for `--json`).
+pub fn progress_bar(hidden: bool, template: &str) -> indicatif::ProgressBar {
+    if hidden {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(0);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b
 }
 
 /// Print a pull's last line (`summary`, the time, failures) and give its exit code: failure

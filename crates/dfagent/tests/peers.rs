@@ -7,10 +7,9 @@
 //! Needs root and iproute2; without them each test fails saying why. Every wait is bounded;
 //! namespaces, processes and mounts are cleaned up on drop.
 
-use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,12 +17,12 @@ use dfagent_core::{ChunkRef, ChunkStore, StoredChunk};
 use dfagent_peer::{Multiaddr, Peer, PeerConfig};
 use dfagent_store::{Store, StoreConfig};
 
-use dfagent_test_support::campaign::{read_files, Tally};
-use dfagent_test_support::cli::Dfagent;
-use dfagent_test_support::daemon::DfagentDaemon;
+use dfagent_test_support::campaign::read_files;
+use dfagent_test_support::cluster::{
+    metric_with, registry_hosts, write, ClusterNode as Node, PASS, SETTLE,
+};
 use dfagent_test_support::dfagent_cli;
 use dfagent_test_support::fixtures::{fixture, listing_files, ExpectedFile};
-use dfagent_test_support::mount::MountGuard;
 use dfagent_test_support::netns::{self, Bridge, NetNode};
 use dfagent_test_support::proxy::{Proxy, Seen};
 use dfagent_test_support::registry::Registry;
@@ -34,10 +33,6 @@ const IMAGE: &str = "v6-chunkdict";
 const LISTING: &str = "texture2.expected.jsonl";
 /// Port every node's peer network listens on (each node has its own address).
 const PEER_PORT: u16 = 7010;
-/// Bound of one pass of reads over the whole image.
-const PASS: Duration = Duration::from_secs(300);
-/// Bound of waiting for a node's store to hold what it read.
-const SETTLE: Duration = Duration::from_secs(60);
 const SECRET: &str = "peers-test-cluster-secret";
 
 /// The image's data blob ids (= their registry digests' hex), from the fixture's blob files.
@@ -128,7 +123,7 @@ impl Cluster {
     fn seed_node(&self) -> Node {
         let mut n1 = self.node(1, Some(SECRET), &[]);
         n1.mount(&self.reference);
-        let t = n1.read_all();
+        let t = n1.read_all(&data_files());
         assert_eq!(t.failed, 0, "{:?}", t.errors);
         n1.settle(distinct_chunks());
         n1
@@ -142,8 +137,6 @@ impl Cluster {
         metrics: bool,
     ) -> Node {
         let net = self.bridge.add_node(&format!("n{k}"));
-        let dir = self.work.path().join(format!("node{k}"));
-        std::fs::create_dir_all(dir.join("mnt")).expect("node dir");
         let mut text = format!(
             "[peer]\nenable = true\nlisten = [\"/ip4/{}/tcp/{PEER_PORT}\"]\nbootstrap = [{}]\n\
              provider_ttl = \"2s\"\n",
@@ -158,18 +151,8 @@ impl Cluster {
             text.push_str(&format!("secret = \"{s}\"\n"));
         }
         text.push_str(&registry_hosts(&[self.proxy.addr()]));
-        let config = write(&dir, "config.toml", &text);
-        let metrics = metrics.then(|| SocketAddr::from((net.addr(), 9464)));
-        let mut node = Node {
-            net,
-            config,
-            dir,
-            metrics,
-            daemon: None,
-            mount: None,
-        };
-        node.start();
-        node
+        let dir = self.work.path().join(format!("node{k}"));
+        Node::start(&dfagent_cli!(), net, dir, &text, metrics)
     }
 
     /// Data-blob bytes the proxy sent to `addr` so far.
@@ -185,124 +168,6 @@ impl Cluster {
             })
             .map(|s| s.body_len)
             .sum()
-    }
-}
-
-/// `[registry.hosts."ADDR"] plain_http = true` for each of `addrs`.
-fn registry_hosts(addrs: &[SocketAddr]) -> String {
-    addrs
-        .iter()
-        .map(|a| format!("[registry.hosts.\"{a}\"]\nplain_http = true\n"))
-        .collect()
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    p
-}
-
-/// One node: a `dfagent daemon` in its namespace, its store and mount point under `dir`.
-struct Node {
-    net: NetNode,
-    config: PathBuf,
-    dir: PathBuf,
-    /// Where its `/metrics` are served, if anywhere.
-    metrics: Option<SocketAddr>,
-    daemon: Option<DfagentDaemon>,
-    mount: Option<MountGuard>,
-}
-
-impl Node {
-    fn cli(&self) -> Dfagent {
-        dfagent_cli!().with_store(&self.dir.join("store"))
-    }
-
-    fn start(&mut self) {
-        let config = self.config.display().to_string();
-        let metrics = self.metrics.map(|a| a.to_string());
-        let mut extra = vec!["--config", &config];
-        if let Some(a) = &metrics {
-            extra.extend(["--metrics-addr", a.as_str()]);
-        }
-        self.daemon = Some(DfagentDaemon::start_in(
-            &self.net,
-            &self.cli(),
-            &self.dir,
-            &self.dir.join("store"),
-            &extra,
-        ));
-    }
-
-    /// The daemon's `/metrics` text (over the bridge).
-    fn metrics(&self) -> String {
-        let addr = self.metrics.expect("the node serves metrics");
-        dfagent_test_support::net::http_get_body(addr, "/metrics")
-    }
-
-    fn daemon(&self) -> &DfagentDaemon {
-        self.daemon.as_ref().expect("the node's daemon runs")
-    }
-
-    fn mp(&self) -> PathBuf {
-        self.dir.join("mnt")
-    }
-
-    fn mount(&mut self, reference: &str) {
-        let mp = self.mp();
-        self.mount = Some(self.daemon().mount(reference, &mp, &["--prefetch", "none"]));
-    }
-
-    /// `dfagent peers --json`.
-    fn peers(&self) -> serde_json::Value {
-        let out = self.daemon().ok(&["peers", "--json"]);
-        serde_json::from_slice(&out.stdout).expect("peers --json")
-    }
-
-    /// Stored bytes fetched per tier by the node's mount (`dfagent ps --json`).
-    fn fetched(&self) -> BTreeMap<String, u64> {
-        let out = self.daemon().ok(&["ps", "--json"]);
-        let ps: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ps --json");
-        let mut m = BTreeMap::new();
-        for t in ps[0]["fetched"].as_array().into_iter().flatten() {
-            let tier = t["tier"].as_str().unwrap_or_default().to_string();
-            *m.entry(tier).or_insert(0) += t["bytes"].as_u64().unwrap_or(0);
-        }
-        m
-    }
-
-    /// Chunks in the node's store (`dfagent cache stat --json`).
-    fn stored_chunks(&self) -> u64 {
-        let out = self.daemon().ok(&["cache", "stat", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cache stat");
-        v["chunks"].as_u64().unwrap_or(0)
-    }
-
-    /// Wait (bounded) until the store holds `chunks` chunks: what was read is written back and
-    /// provided to peers.
-    fn settle(&self, chunks: u64) {
-        let start = Instant::now();
-        while self.stored_chunks() < chunks {
-            assert!(
-                start.elapsed() < SETTLE,
-                "node {} stored {} of {chunks} chunks after {SETTLE:?}",
-                self.net.name(),
-                self.stored_chunks()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn read_all(&self) -> Tally {
-        let t = read_files(&self.mp(), &data_files(), PASS);
-        assert_eq!(
-            t.wrong_bytes,
-            0,
-            "wrong bytes on {}: {:?}",
-            self.net.name(),
-            t.wrong
-        );
-        t
     }
 }
 
@@ -326,7 +191,7 @@ fn four_nodes_read_one_image_from_each_other() {
     let mut others: Vec<Node> = (2..=4).map(|k| c.node(k, Some(SECRET), &seed)).collect();
     for n in &mut others {
         n.mount(&c.reference);
-        let t = n.read_all();
+        let t = n.read_all(&data_files());
         assert_eq!(t.failed, 0, "{}: {:?}", n.net.name(), t.errors);
         let fetched = n.fetched();
         eprintln!("{}: fetched by tier {fetched:?}", n.net.name());
@@ -366,7 +231,7 @@ fn a_node_without_the_secret_gets_and_serves_nothing() {
 
     let mut outsider = c.node(2, Some("another-secret"), &[n1.net.addr()]);
     outsider.mount(&c.reference);
-    let t = outsider.read_all();
+    let t = outsider.read_all(&data_files());
     assert_eq!(t.failed, 0, "{:?}", t.errors);
     let fetched = outsider.fetched();
     assert_eq!(fetched.get("peer").copied().unwrap_or(0), 0, "{fetched:?}");
@@ -391,16 +256,13 @@ fn a_restarted_node_keeps_its_peer_id_and_serves_again() {
         .unwrap_or_default()
         .to_string();
     assert!(!id.is_empty());
-    n1.mount = None;
-    if let Some(d) = n1.daemon.take() {
-        d.stop();
-    }
-    n1.start();
+    n1.stop_daemon();
+    n1.start_daemon();
     assert_eq!(n1.peers()["peer_id"].as_str(), Some(id.as_str()));
 
     let mut n2 = c.node(2, Some(SECRET), &[n1.net.addr()]);
     n2.mount(&c.reference);
-    let t = n2.read_all();
+    let t = n2.read_all(&data_files());
     assert_eq!(t.failed, 0, "{:?}", t.errors);
     assert_eq!(c.data_bytes_to(n2.net.addr()), 0);
     assert!(n2.fetched().get("peer").copied().unwrap_or(0) > 0);
@@ -519,16 +381,6 @@ impl Drop for Liar {
     }
 }
 
-/// The value of metric `name` with label `tier="peer"` in a daemon's `/metrics` text.
-fn peer_metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l.contains("tier=\"peer\""))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0)
-}
-
 /// A peer that flips bytes in what it serves: readers get only right bytes, the liar is
 /// banned, and `dfagent_verify_failures_total{tier="peer"}` counts what it sent.
 #[test]
@@ -541,10 +393,10 @@ fn a_lying_peer_is_banned_and_no_bad_byte_is_read() {
 
     let mut n2 = c.node_with_metrics(2, &[n1.net.addr(), liar_net.addr()]);
     n2.mount(&c.reference);
-    let t = n2.read_all();
+    let t = n2.read_all(&data_files());
     assert_eq!(t.failed, 0, "{:?}", t.errors);
     let metrics = n2.metrics();
-    let failures = peer_metric(&metrics, "dfagent_verify_failures_total");
+    let failures = metric_with(&metrics, "dfagent_verify_failures_total", "tier=\"peer\"");
     eprintln!("verify failures from peers: {failures}");
     assert!(
         failures >= 1,
@@ -571,10 +423,7 @@ fn a_lying_peer_is_banned_and_no_bad_byte_is_read() {
 fn a_tampered_chunk_is_not_served() {
     let c = Cluster::new();
     let mut n1 = c.seed_node();
-    n1.mount = None;
-    if let Some(d) = n1.daemon.take() {
-        d.stop();
-    }
+    n1.stop_daemon();
     // One chunk of the image, stored again with a byte flipped.
     let victim = image_chunks()
         .into_iter()
@@ -595,11 +444,11 @@ fn a_tampered_chunk_is_not_served() {
             )
             .expect("put the tampered chunk");
     }
-    n1.start();
+    n1.start_daemon();
 
     let mut n2 = c.node(2, Some(SECRET), &[n1.net.addr()]);
     n2.mount(&c.reference);
-    let t = n2.read_all();
+    let t = n2.read_all(&data_files());
     assert_eq!(t.failed, 0, "{:?}", t.errors);
     let fetched = n2.fetched();
     eprintln!("reader fetched by tier {fetched:?}");

@@ -69,7 +69,7 @@ pub struct Config {
     pub daemon: DaemonSection,
     /// `[peer]`: the peer network (off by default).
     pub peer: PeerSection,
-    /// `[dragonfly]`: reserved for the Dragonfly tier.
+    /// `[dragonfly]`: the Dragonfly tier (off by default).
     pub dragonfly: DragonflySection,
     /// `[registry]`: the registry client, and per-host settings under `[registry.hosts]`.
     pub registry: RegistrySection,
@@ -430,6 +430,15 @@ pub struct PeerSection {
     /// Requests served at once; beyond that, requesters are told "busy" and ask another node.
     /// Default 16.
     pub max_uploads: usize,
+    /// Threads that read and verify chunks for peers, at lowered CPU and I/O priority (below
+    /// the node's own reads). Default 2.
+    pub serve_threads: usize,
+    /// Serve jobs that may wait for those threads; beyond that, requesters are told "busy".
+    /// Default 8.
+    pub serve_queue: usize,
+    /// Serve threads in the idle I/O class instead of best-effort level 7 (they may then wait
+    /// as long as the node reads). Default false.
+    pub serve_io_idle: bool,
     /// Requests open to one peer at once. Default 4.
     pub max_inflight_per_peer: usize,
     /// Providers one batch of chunks is split across. Default 3.
@@ -466,6 +475,9 @@ impl Default for PeerSection {
             secret_file: None,
             identity_file: None,
             max_uploads: p.max_uploads,
+            serve_threads: p.serve_threads,
+            serve_queue: p.serve_queue,
+            serve_io_idle: p.serve_io_idle,
             max_inflight_per_peer: p.max_inflight_per_peer,
             providers_asked: p.providers_asked,
             provider_ttl: p.provider_ttl,
@@ -476,14 +488,70 @@ impl Default for PeerSection {
     }
 }
 
-/// `[dragonfly]`: reserved for the Dragonfly tier (a later release); only `enable = false` for
-/// now.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// `[dragonfly]`: the Dragonfly tier — chunks no peer holds are fetched through the cluster's
+/// Dragonfly seed peers ("supernodes", found through the scheduler) before the registry, so the
+/// registry serves each blob about once per cluster. Off by default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DragonflySection {
-    /// Must be false: the Dragonfly tier is not implemented yet.
-    #[serde(deserialize_with = "reserved_enable")]
+    /// Use Dragonfly (the daemon, and `dfagent seed`). Default false.
     pub enable: bool,
+    /// Scheduler addresses (`host:port`); the first that answers is used.
+    #[serde(deserialize_with = "scheduler_addrs")]
+    pub schedulers: Vec<String>,
+    /// How often the scheduler is asked for its seed peers again. Default `30s`.
+    #[serde(with = "duration")]
+    pub refresh_interval: Duration,
+    /// How often each seed peer's health is checked. Default `10s`.
+    #[serde(with = "duration")]
+    pub health_interval: Duration,
+    /// Bound on opening a connection to the scheduler or a seed. Default `2s`.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Bound on one request to a seed (plus a second per MiB asked for). Default `10s`.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// How long a seed that sent bytes failing verification is not asked. Default `10m`.
+    #[serde(with = "duration")]
+    pub avoid_bad_bytes: Duration,
+    /// How long a seed that failed a request is not asked. Default `30s`.
+    #[serde(with = "duration")]
+    pub avoid_errors: Duration,
+    /// Seeds tried for one range (in ring order) before the registry. Default 2.
+    pub seeds_per_request: usize,
+    /// `X-Dragonfly-Application` of requests and preheats. Default unset.
+    pub application: Option<String>,
+    /// `X-Dragonfly-Tag` of requests and preheats. Default unset.
+    pub tag: Option<String>,
+    /// Dragonfly priority (`common.v2.Priority`, 0 or 2–6) of on-demand reads. Default 6.
+    pub priority: i32,
+    /// Dragonfly priority of prefetch traffic and preheats. Default 5 (below reads).
+    pub prefetch_priority: i32,
+    /// Largest merged range request to a seed: bytes or a size string. Default `4M`.
+    #[serde(with = "size")]
+    pub max_range: u64,
+}
+
+impl Default for DragonflySection {
+    fn default() -> Self {
+        let d = dfagent_scheduler_client::DragonflyConfig::default();
+        Self {
+            enable: false,
+            schedulers: Vec::new(),
+            refresh_interval: d.refresh_interval,
+            health_interval: d.health_interval,
+            connect_timeout: d.connect_timeout,
+            request_timeout: d.request_timeout,
+            avoid_bad_bytes: d.avoid_for_bad_bytes,
+            avoid_errors: d.avoid_for_errors,
+            seeds_per_request: d.seeds_per_request,
+            application: d.application,
+            tag: d.tag,
+            priority: d.priority,
+            prefetch_priority: d.prefetch_priority,
+            max_range: d.max_range,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -541,6 +609,11 @@ mod size {
             Raw::Str(s) => parse(&s).map_err(serde::de::Error::custom),
         }
     }
+}
+
+/// Parse a duration as the configuration spells it (`250ms`, `3s`, `30m`, `1h`), for flags.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration::parse(s)
 }
 
 /// Durations: a string of a whole number and a unit, `ms`, `s`, `m` or `h` (`250ms`, `3s`).
@@ -706,6 +779,24 @@ fn multiaddrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> 
     Ok(v)
 }
 
+/// Scheduler addresses: `host:port`, optionally after `http://`.
+fn scheduler_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    for a in &v {
+        let hp = a.strip_prefix("http://").unwrap_or(a);
+        let ok = is_host_port(hp)
+            && hp
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "invalid scheduler address {a:?}: expected host:port (e.g. \"scheduler.dragonfly-system.svc:8002\")"
+            )));
+        }
+    }
+    Ok(v)
+}
+
 /// A list of `name:port`.
 fn dns_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let v = Vec::<String>::deserialize(d)?;
@@ -720,16 +811,6 @@ fn dns_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         }
     }
     Ok(v)
-}
-
-/// `enable` of a reserved section: only `false`.
-fn reserved_enable<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    if bool::deserialize(d)? {
-        return Err(serde::de::Error::custom(
-            "not implemented yet: this section is reserved, only `enable = false` is accepted",
-        ));
-    }
-    Ok(false)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1196,6 +1277,38 @@ impl Config {
         }
     }
 
+    /// The Dragonfly client's settings, `None` when `[dragonfly] enable` is false; checked here
+    /// (no scheduler, a zero interval, a priority out of range are errors naming the key).
+    pub fn dragonfly_config(
+        &self,
+    ) -> Result<Option<dfagent_scheduler_client::DragonflyConfig>, ConfigError> {
+        let d = &self.dragonfly;
+        if !d.enable {
+            return Ok(None);
+        }
+        let c = dfagent_scheduler_client::DragonflyConfig {
+            schedulers: d.schedulers.clone(),
+            refresh_interval: d.refresh_interval,
+            health_interval: d.health_interval,
+            connect_timeout: d.connect_timeout,
+            request_timeout: d.request_timeout,
+            avoid_for_bad_bytes: d.avoid_bad_bytes,
+            avoid_for_errors: d.avoid_errors,
+            seeds_per_request: d.seeds_per_request,
+            application: d.application.clone(),
+            tag: d.tag.clone(),
+            priority: d.priority,
+            prefetch_priority: d.prefetch_priority,
+            max_range: d.max_range,
+        };
+        c.validate().map_err(|e| ConfigError::Invalid {
+            origin: "configuration".into(),
+            key: "dragonfly".into(),
+            detail: e.to_string(),
+        })?;
+        Ok(Some(c))
+    }
+
     /// The peer network's settings, `None` when `[peer] enable` is false. Reads `secret_file`;
     /// `secret` and `secret_file` together, or an empty secret, are errors (naming the key,
     /// never the value).
@@ -1250,6 +1363,9 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| self.store.path.join(PEER_IDENTITY_FILE)),
             max_uploads: p.max_uploads,
+            serve_threads: p.serve_threads,
+            serve_queue: p.serve_queue,
+            serve_io_idle: p.serve_io_idle,
             max_inflight_per_peer: p.max_inflight_per_peer,
             providers_asked: p.providers_asked,
             provider_ttl: p.provider_ttl,
@@ -1363,6 +1479,11 @@ mdns = false
 # Requests served at once (beyond: "busy"); requests open to one peer at once.
 max_uploads = 16
 max_inflight_per_peer = 4
+# Threads reading and verifying chunks for peers at lowered CPU and I/O priority, the jobs that
+# may wait for them (beyond: "busy"), and the idle I/O class instead of best-effort level 7.
+serve_threads = 2
+serve_queue = 8
+serve_io_idle = false
 # Providers one batch is split across; how long providers found for a blob are remembered.
 providers_asked = 3
 provider_ttl = "1m"
@@ -1374,8 +1495,32 @@ request_timeout = "10s"
 record_ttl = "1h"
 
 [dragonfly]
-# Reserved for the Dragonfly tier (not implemented yet): only false is accepted.
+# Fetch chunks no peer holds through the cluster's Dragonfly seed peers before the registry.
 enable = false
+# Scheduler addresses (host:port); the first that answers is used.
+schedulers = []
+# How often the scheduler is asked for its seed peers again.
+refresh_interval = "30s"
+# How often each seed peer's health is checked.
+health_interval = "10s"
+# Bound on opening a connection to the scheduler or a seed.
+connect_timeout = "2s"
+# Bound on one request to a seed (plus a second per MiB asked for).
+request_timeout = "10s"
+# How long a seed that sent bytes failing verification is not asked.
+avoid_bad_bytes = "10m"
+# How long a seed that failed a request is not asked.
+avoid_errors = "30s"
+# Seeds tried for one range before the registry.
+seeds_per_request = 2
+# X-Dragonfly-Application and X-Dragonfly-Tag of requests and preheats (unset by default).
+# application = "dfagent"
+# tag = "prod"
+# Dragonfly priorities (common.v2.Priority): on-demand reads, and prefetch and preheats.
+priority = 6
+prefetch_priority = 5
+# Largest merged range request to a seed.
+max_range = "4M"
 
 [registry]
 # Docker config.json whose "auths" give credentials. Unset: $DOCKER_CONFIG/config.json,
@@ -1694,6 +1839,29 @@ level = "warn,dfagent_registry=debug"
     }
 
     #[test]
+    fn dragonfly_settings_become_the_clients_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(Config::default().dragonfly_config().unwrap().is_none());
+        let text = "[dragonfly]\nenable = true\nschedulers = [\"sched.svc:8002\"]\n\
+                    avoid_bad_bytes = \"1m\"\nmax_range = \"2M\"\napplication = \"dfagent\"\n";
+        let c = load(Some(&write(tmp.path(), text)), &[], &Overrides::new()).unwrap();
+        let d = c.dragonfly_config().unwrap().expect("enabled");
+        assert_eq!(d.schedulers, vec!["sched.svc:8002".to_string()]);
+        assert_eq!(d.avoid_for_bad_bytes, Duration::from_secs(60));
+        assert_eq!(d.max_range, 2 << 20);
+        assert_eq!(d.application.as_deref(), Some("dfagent"));
+        // Enabled without a scheduler, or with a priority that forbids downloads: errors.
+        for bad in [
+            "[dragonfly]\nenable = true\n",
+            "[dragonfly]\nenable = true\nschedulers = [\"s:1\"]\npriority = 1\n",
+        ] {
+            let c = load(Some(&write(tmp.path(), bad)), &[], &Overrides::new()).unwrap();
+            let e = c.dragonfly_config().unwrap_err().to_string();
+            assert!(e.contains("dragonfly"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_their_source() {
         let e = load_env(&[("DFAGENT_STORE__CAPACITY", "lots")], &Overrides::new())
             .unwrap_err()
@@ -1726,7 +1894,8 @@ level = "warn,dfagent_registry=debug"
             ("[log]\nlevel = \"\"\n", "log.level: must not be empty"),
             ("[peer]\nlisten = [\"tcp/7010\"]\n", "peer.listen: invalid multiaddr \"tcp/7010\""),
             ("[peer]\nbootstrap_dns = [\"svc\"]\n", "peer.bootstrap_dns: invalid DNS name \"svc\""),
-            ("[dragonfly]\nenable = true\n", "dragonfly.enable: not implemented yet"),
+            ("[dragonfly]\nsatellites = 1\n", "dragonfly.satellites: unknown key"),
+            ("[dragonfly]\nschedulers = [\"sched\"]\n", "dragonfly.schedulers: invalid scheduler address \"sched\""),
             ("[store]\ncapacity = -1\n", "store.capacity: expected a size"),
             (
                 "[registry.hosts.\"r\"]\nmirrors = [\"https://m\"]\n",

@@ -483,6 +483,7 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     daemon.shutdown(settings.shutdown_limit).await;
     daemon.node().stop_peer().await;
+    daemon.node().stop_dragonfly();
     if let Some(t) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }

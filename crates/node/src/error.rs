@@ -14,6 +14,9 @@ pub enum NodeError {
     /// The peer network could not start.
     #[error("peer network: {0}")]
     Peer(#[from] dfagent_peer::PeerError),
+    /// The Dragonfly client could not start or a scheduler call failed.
+    #[error("Dragonfly: {0}")]
+    Dragonfly(#[from] dfagent_scheduler_client::DragonflyError),
     /// A bootstrap that does not parse.
     #[error("image metadata: {0}")]
     Rafs(#[from] dfagent_rafs::RafsError),
@@ -49,6 +52,16 @@ pub enum NodeError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// A job did not finish in the time it was given.
+    #[error("{what}: not done within {limit:?}: {detail}")]
+    Timeout {
+        /// The job.
+        what: String,
+        /// Its time limit.
+        limit: std::time::Duration,
+        /// How far it got.
+        detail: String,
     },
     /// The node was asked for something it is not set up for (e.g. a registry image on a node
     /// opened without a store).

@@ -177,8 +177,9 @@ impl Node {
             None => None,
         };
         let nydus = Arc::new(nydus);
-        // store (the resolver core's) → peers → registry.
+        // store (the resolver core's) → peers → Dragonfly seed peers → registry.
         let mut tiers = self.tiers_before_registry();
+        tiers.extend(self.dragonfly_tier(&nydus)?);
         tiers.push(Arc::new(RegistryTier::new(self.registry()?, nydus.clone())));
         // The manifest's own sha256 (what `manifest_digest` names), computed here: the digest
         // string came from the registry or a stored record, and names the mount.

@@ -13,6 +13,8 @@
 //!   API on a unix socket (server, client, access checks).
 //! - [`Node::start_peer`]: the peer network (the daemon's), serving from the store, providing
 //!   the store's blobs, and a peer tier in every registry image's chain.
+//! - [`Node::start_dragonfly`]: the Dragonfly client (seed peers from the scheduler) and a
+//!   Dragonfly tier in every registry image's chain, after the peers, before the registry.
 //!
 //! This crate wires subsystems; it holds no format, protocol or storage logic of its own, and
 //! knows nothing of command lines or terminals (the binary parses and prints).
@@ -20,6 +22,7 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+mod dragonfly;
 mod error;
 mod image;
 pub mod metrics;
@@ -29,6 +32,7 @@ mod peer;
 mod pins;
 mod pull;
 
+pub use dragonfly::PreheatOptions;
 pub use error::{NodeError, Result};
 pub use image::{ImageSource, OpenedImage};
 pub use mount::{

@@ -44,6 +44,19 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::
     ConstCounter::new(v).encode(m)
 }
 
+fn gauge_family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, i64)],
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
 fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
     let m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
     ConstGauge::new(v).encode(m)
@@ -184,6 +197,9 @@ impl prometheus_client::collector::Collector for Collector {
         if let Some(peer) = node.peer() {
             encode_peer(&mut enc, &peer.counters())?;
         }
+        if let Some(dragonfly) = node.dragonfly() {
+            encode_dragonfly(&mut enc, &dragonfly.counters())?;
+        }
         let fs = self.daemon.fs_totals();
         counter_family(
             &mut enc,
@@ -242,6 +258,74 @@ impl prometheus_client::collector::Collector for Collector {
     }
 }
 
+/// The Dragonfly client's families (bytes and chunks fetched through seed peers, and their
+/// verification failures, are the `tier="dragonfly"` rows of the tier families).
+fn encode_dragonfly(
+    enc: &mut DescriptorEncoder,
+    c: &dfagent_scheduler_client::CountersSnapshot,
+) -> std::fmt::Result {
+    gauge_family(
+        enc,
+        "dfagent_dragonfly_seeds",
+        "Dragonfly seed peers the scheduler listed (known) and those whose last health check passed (healthy)",
+        &[
+            (vec![("state", "known".to_string())], c.seeds_known as i64),
+            (vec![("state", "healthy".to_string())], c.seeds_healthy as i64),
+        ],
+    )?;
+    counter(
+        enc,
+        "dfagent_dragonfly_requests",
+        "Range requests sent through Dragonfly seed peers",
+        c.requests,
+    )?;
+    counter(
+        enc,
+        "dfagent_dragonfly_seed_avoidances",
+        "Times a seed peer was set aside (bytes that failed verification, or a failed request)",
+        c.avoidances,
+    )?;
+    counter(
+        enc,
+        "dfagent_dragonfly_scheduler_refreshes",
+        "Seed peer lists fetched from the scheduler",
+        c.refreshes,
+    )?;
+    counter(
+        enc,
+        "dfagent_dragonfly_scheduler_failures",
+        "Rounds in which no scheduler answered",
+        c.refresh_failures,
+    )?;
+    counter(
+        enc,
+        "dfagent_dragonfly_hosts_rejected",
+        "Hosts of the scheduler's answers rejected by validation",
+        c.hosts_rejected,
+    )?;
+    counter(
+        enc,
+        "dfagent_dragonfly_health_failures",
+        "Seed peer health checks that failed",
+        c.health_failures,
+    )?;
+    counter(
+        enc,
+        "dfagent_dragonfly_credentials_refused",
+        "Registry 401s relayed by a seed peer (credentials renewed)",
+        c.credentials_refused,
+    )?;
+    counter_family(
+        enc,
+        "dfagent_dragonfly_errors",
+        "Range requests through seed peers that failed, by kind",
+        &c.errors
+            .iter()
+            .map(|(k, n)| (vec![("kind", k.as_str().to_string())], *n))
+            .collect::<Vec<_>>(),
+    )
+}
+
 /// The peer network's families (bytes and chunks fetched from peers are the `tier="peer"` rows
 /// of the tier families).
 fn encode_peer(enc: &mut DescriptorEncoder, c: &dfagent_peer::PeerCounters) -> std::fmt::Result {
@@ -251,6 +335,12 @@ fn encode_peer(enc: &mut DescriptorEncoder, c: &dfagent_peer::PeerCounters) -> s
         "dfagent_peers_connected",
         "Peers connected now",
         C::get(&c.peers_connected) as i64,
+    )?;
+    gauge(
+        enc,
+        "dfagent_peer_serve_pending",
+        "Serve jobs (store read and verification for a peer) queued or running now",
+        C::get(&c.serve_pending) as i64,
     )?;
     counter(
         enc,

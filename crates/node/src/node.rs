@@ -67,6 +67,8 @@ pub struct Node {
     rt: tokio::runtime::Handle,
     /// The peer network, once started (the daemon's).
     peer: OnceLock<dfagent_peer::Peer>,
+    /// The Dragonfly client, once started.
+    dragonfly: OnceLock<Arc<dfagent_scheduler_client::Dragonfly>>,
 }
 
 impl Node {
@@ -103,6 +105,7 @@ impl Node {
             pins: Arc::new(Pins::default()),
             rt,
             peer: OnceLock::new(),
+            dragonfly: OnceLock::new(),
         }))
     }
 
@@ -165,6 +168,19 @@ impl Node {
     /// The peer network, if it runs.
     pub fn peer(&self) -> Option<&dfagent_peer::Peer> {
         self.peer.get()
+    }
+
+    /// The Dragonfly client, if it runs.
+    pub fn dragonfly(&self) -> Option<&Arc<dfagent_scheduler_client::Dragonfly>> {
+        self.dragonfly.get()
+    }
+
+    /// Keep the started Dragonfly client (`Err` gives it back if one is kept already).
+    pub(crate) fn set_dragonfly(
+        &self,
+        d: Arc<dfagent_scheduler_client::Dragonfly>,
+    ) -> std::result::Result<(), Arc<dfagent_scheduler_client::Dragonfly>> {
+        self.dragonfly.set(d)
     }
 
     /// Keep the started peer network (`Err` gives it back if one is kept already).

@@ -4,9 +4,12 @@
 
 use std::sync::Arc;
 
-use dfagent_core::{BoxFuture, ChunkRef, ChunkStore, ChunkTier, Slot, StoredChunk, TierError};
+use dfagent_core::{
+    answer_all, Answer, BoxFuture, ChunkRef, ChunkStore, ChunkTier, Slot, StoredChunk, TierError,
+    TierErrorKind,
+};
 use dfagent_peer::{Peer, PeerConfig};
-use dfagent_store::{BlobEvent, StoreTier};
+use dfagent_store::{BlobEvent, Store, StoreTier};
 
 use crate::error::{NodeError, Result};
 use crate::node::Node;
@@ -23,7 +26,7 @@ impl Node {
             ));
         }
         let serve: Arc<dyn ChunkStore> = match self.store() {
-            Some(store) => Arc::new(StoreTier::new(store.clone())),
+            Some(store) => Arc::new(ServeFromStore(StoreTier::new(store.clone()))),
             None => Arc::new(NothingToServe),
         };
         let peer = Peer::start(config, serve).await?;
@@ -64,6 +67,53 @@ impl Node {
     /// when the peer network runs.
     pub(crate) fn tiers_before_registry(&self) -> Vec<Arc<dyn ChunkTier>> {
         self.peer().map(|p| p.tier()).into_iter().collect()
+    }
+}
+
+/// What the peer network serves from: the store, read **inline** in `fetch`'s future. The peer
+/// node polls that future on its serve threads (lowered CPU and I/O priority), so the RocksDB
+/// reads for peers run there, below the node's own reads — which go through [`StoreTier`] and
+/// tokio's blocking pool at normal priority. Not for use on the runtime's workers.
+struct ServeFromStore(StoreTier);
+
+impl ServeFromStore {
+    fn store(&self) -> &Arc<Store> {
+        self.0.store()
+    }
+}
+
+impl ChunkTier for ServeFromStore {
+    fn name(&self) -> &str {
+        "store"
+    }
+
+    fn fetch<'a>(&'a self, slots: &'a mut [Slot]) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let answers: Vec<Answer> = slots
+                .iter()
+                .map(|s| match self.store().get(&s.chunk().digest) {
+                    Ok(Some(v)) => Answer::Found(StoredChunk {
+                        data: v.data,
+                        compression: v.compression,
+                    }),
+                    Ok(None) => Answer::Missing,
+                    Err(e) => {
+                        Answer::Failed(TierError::new("store", TierErrorKind::Io, e.to_string()))
+                    }
+                })
+                .collect();
+            answer_all(slots, answers);
+        })
+    }
+}
+
+impl ChunkStore for ServeFromStore {
+    fn put(&self, chunk: &ChunkRef, stored: &StoredChunk) -> Result<(), TierError> {
+        self.0.put(chunk, stored)
+    }
+
+    fn reject(&self, chunk: &ChunkRef, detail: &str) {
+        self.0.reject(chunk, detail)
     }
 }
 

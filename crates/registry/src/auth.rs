@@ -215,6 +215,27 @@ impl Auth {
         self.challenge.lock().ok().and_then(|c| c.clone())
     }
 
+    /// Whether a 401 has told what the registry wants.
+    pub(crate) fn knows_challenge(&self) -> bool {
+        self.challenge().is_some()
+    }
+
+    /// A request that carried `sent` for `repository`/`op` was refused elsewhere (by a proxy
+    /// relaying the registry's 401): drop that token unless a newer one replaced it, so that the
+    /// next [`Self::authorization`] fetches a new one. Nothing to drop for Basic credentials or
+    /// none.
+    pub(crate) async fn forget(&self, repository: &str, op: Op, sent: Sent) {
+        let Sent::Bearer(generation) = sent else {
+            return;
+        };
+        let slot = self.slot(repository, op);
+        let mut s = slot.lock().await;
+        if s.generation == generation && s.token.take().is_some() {
+            debug!(registry = %self.registry, repository, ?op, generation,
+                "token refused through a proxy; dropped");
+        }
+    }
+
     fn slot(&self, repository: &str, op: Op) -> Arc<tokio::sync::Mutex<Slot>> {
         match self.slots.lock() {
             Ok(mut m) => m.entry((repository.to_string(), op)).or_default().clone(),

@@ -13,7 +13,9 @@ use oci_client::errors::OciDistributionError;
 use oci_client::Reference;
 use tracing::debug;
 
-use crate::auth::{read_limited, scrub, Auth};
+use reqwest::Method;
+
+use crate::auth::{read_limited, scrub, Auth, Sent};
 use crate::client::Op;
 use crate::config::{RegistryConfig, Secret};
 use crate::error::{
@@ -90,13 +92,62 @@ impl HostHttp {
         headers: &[(HeaderName, HeaderValue)],
         what: &str,
     ) -> Result<reqwest::Response, Failure> {
+        self.request(Method::GET, r, tail, headers, what).await
+    }
+
+    /// `HEAD /v2/<repository>/<tail>` of `r`, authenticated and answered like [`Self::get`]:
+    /// what a request someone else sends will meet (the challenge is learned, a token fetched).
+    pub(crate) async fn head(&self, r: &Reference, tail: &str, what: &str) -> Result<(), Failure> {
+        self.request(Method::HEAD, r, tail, &[], what)
+            .await
+            .map(drop)
+    }
+
+    /// The absolute URL of `/v2/<repository>/<tail>` of `r` on this host (not a mirror).
+    pub(crate) fn url_of(&self, r: &Reference, tail: &str) -> String {
+        self.url(r, tail)
+    }
+
+    /// The `Authorization` header (if any) a pull of `repository` carries now, and what it is:
+    /// nothing until a 401 has told what the registry wants.
+    pub(crate) async fn pull_authorization(
+        &self,
+        repository: &str,
+        what: &str,
+    ) -> Result<(Option<HeaderValue>, Sent), Failure> {
+        self.auth
+            .authorization(&self.client, repository, Op::Pull, what)
+            .await
+    }
+
+    /// Whether the registry's authentication scheme is known (a 401 has told it).
+    pub(crate) fn knows_challenge(&self) -> bool {
+        self.auth.knows_challenge()
+    }
+
+    /// Someone else's request to `repository` that carried `sent` was refused: drop that token
+    /// (unless it has been replaced already), so the next authorization fetches a new one.
+    pub(crate) async fn forget(&self, repository: &str, sent: Sent) {
+        self.auth.forget(repository, Op::Pull, sent).await;
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        r: &Reference,
+        tail: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        what: &str,
+    ) -> Result<reqwest::Response, Failure> {
         let url = self.url(r, tail);
         let repository = r.repository();
         let (authorization, sent) = self
             .auth
             .authorization(&self.client, repository, Op::Pull, what)
             .await?;
-        let resp = self.send(&url, headers, authorization, what).await?;
+        let resp = self
+            .send(method.clone(), &url, headers, authorization, what)
+            .await?;
         if status_class(resp.status().as_u16()) != StatusClass::Unauthorized {
             return self.checked(resp, what).await;
         }
@@ -122,7 +173,9 @@ impl HostHttp {
             .auth
             .authorization(&self.client, repository, Op::Pull, what)
             .await?;
-        let resp = self.send(&url, headers, authorization, what).await?;
+        let resp = self
+            .send(method, &url, headers, authorization, what)
+            .await?;
         self.checked(resp, what).await.map_err(|mut f| {
             // Authenticated afresh and still refused: another round will not help.
             f.reauth = false;
@@ -132,12 +185,13 @@ impl HostHttp {
 
     async fn send(
         &self,
+        method: Method,
         url: &str,
         headers: &[(HeaderName, HeaderValue)],
         authorization: Option<HeaderValue>,
         what: &str,
     ) -> Result<reqwest::Response, Failure> {
-        let mut req = self.client.get(url);
+        let mut req = self.client.request(method, url);
         for (k, v) in headers {
             req = req.header(k, v);
         }

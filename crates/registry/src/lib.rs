@@ -11,6 +11,8 @@
 //! - [`Registry::push_nydus`] publishes a local Nydus image in nydusify's layout; the layout's
 //!   documents come from [`nydus_manifest`], which `dfagent build` also writes to OCI layouts.
 //! - [`Registry::download_blob`] streams a whole blob (an OCI layer) into a file, verified.
+//! - [`RegistryOrigin`] is the registry as a [`dfagent_core::BlobOrigin`]: a blob's URL at the
+//!   image's registry and the credentials a proxy (a Dragonfly seed peer) needs to fetch it.
 //!
 //! Credentials come from the configuration's host entries ([`HostConfig`]), else from a docker
 //! `config.json`. Reads are our own HTTP requests: a registry's 401 challenge says what it
@@ -31,6 +33,7 @@ mod download;
 mod error;
 mod http;
 mod image;
+mod origin;
 mod push;
 mod reference;
 mod tier;
@@ -39,6 +42,7 @@ pub use client::{
     RawManifest, Registry, MAX_BOOTSTRAP_SIZE, MAX_MANIFEST_SIZE, MAX_RANGE_LEN, MAX_RETRY_WAIT,
 };
 pub use config::{HostConfig, HostCredentials, RegistryConfig, Secret, REDACTED};
+pub use dfagent_core::ranges::{DEFAULT_MAX_MERGE, MAX_MERGE_GAP};
 pub use download::reference_with_digest;
 pub use error::{RegistryError, Result};
 pub use image::{
@@ -46,5 +50,6 @@ pub use image::{
     ANNOTATION_NYDUS_BOOTSTRAP, ANNOTATION_NYDUS_FS_VERSION, ANNOTATION_UNCOMPRESSED,
     BOOTSTRAP_PATH_IN_LAYER, MEDIA_TYPE_NYDUS_BLOB, OS_FEATURE_NYDUS,
 };
+pub use origin::RegistryOrigin;
 pub use push::{nydus_manifest, NydusManifest};
-pub use tier::{RegistryTier, DEFAULT_MAX_MERGE, MAX_MERGE_GAP};
+pub use tier::RegistryTier;

@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{client_with, token_setup, write_docker_config_for};
+use common::{client_with, token_setup, write_docker_config_for, LogSink};
 use dfagent_registry::RegistryError;
 use dfagent_test_support::token::ExpiresIn;
 use dfagent_test_support::wait::within;
@@ -62,34 +61,5 @@ async fn credentials_and_tokens_stay_out_of_logs_and_errors() {
         for secret in &secrets {
             assert!(!text.contains(secret.as_str()), "{what} show {secret}");
         }
-    }
-}
-
-/// A `tracing` writer that keeps everything written.
-#[derive(Clone, Default)]
-struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-impl LogSink {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("log sink")).into_owned()
-    }
-}
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log sink").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
-    type Writer = LogSink;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
     }
 }

@@ -321,7 +321,14 @@ impl Resolver {
         st: &mut BatchState,
         mode: Mode,
     ) -> Vec<usize> {
-        let mut slots: Vec<Slot> = pending.iter().map(|&i| Slot::new(batch[i])).collect();
+        let mut slots: Vec<Slot> = pending
+            .iter()
+            .map(|&i| {
+                let mut slot = Slot::new(batch[i]);
+                slot.set_background(mode == Mode::Background);
+                slot
+            })
+            .collect();
         self.bump(|m| &m.fetches, slots.len() as u64);
         let started = Instant::now();
         {

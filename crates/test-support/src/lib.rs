@@ -31,13 +31,16 @@
 
 pub mod campaign;
 pub mod cli;
+pub mod cluster;
 pub mod crash;
 pub mod daemon;
+pub mod dragonfly;
 pub mod fixtures;
 pub mod mount;
 pub mod mountinfo;
 pub mod net;
 pub mod netns;
+pub mod oci;
 pub mod process;
 pub mod proxy;
 pub mod registry;

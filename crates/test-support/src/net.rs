@@ -34,3 +34,11 @@ pub fn http_get_body(addr: SocketAddr, path: &str) -> String {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()
 }
+
+/// A `reqwest` client builder that works in any test binary: one that also links the registry
+/// crate unifies reqwest onto rustls without a crypto provider, and building a client then
+/// panics unless one is installed (ring, as the registry installs it).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}

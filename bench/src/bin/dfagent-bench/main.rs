@@ -12,6 +12,7 @@ mod build_bench;
 mod cleanup;
 mod cold_start;
 mod daemon_bench;
+mod dragonfly;
 mod env;
 mod mount;
 mod outcome;
@@ -107,6 +108,14 @@ enum Scenario {
         #[arg(long, default_value_t = 4)]
         nodes: usize,
     },
+    /// N daemons in network namespaces start the image straight from the registry, through
+    /// one cold Dragonfly seed peer, and through a preheated one (peer network off): registry
+    /// egress and start times. Not part of `all` (network namespaces, dfdaemon).
+    Dragonfly {
+        /// Nodes (daemons, each in its own network namespace).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
 }
 
 const ORDER: [Scenario; 10] = [
@@ -135,6 +144,7 @@ fn run_one(env: &mut Env, s: Scenario, results: &Path) -> anyhow::Result<Outcome
         Scenario::MountLatency => daemon_bench::latency(env),
         Scenario::DaemonMemory => daemon_bench::memory(env),
         Scenario::Swarm { nodes } => swarm::run(env, nodes, results),
+        Scenario::Dragonfly { nodes } => dragonfly::run(env, nodes, results),
         Scenario::All => anyhow::bail!("`all` is not a single scenario"),
     }
 }

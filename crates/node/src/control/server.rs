@@ -94,6 +94,9 @@ pub fn status_of(e: &NodeError) -> Status {
         NodeError::BadImage { .. } | NodeError::Rafs(_) => Status::invalid_argument(msg),
         NodeError::Unsupported(_) | NodeError::Peer(_) => Status::failed_precondition(msg),
         NodeError::Store(_) | NodeError::Io { .. } => Status::internal(msg),
+        NodeError::Dragonfly(d) if d.is_permanent() => Status::failed_precondition(msg),
+        NodeError::Dragonfly(_) => Status::unavailable(msg),
+        NodeError::Timeout { .. } => Status::deadline_exceeded(msg),
     }
 }
 
