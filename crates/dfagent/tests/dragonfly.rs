@@ -362,7 +362,8 @@ mod with_dfdaemon {
         assert!(tier_bytes(&n1, "dragonfly") > 0);
     }
 
-    /// Exit codes a Kubernetes Job can act on: an unknown image is 3, an unreachable scheduler 5.
+    /// Exit codes a Kubernetes Job can act on: an unknown image is 3, refused credentials 4, an
+    /// unreachable scheduler 5.
     #[test]
     fn seeding_fails_with_exit_codes_a_job_can_act_on() {
         let c = Cluster::new(1, &["dragonfly/known"]);
@@ -402,6 +403,37 @@ mod with_dfdaemon {
         assert_eq!(
             out.status.code(),
             Some(5),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // A registry that wants credentials this node does not have: 4.
+        let locked = Registry::builder()
+            .addr(c.bridge.free_addr())
+            .basic_auth("seeder", "not-configured-here")
+            .start();
+        let cfg_locked = write(
+            c.work.path(),
+            "seed-locked.toml",
+            &registry_hosts(&[c.proxy.addr(), locked.addr()]),
+        );
+        let out = dfagent_cli!().run(&[
+            "--config",
+            &cfg_locked.display().to_string(),
+            "--no-daemon",
+            "seed",
+            &format!("{}/dragonfly/private:v1", locked.host()),
+            "--scheduler",
+            &c.scheduler.addr().to_string(),
+            "--no-pull",
+            "--retries",
+            "1",
+            "--timeout",
+            "20s",
+            "--json",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(4),
             "{}",
             String::from_utf8_lossy(&out.stdout)
         );
