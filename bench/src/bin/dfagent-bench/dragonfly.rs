@@ -24,7 +24,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -47,6 +46,7 @@ use crate::cold_start::link_desc;
 use crate::env::{drop_caches, Env, NYDUS_REPO, TAG};
 use crate::outcome::{hash_files, mb, Outcome};
 use crate::procs;
+use crate::swarm::{data_blobs, start, start_desc};
 
 /// Prefix of the bridge's interface and namespace names.
 const BRIDGE_PREFIX: &str = "dfdf";
@@ -54,8 +54,6 @@ const BRIDGE_PREFIX: &str = "dfdf";
 const METRICS_PORT: u16 = 9464;
 /// Bound of one `dfagent mount` through a daemon.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(600);
-/// Bound of the workload's start.
-const START_TIMEOUT: Duration = Duration::from_secs(600);
 /// Bound of the preheat (`dfagent seed`).
 const PREHEAT_TIMEOUT: Duration = Duration::from_secs(900);
 /// Bound of waiting for a node's store to hold the whole image.
@@ -241,26 +239,6 @@ fn start_seed(
         .and_then(|pid| i32::try_from(pid).ok())
         .map(|pid| cleanup::register(Action::Kill(pid)));
     Ok((seed, reg))
-}
-
-fn start(env: &Env, root: &Path) -> anyhow::Result<String> {
-    match &env.workload.start {
-        Some(cmd) => {
-            let out = procs::run(Command::new("chroot").arg(root).args(cmd), START_TIMEOUT)?;
-            Ok(out.stdout.trim().to_owned())
-        }
-        None => hash_files(root, &env.workload.check_files),
-    }
-}
-
-fn start_desc(env: &Env) -> String {
-    match &env.workload.start {
-        Some(c) => format!("`chroot MP {}`", c.join(" ")),
-        None => format!(
-            "no userland in this tree: read and hash {}",
-            env.workload.check_files.join(", ")
-        ),
-    }
 }
 
 /// `/proc/loadavg`'s first three fields.
@@ -634,20 +612,6 @@ impl Ctx<'_> {
             seed_ready_s,
         })
     }
-}
-
-/// The image's data blobs (digest hex): the blob files `dfagent build` wrote.
-fn data_blobs(env: &Env) -> anyhow::Result<Vec<String>> {
-    let dir = env.work.join("nydus-build/blobs");
-    let mut v: Vec<String> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
-        .collect();
-    v.sort();
-    ensure!(!v.is_empty(), "no data blobs in {}", dir.display());
-    Ok(v)
 }
 
 /// The dragonfly scenario with `n` nodes.

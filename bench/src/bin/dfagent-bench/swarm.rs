@@ -229,7 +229,7 @@ impl Drop for SwarmNode {
 
 /// The workload's start in `root` (what cold-start does for one node): the chroot command's
 /// stdout, or the check files' hashes for trees without a userland.
-fn start(env: &Env, root: &Path) -> anyhow::Result<String> {
+pub(crate) fn start(env: &Env, root: &Path) -> anyhow::Result<String> {
     match &env.workload.start {
         Some(cmd) => {
             let out = procs::run(Command::new("chroot").arg(root).args(cmd), START_TIMEOUT)?;
@@ -239,7 +239,7 @@ fn start(env: &Env, root: &Path) -> anyhow::Result<String> {
     }
 }
 
-fn start_desc(env: &Env) -> String {
+pub(crate) fn start_desc(env: &Env) -> String {
     match &env.workload.start {
         Some(c) => format!("`chroot MP {}`", c.join(" ")),
         None => format!(
@@ -577,7 +577,7 @@ impl Ctx<'_> {
 
 /// The image's data blobs (digest hex): the blob files `dfagent build` wrote beside the
 /// bootstrap.
-fn data_blobs(env: &Env) -> anyhow::Result<Vec<String>> {
+pub(crate) fn data_blobs(env: &Env) -> anyhow::Result<Vec<String>> {
     let dir = env.work.join("nydus-build/blobs");
     let mut v: Vec<String> = std::fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?
