@@ -23,21 +23,19 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use dfagent_bench::proxy::{Exchange, Proxy, ShapeConfig};
+use dfagent_bench::proxy::{Exchange, Proxy};
 use dfagent_bench::report::{fmt_value, Series, Table};
 use dfagent_test_support::cli::Dfagent;
 use dfagent_test_support::cluster::metric_with;
-use dfagent_test_support::daemon::DfagentDaemon;
 use dfagent_test_support::dragonfly::{
     dfdaemon_path, DfdaemonSeed, SeedOptions, TestScheduler, DFDAEMON_VERSION,
 };
-use dfagent_test_support::mount::MountGuard;
 use dfagent_test_support::netns::{self, Bridge, NetNode};
 use plotters::prelude::*;
 
@@ -46,24 +44,16 @@ use crate::cold_start::link_desc;
 use crate::env::{drop_caches, Env, NYDUS_REPO, TAG};
 use crate::outcome::{hash_files, mb, Outcome};
 use crate::procs;
-use crate::swarm::{data_blobs, start, start_desc};
+use crate::swarm::{data_blobs, start_desc, ClusterNode, Ctx};
 
 /// Prefix of the bridge's interface and namespace names.
 const BRIDGE_PREFIX: &str = "dfdf";
 /// Port of each node's `/metrics` (on its own address).
 const METRICS_PORT: u16 = 9464;
-/// Bound of one `dfagent mount` through a daemon.
-const MOUNT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Bound of the preheat (`dfagent seed`).
 const PREHEAT_TIMEOUT: Duration = Duration::from_secs(900);
-/// Bound of waiting for a node's store to hold the whole image.
-const SETTLE: Duration = Duration::from_secs(300);
-/// How long the stored chunk count must stay unchanged, prefetch finished, to count as final.
-const STABLE: Duration = Duration::from_secs(3);
 /// Bound of waiting for a node to know a healthy seed.
 const SEEDS_KNOWN: Duration = Duration::from_secs(60);
-/// Bound of the small CLI calls (ps).
-const CLI: Duration = Duration::from_secs(60);
 /// Most nodes.
 const MAX_NODES: usize = 16;
 /// The bundled plot font (registered again here for the per-node plot).
@@ -161,45 +151,9 @@ impl RunResult {
     }
 }
 
-/// What every cluster run shares.
-struct Ctx<'a> {
-    env: &'a Env,
-    bridge: Bridge,
-    cli: Dfagent,
-    data_blobs: Vec<String>,
-    expected_check: String,
-    runs: AtomicUsize,
-}
-
-/// A node: its daemon in its namespace, its mount.
-struct DfNode {
-    daemon: Option<DfagentDaemon>,
-    mount: Option<MountGuard>,
-    net: NetNode,
-    mp: PathBuf,
-    regs: Vec<u64>,
-}
-
-impl DfNode {
-    fn daemon(&self) -> anyhow::Result<&DfagentDaemon> {
-        self.daemon
-            .as_ref()
-            .context("the node's daemon is not running")
-    }
-
-    fn metrics_addr(&self) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(self.net.addr()), METRICS_PORT)
-    }
-}
-
-impl Drop for DfNode {
-    fn drop(&mut self) {
-        self.daemon = None;
-        self.mount = None;
-        for r in self.regs.drain(..) {
-            cleanup::deregister(r);
-        }
-    }
+/// Where a node's `/metrics` are served: its address, the default port.
+fn metrics_addr(net: &NetNode) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(net.addr()), METRICS_PORT)
 }
 
 /// The Dragonfly side of a run: the test scheduler and one seed peer.
@@ -249,33 +203,6 @@ fn loadavg() -> String {
 }
 
 impl Ctx<'_> {
-    fn shape(&self) -> ShapeConfig {
-        let o = &self.env.opts;
-        ShapeConfig {
-            bytes_per_sec: o.bandwidth_mbps * 1e6,
-            rtt: Duration::from_secs_f64(o.rtt_ms / 1e3),
-            per_connection: o.per_connection,
-        }
-    }
-
-    fn client(
-        &self,
-        node: &DfNode,
-        args: &[&std::ffi::OsStr],
-        timeout: Duration,
-    ) -> anyhow::Result<String> {
-        let mut cmd = self.cli.command();
-        cmd.env("DFAGENT_SOCKET", node.daemon()?.socket())
-            .args(args);
-        Ok(procs::run(&mut cmd, timeout)?.stdout)
-    }
-
-    fn ps(&self, node: &DfNode) -> anyhow::Result<serde_json::Value> {
-        let out = self.client(node, &["ps".as_ref(), "--json".as_ref()], CLI)?;
-        let v: serde_json::Value = serde_json::from_str(&out).context("parsing ps --json")?;
-        Ok(v[0].clone())
-    }
-
     /// The node's config: peers off; Dragonfly on with `scheduler` when given.
     fn config(scheduler: Option<SocketAddr>, proxy: SocketAddr) -> String {
         let mut text = "[peer]\nenable = false\n".to_owned();
@@ -290,41 +217,19 @@ impl Ctx<'_> {
         text
     }
 
-    fn start_node(&self, dir: &Path, name: &str, config: &str) -> anyhow::Result<DfNode> {
+    /// A node with `config`, its metrics on its address (for the seed wait).
+    fn start_df_node(&self, dir: &Path, name: &str, config: &str) -> anyhow::Result<ClusterNode> {
         cleanup::check_not_stopping()?;
         let net = self.bridge.add_node(name);
-        let node_dir = dir.join(name);
-        let mp = node_dir.join("mnt");
-        std::fs::create_dir_all(&mp)?;
-        let path = node_dir.join("config.toml");
-        std::fs::write(&path, config)?;
-        let path = path.display().to_string();
-        let metrics = SocketAddr::new(IpAddr::V4(net.addr()), METRICS_PORT).to_string();
-        let daemon = DfagentDaemon::start_in(
-            &net,
-            &self.cli,
-            &node_dir,
-            &node_dir.join("store"),
-            &["--config", &path, "--metrics-addr", &metrics],
-        );
-        let regs = vec![
-            cleanup::register(Action::Kill(daemon.pid() as i32)),
-            cleanup::register(Action::Unmount(mp.clone())),
-        ];
-        Ok(DfNode {
-            daemon: Some(daemon),
-            mount: None,
-            net,
-            mp,
-            regs,
-        })
+        let metrics = metrics_addr(&net).to_string();
+        self.start_daemon_node(net, &dir.join(name), config, &["--metrics-addr", &metrics])
     }
 
     /// Wait (bounded) until the node's Dragonfly client knows a healthy seed.
-    fn wait_for_seed(&self, node: &DfNode) -> anyhow::Result<()> {
+    fn wait_for_seed(&self, node: &ClusterNode) -> anyhow::Result<()> {
         let t0 = Instant::now();
         loop {
-            let m = dfagent_test_support::net::http_get_body(node.metrics_addr(), "/metrics");
+            let m = dfagent_test_support::net::http_get_body(metrics_addr(&node.net), "/metrics");
             if metric_with(&m, "dfagent_dragonfly_seeds", "state=\"healthy\"") >= 1 {
                 return Ok(());
             }
@@ -335,65 +240,6 @@ impl Ctx<'_> {
             );
             cleanup::check_not_stopping()?;
             std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn mount_and_start(
-        &self,
-        node: &mut DfNode,
-        reference: &str,
-    ) -> anyhow::Result<(f64, f64, String)> {
-        node.mount = Some(MountGuard::new(&node.mp));
-        let t0 = Instant::now();
-        self.client(
-            node,
-            &[
-                "mount".as_ref(),
-                reference.as_ref(),
-                node.mp.as_os_str(),
-                "--prefetch".as_ref(),
-                self.env.opts.prefetch.as_ref(),
-            ],
-            MOUNT_TIMEOUT,
-        )?;
-        let mount_s = t0.elapsed().as_secs_f64();
-        let output = start(self.env, &node.mp)?;
-        Ok((mount_s, t0.elapsed().as_secs_f64(), output))
-    }
-
-    /// Wait (bounded) until the node's prefetch finished and its store is done writing:
-    /// (chunks stored, chunks of the image, timed out).
-    fn settle(&self, node: &DfNode) -> anyhow::Result<(u64, u64, bool)> {
-        let all = self.env.opts.prefetch == "all";
-        let t0 = Instant::now();
-        let mut last = (u64::MAX, Instant::now());
-        loop {
-            let m = self.ps(node)?;
-            let state = m["prefetch"]["state"].as_str().unwrap_or_default();
-            let cached = m["chunks_cached"].as_u64().unwrap_or(0);
-            let total = m["chunks_total"].as_u64().unwrap_or(u64::MAX);
-            if cached != last.0 {
-                last = (cached, Instant::now());
-            }
-            if state != "running" && (!all || cached >= total) {
-                return Ok((cached, total, false));
-            }
-            if state != "running" && last.1.elapsed() >= STABLE {
-                procs::warn(&format!(
-                    "dragonfly: node {}: prefetch {state}, store holds {cached} of {total} chunks",
-                    node.net.name()
-                ));
-                return Ok((cached, total, false));
-            }
-            if t0.elapsed() > SETTLE {
-                procs::warn(&format!(
-                    "dragonfly: node {} did not settle within {SETTLE:?} ({cached}/{total} chunks)",
-                    node.net.name()
-                ));
-                return Ok((cached, total, true));
-            }
-            cleanup::check_not_stopping()?;
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -451,7 +297,7 @@ impl Ctx<'_> {
     }
 
     /// One cluster run in `mode` with `n` nodes.
-    fn run(&self, mode: Mode, n: usize) -> anyhow::Result<RunResult> {
+    fn run_dragonfly(&self, mode: Mode, n: usize) -> anyhow::Result<RunResult> {
         let run = self.runs.fetch_add(1, Ordering::Relaxed);
         let env = self.env;
         let bridge_ip = self.bridge.addr();
@@ -493,7 +339,7 @@ impl Ctx<'_> {
         let config = Self::config(df.as_ref().map(|d| d.scheduler.addr()), proxy.addr());
         let mut nodes = Vec::new();
         for k in 1..=n {
-            nodes.push(self.start_node(&dir, &format!("r{run}n{k}"), &config)?);
+            nodes.push(self.start_df_node(&dir, &format!("r{run}n{k}"), &config)?);
         }
         if df.is_some() {
             for node in &nodes {
@@ -543,7 +389,7 @@ impl Ctx<'_> {
         }
         let exchanges = proxy.exchanges();
         let mut out = Vec::new();
-        for ((node, (mount_s, start_s, started_at_s, output)), (cached, total, timed_out)) in
+        for ((node, (mount_s, start_s, started_at_s, output)), settled) in
             nodes.iter().zip(timings).zip(settled)
         {
             let m = self.ps(node)?;
@@ -568,9 +414,9 @@ impl Ctx<'_> {
                 output,
                 tiers,
                 registry_data: self.data_to(&exchanges, node.net.addr()),
-                chunks_cached: cached,
-                chunks_total: total,
-                settle_timed_out: timed_out,
+                chunks_cached: settled.cached,
+                chunks_total: settled.total,
+                settle_timed_out: settled.timed_out,
             });
         }
         // Every registry request came from a node, or (with Dragonfly) from the seed and the
@@ -692,7 +538,7 @@ fn run_inner(
         let mut by_mode: BTreeMap<&str, RunResult> = BTreeMap::new();
         for i in 0..modes.len() {
             let mode = modes[(r + i) % modes.len()];
-            let x = ctx.run(mode, n)?;
+            let x = ctx.run_dragonfly(mode, n)?;
             eprintln!(
                 "dfagent-bench: dragonfly round {} {}: registry data {:.1} MB (seed {:.1} MB, preheat {:.1} MB); last node started {:.2} s",
                 r + 1,

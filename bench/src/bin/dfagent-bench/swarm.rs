@@ -115,13 +115,13 @@ struct NodeResult {
 
 /// A node's store when the run stopped waiting for it.
 #[derive(Clone, Copy, Debug)]
-struct Settled {
+pub(crate) struct Settled {
     /// Chunks of the image in its store.
-    cached: u64,
+    pub(crate) cached: u64,
     /// Chunks of the image.
-    total: u64,
+    pub(crate) total: u64,
     /// Whether the wait hit [`SETTLE`] with the prefetch still running.
-    timed_out: bool,
+    pub(crate) timed_out: bool,
 }
 
 impl NodeResult {
@@ -185,38 +185,39 @@ impl RunResult {
     }
 }
 
-/// What every cluster run shares.
-struct Ctx<'a> {
-    env: &'a Env,
-    bridge: Bridge,
-    cli: Dfagent,
+/// What every cluster run shares (this scenario's and `dragonfly`'s).
+pub(crate) struct Ctx<'a> {
+    pub(crate) env: &'a Env,
+    pub(crate) bridge: Bridge,
+    pub(crate) cli: Dfagent,
     /// The image's data blobs (digest hex).
-    data_blobs: Vec<String>,
+    pub(crate) data_blobs: Vec<String>,
     /// The check files' hashes in the source tree.
-    expected_check: String,
+    pub(crate) expected_check: String,
     /// Cluster runs so far (part of node names).
-    runs: AtomicUsize,
+    pub(crate) runs: AtomicUsize,
 }
 
 /// A node of a cluster run: its daemon in its namespace, its mount.
-struct SwarmNode {
-    daemon: Option<DfagentDaemon>,
-    mount: Option<MountGuard>,
-    net: NetNode,
-    mp: PathBuf,
-    daemon_s: f64,
-    regs: Vec<u64>,
+pub(crate) struct ClusterNode {
+    pub(crate) daemon: Option<DfagentDaemon>,
+    pub(crate) mount: Option<MountGuard>,
+    pub(crate) net: NetNode,
+    pub(crate) mp: PathBuf,
+    /// Seconds its daemon took to start.
+    pub(crate) daemon_s: f64,
+    pub(crate) regs: Vec<u64>,
 }
 
-impl SwarmNode {
-    fn daemon(&self) -> anyhow::Result<&DfagentDaemon> {
+impl ClusterNode {
+    pub(crate) fn daemon(&self) -> anyhow::Result<&DfagentDaemon> {
         self.daemon
             .as_ref()
             .context("the node's daemon is not running")
     }
 }
 
-impl Drop for SwarmNode {
+impl Drop for ClusterNode {
     fn drop(&mut self) {
         // The daemon unmounts on SIGTERM; the guard detaches whatever is left.
         self.daemon = None;
@@ -250,7 +251,7 @@ pub(crate) fn start_desc(env: &Env) -> String {
 }
 
 impl Ctx<'_> {
-    fn shape(&self) -> ShapeConfig {
+    pub(crate) fn shape(&self) -> ShapeConfig {
         let o = &self.env.opts;
         ShapeConfig {
             bytes_per_sec: o.bandwidth_mbps * 1e6,
@@ -260,9 +261,9 @@ impl Ctx<'_> {
     }
 
     /// `dfagent ARGS` as the client of `node`'s daemon.
-    fn client(
+    pub(crate) fn client(
         &self,
-        node: &SwarmNode,
+        node: &ClusterNode,
         args: &[&std::ffi::OsStr],
         timeout: Duration,
     ) -> anyhow::Result<String> {
@@ -273,7 +274,7 @@ impl Ctx<'_> {
     }
 
     /// The node's only mount as `dfagent ps --json` shows it.
-    fn ps(&self, node: &SwarmNode) -> anyhow::Result<serde_json::Value> {
+    pub(crate) fn ps(&self, node: &ClusterNode) -> anyhow::Result<serde_json::Value> {
         let out = self.client(node, &["ps".as_ref(), "--json".as_ref()], CLI)?;
         let v: serde_json::Value = serde_json::from_str(&out).context("parsing ps --json")?;
         Ok(v[0].clone())
@@ -287,12 +288,10 @@ impl Ctx<'_> {
         peers: bool,
         seeds: &[Ipv4Addr],
         proxy: SocketAddr,
-    ) -> anyhow::Result<SwarmNode> {
+    ) -> anyhow::Result<ClusterNode> {
         cleanup::check_not_stopping()?;
         let net = self.bridge.add_node(name);
         let node_dir = dir.join(name);
-        let mp = node_dir.join("mnt");
-        std::fs::create_dir_all(&mp)?;
         let mut text = if peers {
             format!(
                 "[peer]\nenable = true\nlisten = [\"/ip4/{}/tcp/{PEER_PORT}\"]\nbootstrap = [{}]\nsecret = \"{SECRET}\"\n",
@@ -310,23 +309,34 @@ impl Ctx<'_> {
             "[registry.hosts.\"{}\"]\nplain_http = true\n",
             proxy
         ));
-        let config = node_dir.join("config.toml");
-        std::fs::write(&config, text)?;
-        let config = config.display().to_string();
+        self.start_daemon_node(net, &node_dir, &text, &[])
+    }
+
+    /// Start a `dfagent daemon` in `net` with `config` as its configuration file and `extra`
+    /// flags, its store and mount point under `node_dir`, killed and unmounted on an interrupt.
+    pub(crate) fn start_daemon_node(
+        &self,
+        net: NetNode,
+        node_dir: &Path,
+        config: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<ClusterNode> {
+        let mp = node_dir.join("mnt");
+        std::fs::create_dir_all(&mp)?;
+        let path = node_dir.join("config.toml");
+        std::fs::write(&path, config)?;
+        let path = path.display().to_string();
+        let mut args = vec!["--config", path.as_str()];
+        args.extend_from_slice(extra);
         let t0 = Instant::now();
-        let daemon = DfagentDaemon::start_in(
-            &net,
-            &self.cli,
-            &node_dir,
-            &node_dir.join("store"),
-            &["--config", &config],
-        );
+        let daemon =
+            DfagentDaemon::start_in(&net, &self.cli, node_dir, &node_dir.join("store"), &args);
         let daemon_s = t0.elapsed().as_secs_f64();
         let regs = vec![
             cleanup::register(Action::Kill(daemon.pid() as i32)),
             cleanup::register(Action::Unmount(mp.clone())),
         ];
-        Ok(SwarmNode {
+        Ok(ClusterNode {
             daemon: Some(daemon),
             mount: None,
             net,
@@ -337,9 +347,9 @@ impl Ctx<'_> {
     }
 
     /// Mount the image on `node` and run the start: (mount s, start s, output).
-    fn mount_and_start(
+    pub(crate) fn mount_and_start(
         &self,
-        node: &mut SwarmNode,
+        node: &mut ClusterNode,
         reference: &str,
     ) -> anyhow::Result<(f64, f64, String)> {
         node.mount = Some(MountGuard::new(&node.mp));
@@ -365,7 +375,7 @@ impl Ctx<'_> {
     /// unchanged for [`STABLE`] (the store may drop a write it cannot queue: that chunk stays
     /// missing). Returns (chunks stored, chunks of the image); `Settled::timed_out` when the
     /// bound passed.
-    fn settle(&self, node: &SwarmNode) -> anyhow::Result<Settled> {
+    pub(crate) fn settle(&self, node: &ClusterNode) -> anyhow::Result<Settled> {
         let all = self.env.opts.prefetch == "all";
         let t0 = Instant::now();
         let mut last = (u64::MAX, Instant::now());
@@ -387,14 +397,14 @@ impl Ctx<'_> {
             }
             if state != "running" && last.1.elapsed() >= STABLE {
                 procs::warn(&format!(
-                    "swarm: node {}: prefetch {state}, but its store holds {cached} of the image's {total} chunks",
+                    "node {}: prefetch {state}, but its store holds {cached} of the image's {total} chunks",
                     node.net.name()
                 ));
                 return Ok(settled);
             }
             if t0.elapsed() > SETTLE {
                 procs::warn(&format!(
-                    "swarm: node {} did not settle within {SETTLE:?} (prefetch {state}, {cached}/{total} chunks)",
+                    "node {} did not settle within {SETTLE:?} (prefetch {state}, {cached}/{total} chunks)",
                     node.net.name()
                 ));
                 return Ok(Settled {
@@ -424,7 +434,7 @@ impl Ctx<'_> {
         ));
         std::fs::create_dir_all(&dir)?;
         drop_caches()?;
-        let mut nodes: Vec<SwarmNode> = Vec::new();
+        let mut nodes: Vec<ClusterNode> = Vec::new();
         let mut timings: Vec<(f64, f64, f64, String)> = Vec::new();
         let mut settled = Vec::new();
         match mode {
