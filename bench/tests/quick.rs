@@ -30,6 +30,45 @@ fn dfagent_binary() -> PathBuf {
     dfagent
 }
 
+/// Run a multi-node scenario (`swarm`, `dragonfly`) in quick mode with `nodes` nodes and one
+/// round, which must succeed: its results directory, stdout and stderr.
+fn run_cluster_scenario(scenario: &str, nodes: u64) -> (tempfile::TempDir, String, String) {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the bench needs root (network namespaces, FUSE mounts)"
+    );
+    let results = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dfagent-bench"))
+        .args([
+            scenario,
+            "--nodes",
+            &nodes.to_string(),
+            "--quick",
+            "--rounds",
+            "1",
+        ])
+        .arg("--results-dir")
+        .arg(results.path())
+        .arg("--dfagent")
+        .arg(dfagent_binary())
+        .env(
+            "DFAGENT_SOCKET",
+            results.path().join("no-daemon/dfagent.sock"),
+        )
+        .output()
+        .expect("running dfagent-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "exit status {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    (results, stdout, stderr)
+}
+
 fn json(dir: &Path, name: &str) -> serde_json::Value {
     let p = dir.join(format!("{name}.json"));
     serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
@@ -208,41 +247,8 @@ fn quick_mode_reports_every_scenario() {
 /// `cargo test -p dfagent-bench --test quick swarm`.
 #[test]
 fn swarm_quick_reports_egress_and_start() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the bench needs root (network namespaces, FUSE mounts)"
-    );
-    let dfagent = dfagent_binary();
-    let results = tempfile::tempdir().unwrap();
     let nodes = 3u64;
-    let out = Command::new(env!("CARGO_BIN_EXE_dfagent-bench"))
-        .args([
-            "swarm",
-            "--nodes",
-            "3",
-            "--quick",
-            "--rounds",
-            "1",
-            "--results-dir",
-        ])
-        .arg(results.path())
-        .arg("--dfagent")
-        .arg(&dfagent)
-        .env(
-            "DFAGENT_SOCKET",
-            results.path().join("no-daemon/dfagent.sock"),
-        )
-        .output()
-        .expect("running dfagent-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit status {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
+    let (results, stdout, stderr) = run_cluster_scenario("swarm", nodes);
     let lines: Vec<_> = stdout.lines().filter_map(parse_summary_line).collect();
     assert_eq!(lines.len(), stdout.lines().count(), "stdout:\n{stdout}");
     let line = |name: &str| {
@@ -329,41 +335,8 @@ mod with_dfdaemon {
     /// `cargo test -p dfagent-bench --test quick with_dfdaemon`.
     #[test]
     fn dragonfly_quick_reports_egress_and_start() {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "the bench needs root (network namespaces, FUSE mounts)"
-        );
-        let dfagent = dfagent_binary();
-        let results = tempfile::tempdir().unwrap();
         let nodes = 2u64;
-        let out = Command::new(env!("CARGO_BIN_EXE_dfagent-bench"))
-            .args([
-                "dragonfly",
-                "--nodes",
-                "2",
-                "--quick",
-                "--rounds",
-                "1",
-                "--results-dir",
-            ])
-            .arg(results.path())
-            .arg("--dfagent")
-            .arg(&dfagent)
-            .env(
-                "DFAGENT_SOCKET",
-                results.path().join("no-daemon/dfagent.sock"),
-            )
-            .output()
-            .expect("running dfagent-bench");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "exit status {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            out.status
-        );
+        let (results, stdout, stderr) = run_cluster_scenario("dragonfly", nodes);
         let lines: Vec<_> = stdout.lines().filter_map(parse_summary_line).collect();
         assert_eq!(lines.len(), stdout.lines().count(), "stdout:\n{stdout}");
         assert_eq!(lines.len(), 3, "stdout:\n{stdout}");

@@ -136,6 +136,27 @@ async fn fetch(p: &Peer, refs: &[ChunkRef]) -> Vec<Option<Result<Vec<u8>, String
         .collect()
 }
 
+/// Fetch `refs` from `p` (bounded by [`WAIT`]) until some answer fails verification (only a
+/// liar provides them); each bad answer told to `tier`, which must send the chunk on (`Next`).
+async fn ask_the_liar(p: &Peer, tier: &Arc<dyn ChunkTier>, refs: &[ChunkRef]) {
+    let start = Instant::now();
+    let mut bad = 0;
+    while bad == 0 {
+        for (g, r) in fetch(p, refs).await.into_iter().zip(refs) {
+            match g {
+                Some(Err(detail)) => {
+                    bad += 1;
+                    assert_eq!(tier.bad_answer(r, &detail), Retry::Next);
+                }
+                Some(Ok(_)) => panic!("a flipped chunk verified"),
+                None => {}
+            }
+        }
+        assert!(start.elapsed() < WAIT, "the liar was never asked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn raw(c: &(ChunkRef, Bytes)) -> Vec<u8> {
     dfagent_core::decompress(c.0.compression, &c.1, c.0.uncompressed_size as usize).unwrap()
 }
@@ -213,23 +234,8 @@ async fn a_liar_is_banned_and_an_honest_peer_serves() {
     connected(&c.peer, 1).await;
     let tier = c.peer.tier();
     // Only the liar provides X: its answers fail the requester's verification.
-    let start = Instant::now();
-    let mut bad = 0;
-    while bad == 0 {
-        for (g, r) in fetch(&c.peer, &refs).await.into_iter().zip(&refs) {
-            match g {
-                Some(Err(detail)) => {
-                    bad += 1;
-                    // No other provider is known yet.
-                    assert_eq!(tier.bad_answer(r, &detail), Retry::Next);
-                }
-                Some(Ok(_)) => panic!("a flipped chunk verified"),
-                None => {}
-            }
-        }
-        assert!(start.elapsed() < WAIT, "the liar was never asked");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // No other provider is known yet.
+    ask_the_liar(&c.peer, &tier, &refs).await;
     let liar_id = liar.peer.status().peer_id;
     let st = c.peer.status();
     let l = st.peers.iter().find(|p| p.id == liar_id).unwrap();
@@ -817,22 +823,7 @@ async fn a_ban_ends_and_the_peer_is_asked_again() {
     liar.peer.provide(refs[0].blob);
     connected(&c.peer, 1).await;
     let tier = c.peer.tier();
-    let start = Instant::now();
-    let mut bad = 0;
-    while bad == 0 {
-        for (g, r) in fetch(&c.peer, &refs).await.into_iter().zip(&refs) {
-            match g {
-                Some(Err(detail)) => {
-                    bad += 1;
-                    assert_eq!(tier.bad_answer(r, &detail), Retry::Next);
-                }
-                Some(Ok(_)) => panic!("a flipped chunk verified"),
-                None => {}
-            }
-        }
-        assert!(start.elapsed() < WAIT, "the liar was never asked");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ask_the_liar(&c.peer, &tier, &refs).await;
     let liar_id = liar.peer.status().peer_id;
     assert!(banned(&c.peer, &liar_id));
     // The peer's copies are repaired: it would serve good bytes from now on.
