@@ -142,3 +142,13 @@ peer = lambda ip, layers: field(1, 2, ip) + field(2, 2, "seed-" + ip) + b"".join
 peers = [peer("10.0.0.1", [layer(blob("a"), 1), layer(blob("b"), 0)]), peer("10.0.0.2", [layer(blob("a"), 1)])]
 open(f"{out}/stat-image", "wb").write(field(1, 2, image) + b"".join(field(2, 2, p) for p in peers))
 PY
+# corpus/containerd_filter/: filters as containerd and its clients send them (newline-separated
+# filters of one request): the metadata store's walk after a remote snapshot, kinds, presence,
+# regular expressions in each quoting, Go escapes.
+mkdir -p "$here/corpus/containerd_filter"
+f=$here/corpus/containerd_filter
+printf '%s' 'labels."containerd.io/snapshot.ref"==sha256:abc,parent==""' > "$f/remote-walk"
+printf '%s\n%s' 'kind==committed' 'labels.x' > "$f/or"
+printf '%s' 'name~=/^default\/3\//,kind!=view' > "$f/regex-slash"
+printf '%s' 'name~=|sha256:[a-f]+$|' > "$f/regex-bar"
+printf '%s' 'name=="default\x2f3\u002fsha256:abc\101"' > "$f/escapes"

@@ -2,7 +2,9 @@
 # The main job: real Nydus images (built by upstream nydus-image) in a local docker-registry,
 # served lazily by one `dfagent daemon`: two images mounted through the CLI (which returns as
 # soon as each mount is ready), listed with `dfagent ps`, read, and the daemon's Prometheus
-# metrics shown. Everything it starts (registry, daemon, mounts, temporary store) is stopped and
+# metrics shown; then a container: a Nydus image of a Debian + python3 root file system
+# (`dfagent build --push`) run by a private containerd with the daemon as its snapshotter.
+# Everything it starts (registry, daemon, containerd, mounts, temporary store) is stopped and
 # removed on exit.
 #   scripts/demo.sh [FIXTURE]     FIXTURE: a folder of ../shared/fixtures/rafs (v6-zstd-blake3)
 set -euo pipefail
@@ -20,10 +22,22 @@ bin=${DFAGENT:-$target/debug/dfagent}
 
 work=$(mktemp -d /tmp/dfagent-demo.XXXXXX)
 mkdir -p "$work/mnt1" "$work/mnt2" "$work/registry"
+# Containers' root file systems live only below directories no other user can enter (/tmp is
+# open to all): the snapshotter's root is in a 0700 directory under /run.
+runroot=$(mktemp -d /run/dfagent-demo.XXXXXX)
 export DFAGENT_SOCKET=$work/dfagent.sock
-reg_pid='' daemon_pid=''
+export DFAGENT_SNAPSHOTTER__ROOT=$runroot/snapshotter
+reg_pid='' daemon_pid='' ctd_pid=''
 cleanup() {
   set +e
+  if [ -n "$ctd_pid" ]; then
+    kill -TERM "$ctd_pid" 2>/dev/null
+    wait "$ctd_pid" 2>/dev/null
+    rmdir /sys/fs/cgroup/*/dfagent-demo /sys/fs/cgroup/dfagent-demo 2>/dev/null
+  fi
+  # containerd 1.6 puts shim sockets in /run/containerd/s whatever its config says: only empty
+  # directories are removed.
+  rmdir /run/containerd/s /run/containerd 2>/dev/null
   if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
     kill -TERM "$daemon_pid"          # the daemon unmounts everything on SIGTERM
     for _ in $(seq 200); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
@@ -33,11 +47,13 @@ cleanup() {
   for mp in "$work/mnt1" "$work/mnt2"; do
     mountpoint -q "$mp" 2>/dev/null && umount -l "$mp"
   done
+  # Whatever is still mounted below the demo's directories (deepest first).
+  findmnt -rn -o TARGET | grep -E "^($work|$runroot)/" | sort -r | xargs -r -n1 umount -l 2>/dev/null
   if [ -n "$reg_pid" ]; then
     kill "$reg_pid" 2>/dev/null
     wait "$reg_pid" 2>/dev/null
   fi
-  rm -rf "$work"
+  rm -rf "$work" "$runroot"
 }
 trap cleanup EXIT
 
@@ -83,6 +99,49 @@ curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep -E '^dfagent_(tier_byt
 echo "== the daemon's store"
 "$bin" cache stat
 "$bin" umount "$work/mnt2"
+
+echo "== a container on a lazy Nydus image: containerd asks the daemon's snapshotter for its root"
+rootfs=${DFAGENT_CACHE:-/var/cache/dfagent}/rootfs/bookworm-minbase-python3
+ref3=127.0.0.1:$port/demo/debian-python3:v1
+umoci init --layout "$work/oci"
+umoci new --image "$work/oci:v1"
+umoci insert --image "$work/oci:v1" "$rootfs" / >/dev/null   # one gzip layer, 267 MB unpacked
+"$bin" --no-daemon build "oci:$work/oci:v1" --push "$ref3" -q
+ctd=$work/containerd
+mkdir -p "$ctd"
+cat >"$ctd/config.toml" <<TOML
+version = 2
+root = "$ctd/root"
+state = "$ctd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$ctd/containerd.sock"
+[ttrpc]
+  address = "$ctd/containerd.sock.ttrpc"
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$ctd/opt"
+[proxy_plugins.dfagent]
+  type = "snapshot"
+  address = "$work/snapshotter.sock"
+TOML
+echo "   containerd with [proxy_plugins.dfagent] at $work/snapshotter.sock"
+containerd --config "$ctd/config.toml" >"$ctd/containerd.log" 2>&1 &
+ctd_pid=$!
+ctr_() { ctr --address "$ctd/containerd.sock" -n dfagent-demo "$@"; }
+for _ in $(seq 100); do ctr_ version >/dev/null 2>&1 && break; sleep 0.1; done
+"$bin" containerd pull "$ref3" --address "$ctd/containerd.sock" -n dfagent-demo
+ctr_ run --rm --runc-root "$ctd/runc" --fifo-dir "$ctd/fifo" --snapshotter dfagent "$ref3" demo \
+  /usr/bin/python3 -c 'import platform; print("hello from Python", platform.python_version(), "in a container on a lazy Nydus image")'
+ctr_ snapshots --snapshotter dfagent ls
+echo "== dfagent ps: the image mount the container stood on, and what it fetched"
+"$bin" ps
+kill -TERM "$ctd_pid"
+wait "$ctd_pid" 2>/dev/null
+ctd_pid=''
+rmdir /sys/fs/cgroup/*/dfagent-demo /sys/fs/cgroup/dfagent-demo 2>/dev/null || true
+
 kill -TERM "$daemon_pid"
 wait "$daemon_pid"
 daemon_pid=''

@@ -22,6 +22,7 @@ declare -A max_len=(
   [mount_ops]=262144
   [peer_messages]=300000
   [dragonfly_messages]=262144
+  [containerd_filter]=8192
 )
 
 cd "$here/fuzz"

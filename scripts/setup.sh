@@ -11,7 +11,7 @@ log() { printf '\n== %s\n' "$*" >&2; }
 
 pkgs=(build-essential pkg-config clang libclang-dev protobuf-compiler fuse3 docker-registry
       umoci skopeo debootstrap jq curl ca-certificates python3 e2fsprogs zstd ccache prometheus
-      acl iproute2 libprotobuf-dev)
+      acl iproute2 libprotobuf-dev containerd runc buildah podman python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -32,6 +32,18 @@ if [ ! -x "$rootfs/usr/bin/python3" ]; then
   debootstrap --variant=minbase --include=python3 bookworm "$tmp" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 \
     || { tail -20 "$cache/debootstrap.log" >&2; exit 1; }
   rm -rf "$rootfs"; mv "$tmp" "$rootfs"
+fi
+
+# The runtime image's packages (docker/build-image.sh), and the Kubernetes schema validator
+# (scripts/validate-manifests.sh) in a venv of its own.
+mkdir -p "$cache/debs"
+for p in fuse3 libfuse3-3 ca-certificates; do
+  ls "$cache/debs/${p}"_*.deb >/dev/null 2>&1 || (cd "$cache/debs" && apt-get download -qq "$p")
+done
+kv=$cache/venv/kubernetes-validate
+if [ ! -x "$kv/bin/kubernetes-validate" ]; then
+  log "installing kubernetes-validate into $kv"
+  python3 -m venv "$kv" && "$kv/bin/pip" install --quiet kubernetes-validate==1.37.0
 fi
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

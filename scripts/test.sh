@@ -16,6 +16,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== Kubernetes manifests (offline, strict)"
+scripts/validate-manifests.sh
 echo "== cargo test (all but the tests that run dfdaemon)"
 cargo test --locked --workspace -- --test-threads=2 --skip with_dfdaemon::
 echo "== fuzz smoke: every fuzz target built and run 20 s on its corpus"

@@ -9,6 +9,7 @@ use anyhow::Context;
 use dfagent_node::config::{Overrides, SocketGroup};
 use dfagent_node::control::access::resolve_group;
 use dfagent_node::daemon::{self, Daemon, DaemonSettings};
+use dfagent_node::snapshotter::SnapshotterSettings;
 
 use crate::client::DaemonArgs;
 use crate::node_args::{load, open_node, ConfigArgs, RegistryArgs, StoreArgs};
@@ -95,6 +96,9 @@ pub fn run(
         socket_group: group,
         metrics_addr: cfg.daemon.metrics_addr,
         shutdown_limit: SHUTDOWN_LIMIT,
+        snapshotter: cfg
+            .snapshotter_paths()
+            .map(|(socket, root)| SnapshotterSettings { socket, root }),
     };
     tracing::info!(
         socket = %settings.socket.display(),

@@ -6,6 +6,7 @@ mod build;
 mod cache;
 mod check;
 mod client;
+mod containerd;
 mod daemon;
 mod inspect;
 mod listing;
@@ -92,6 +93,9 @@ enum Command {
     /// image, 4 registry refused the credentials, 5 scheduler or registry unreachable (retry),
     /// 6 not done within --timeout (retry).
     Seed(Box<seed::SeedArgs>),
+    /// containerd helpers for the dfagent snapshotter (`dfagent daemon` serves it).
+    #[command(subcommand)]
+    Containerd(containerd::ContainerdCmd),
     /// Publish a local Nydus image (e.g. built by upstream nydus-image) to a registry in
     /// nydusify's layout: one layer per data blob, then the bootstrap layer.
     Push {
@@ -257,6 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Seed(args) => seed::run(*args, d, c),
+        Command::Containerd(cmd) => containerd::run(cmd, c),
         Command::Push {
             bootstrap,
             blob_dir,

@@ -71,6 +71,8 @@ pub struct Config {
     pub peer: PeerSection,
     /// `[dragonfly]`: the Dragonfly tier (off by default).
     pub dragonfly: DragonflySection,
+    /// `[snapshotter]`: containerd's snapshotter API, served by the daemon.
+    pub snapshotter: SnapshotterSection,
     /// `[registry]`: the registry client, and per-host settings under `[registry.hosts]`.
     pub registry: RegistrySection,
 }
@@ -387,6 +389,31 @@ impl DaemonSection {
             Some(SocketGroup::Id(id))
         } else {
             Some(SocketGroup::Name(g.to_string()))
+        }
+    }
+}
+
+/// `[snapshotter]`: the daemon serves containerd's snapshotter API (a `proxy_plugins` entry of
+/// type `snapshot`): Nydus images become one lazy mount per image under each container's
+/// overlay, other images are unpacked by containerd as with its overlayfs snapshotter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotterSection {
+    /// Serve it. Default true (containerd uses it only when configured to).
+    pub enable: bool,
+    /// Its socket (root only); empty (default) = `snapshotter.sock` beside `daemon.socket`.
+    pub socket: PathBuf,
+    /// Its directory (snapshots, container upper dirs, image mounts; root only); empty
+    /// (default) = `snapshotter` beside `store.path`.
+    pub root: PathBuf,
+}
+
+impl Default for SnapshotterSection {
+    fn default() -> Self {
+        Self {
+            enable: true,
+            socket: PathBuf::new(),
+            root: PathBuf::new(),
         }
     }
 }
@@ -1376,6 +1403,32 @@ impl Config {
         }))
     }
 
+    /// The snapshotter's `(socket, root)`, `None` when `[snapshotter] enable` is false; empty
+    /// paths resolved beside the control socket and the store.
+    pub fn snapshotter_paths(&self) -> Option<(PathBuf, PathBuf)> {
+        let s = &self.snapshotter;
+        if !s.enable {
+            return None;
+        }
+        let beside = |p: &Path, name: &str| {
+            p.parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("/"))
+                .join(name)
+        };
+        let socket = if s.socket.as_os_str().is_empty() {
+            beside(&self.daemon.socket, "snapshotter.sock")
+        } else {
+            s.socket.clone()
+        };
+        let root = if s.root.as_os_str().is_empty() {
+            beside(&self.store.path, "snapshotter")
+        } else {
+            s.root.clone()
+        };
+        Some((socket, root))
+    }
+
     /// The default options of a mount (`force` and `container_rootfs` off: they are per mount).
     pub fn mount_options(&self) -> MountOptions {
         MountOptions {
@@ -1521,6 +1574,16 @@ priority = 6
 prefetch_priority = 5
 # Largest merged range request to a seed.
 max_range = "4M"
+
+[snapshotter]
+# Serve containerd's snapshotter API (register it in containerd's config as
+# [proxy_plugins.dfagent] type = "snapshot", address = this socket).
+enable = true
+# Its socket (root only); "" = snapshotter.sock beside daemon.socket.
+socket = ""
+# Snapshots, container upper dirs and image mounts (root only); "" = "snapshotter" beside
+# store.path.
+root = ""
 
 [registry]
 # Docker config.json whose "auths" give credentials. Unset: $DOCKER_CONFIG/config.json,
@@ -2147,5 +2210,42 @@ level = "warn,dfagent_registry=debug"
             let d = Duration::from_millis(d);
             assert_eq!(duration::parse(&duration::format(d)).unwrap(), d);
         }
+    }
+
+    #[test]
+    fn the_snapshotter_sits_beside_the_control_socket_and_the_store() {
+        let c = Config::default();
+        assert_eq!(
+            c.snapshotter_paths(),
+            Some((
+                PathBuf::from("/run/dfagent/snapshotter.sock"),
+                PathBuf::from("/var/lib/dfagent/snapshotter")
+            ))
+        );
+        let text = "[daemon]\nsocket = \"/tmp/x/run/d.sock\"\n[store]\npath = \"/srv/s/store\"\n";
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, text).unwrap();
+        let c = Config::load_with_env(Some(&f), Vec::new(), &Overrides::new()).unwrap();
+        assert_eq!(
+            c.snapshotter_paths().unwrap(),
+            (
+                PathBuf::from("/tmp/x/run/snapshotter.sock"),
+                PathBuf::from("/srv/s/snapshotter")
+            )
+        );
+        std::fs::write(
+            &f,
+            format!("{text}[snapshotter]\nroot = \"/r\"\nsocket = \"/s.sock\"\n"),
+        )
+        .unwrap();
+        let c = Config::load_with_env(Some(&f), Vec::new(), &Overrides::new()).unwrap();
+        assert_eq!(
+            c.snapshotter_paths().unwrap(),
+            (PathBuf::from("/s.sock"), PathBuf::from("/r"))
+        );
+        std::fs::write(&f, "[snapshotter]\nenable = false\n").unwrap();
+        let c = Config::load_with_env(Some(&f), Vec::new(), &Overrides::new()).unwrap();
+        assert_eq!(c.snapshotter_paths(), None);
     }
 }

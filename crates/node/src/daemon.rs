@@ -404,6 +404,8 @@ pub struct DaemonSettings {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// How long shutdown may spend unmounting and flushing.
     pub shutdown_limit: Duration,
+    /// containerd's snapshotter, when served.
+    pub snapshotter: Option<crate::snapshotter::SnapshotterSettings>,
 }
 
 /// Serve `daemon` (control socket, metrics) until `shutdown` completes, then unmount
@@ -453,6 +455,22 @@ pub async fn serve(
         None => None,
     };
     daemon.spawn_reaper();
+    let snapshotter_task = match &settings.snapshotter {
+        Some(s) => {
+            let snapshotter = crate::snapshotter::open(&daemon, s)?;
+            let listener = crate::snapshotter::bind(&s.socket)?;
+            let socket = s.socket.clone();
+            let stop = stopped(stop_rx.clone());
+            Some(tokio::spawn(async move {
+                let r = crate::snapshotter::serve(snapshotter, listener, socket, stop).await;
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "the containerd snapshotter stopped");
+                }
+                r
+            }))
+        }
+        None => None,
+    };
     let service = ControlService::new(
         daemon.clone(),
         settings.socket_group,
@@ -481,6 +499,9 @@ pub async fn serve(
         }
     };
     let _ = stop_tx.send(true);
+    if let Some(t) = snapshotter_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
     daemon.shutdown(settings.shutdown_limit).await;
     daemon.node().stop_peer().await;
     daemon.node().stop_dragonfly();

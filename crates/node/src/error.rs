@@ -5,6 +5,9 @@ use std::path::PathBuf;
 /// Why a node operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The containerd snapshotter failed (its table, its directories, an image mount).
+    #[error("snapshotter: {0}")]
+    Snapshotter(#[from] dfagent_containerd::SnapshotterError),
     /// The chunk store refused (another owner, a full disk, a broken database).
     #[error("chunk store: {0}")]
     Store(#[from] dfagent_store::StoreError),

@@ -31,6 +31,7 @@ mod node;
 mod peer;
 mod pins;
 mod pull;
+pub mod snapshotter;
 
 pub use dragonfly::PreheatOptions;
 pub use error::{NodeError, Result};

@@ -38,6 +38,7 @@ async fn start(dir: &Path) -> Running {
             socket_group: None,
             metrics_addr: None,
             shutdown_limit: Duration::from_secs(10),
+            snapshotter: None,
         },
         move |_| {
             let _ = ready_tx.send(());

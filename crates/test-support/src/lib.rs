@@ -20,6 +20,8 @@
 //!   per row) and storm policies; [`daemon`]: a `dfagent daemon` with its own socket and store;
 //!   [`tmpfs`]: a small tmpfs (a full disk under the store).
 //! - [`process`], [`wait`], [`net`]: bounded process runs and waits, free loopback ports.
+//! - [`containerd`]: a private containerd (own config, root, state, sockets) for real
+//!   containers (`ctr run`, runc), optionally with a proxy snapshotter.
 //! - [`netns`]: network namespaces on a bridge for multi-node tests (own addresses, nodes that
 //!   can be cut off), torn down on drop (root only).
 //!
@@ -32,6 +34,7 @@
 pub mod campaign;
 pub mod cli;
 pub mod cluster;
+pub mod containerd;
 pub mod crash;
 pub mod daemon;
 pub mod dragonfly;

@@ -100,3 +100,23 @@ pub fn oci_layout(dir: &Path, tag: &str, layers: &[Vec<u8>], gz: bool) {
     )
     .unwrap();
 }
+
+/// An archive for `ctr image import`: an OCI image layout (one gzip layer of `rootfs`, a
+/// config with its diff_id, `index.json`, `oci-layout`) built in `work/layout` and tarred to
+/// `work/image.tar`; that path. `name` is the `org.opencontainers.image.ref.name` annotation:
+/// a full reference (`dfagent.test/py:1`), which `ctr image import` keeps as the image's name.
+pub fn import_archive(rootfs: &Path, name: &str, work: &Path) -> std::path::PathBuf {
+    let layout = work.join("layout");
+    oci_layout(&layout, name, &[gnu_tar(rootfs)], true);
+    let archive = work.join("image.tar");
+    let out = Command::new("tar")
+        .args(["--format=pax", "--numeric-owner", "-C"])
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .output()
+        .unwrap();
+    succeeded(out);
+    archive
+}

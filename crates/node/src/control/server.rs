@@ -97,6 +97,7 @@ pub fn status_of(e: &NodeError) -> Status {
         NodeError::Dragonfly(d) if d.is_permanent() => Status::failed_precondition(msg),
         NodeError::Dragonfly(_) => Status::unavailable(msg),
         NodeError::Timeout { .. } => Status::deadline_exceeded(msg),
+        NodeError::Snapshotter(s) => Status::new(s.code(), msg),
     }
 }
 
