@@ -39,16 +39,16 @@ fn run_cluster_scenario(scenario: &str, nodes: u64) -> (tempfile::TempDir, Strin
         0,
         "the bench needs root (network namespaces, FUSE mounts)"
     );
+    let nodes = nodes.to_string();
+    run_quick(&[scenario, "--nodes", &nodes, "--quick", "--rounds", "1"])
+}
+
+/// `dfagent-bench ARGS... --results-dir TMP --dfagent DFAGENT` with no daemon to talk to, which
+/// must succeed: its results directory, stdout and stderr.
+fn run_quick(args: &[&str]) -> (tempfile::TempDir, String, String) {
     let results = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_dfagent-bench"))
-        .args([
-            scenario,
-            "--nodes",
-            &nodes.to_string(),
-            "--quick",
-            "--rounds",
-            "1",
-        ])
+        .args(args)
         .arg("--results-dir")
         .arg(results.path())
         .arg("--dfagent")
@@ -408,5 +408,85 @@ mod with_dfdaemon {
                 > 0,
             "the preheat fetched the image's data through the seed"
         );
+    }
+}
+
+/// `dfagent-bench containerd --quick` (one round, a tiny image of the host's dash): the two
+/// summary lines, the results files, and what the JSON says of the round — both containers
+/// printed 42, dfagent's ran on an image mount of its daemon, the baseline fetched at least
+/// the OCI image's layers and dfagent something. No timing is asserted. Needs root,
+/// containerd, ctr, runc, skopeo and umoci; without them it says why and passes, except under
+/// `CI=true`, where it fails. Run alone with `cargo test -p dfagent-bench --test quick
+/// containerd`.
+#[test]
+fn containerd_quick_reports_start_and_egress() {
+    let mut missing: Vec<String> = ["containerd", "ctr", "runc", "skopeo", "umoci"]
+        .iter()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|t| t.to_string())
+        .collect();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".into());
+    }
+    if !missing.is_empty() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the containerd scenario cannot run: missing {missing:?}"
+        );
+        eprintln!("skipping: missing {missing:?}");
+        return;
+    }
+    let (results, stdout, stderr) = run_quick(&["containerd", "--quick"]);
+    let lines: Vec<_> = stdout.lines().filter_map(parse_summary_line).collect();
+    assert_eq!(lines.len(), 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let line = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("no summary line for {name}\nstdout:\n{stdout}"))
+    };
+    let s = line("containerd-start");
+    assert_eq!(s.unit, "s");
+    assert!(s.dfagent > 0.0 && s.baseline > 0.0, "{s:?}");
+    let e = line("containerd-egress");
+    assert_eq!(e.unit, "MB");
+    assert!(e.dfagent > 0.0 && e.baseline > 0.0, "{e:?}");
+
+    let dir = results.path();
+    let md = std::fs::read_to_string(dir.join("containerd.md")).unwrap();
+    assert!(
+        md.contains("| median |"),
+        "containerd.md has no medians row"
+    );
+    let png = std::fs::read(dir.join("containerd.png")).unwrap();
+    assert_eq!(
+        &png[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "containerd.png is not a PNG"
+    );
+    let j = json(dir, "containerd");
+    let layer = j["oci_layer_bytes"].as_u64().unwrap();
+    assert!(layer > 0, "{j}");
+    let rounds = j["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 1, "quick mode runs one round");
+    for r in rounds {
+        assert_eq!(r["dfagent_output"], "42", "{r}");
+        assert_eq!(r["baseline_output"], "42", "{r}");
+        assert!(r["dfagent_image_mounts"].as_u64().unwrap() >= 1, "{r}");
+        assert!(r["baseline_bytes"].as_u64().unwrap() >= layer, "{r}");
+        assert!(r["dfagent_bytes"].as_u64().unwrap() > 0, "{r}");
+        // The output came before (or as) ctr exited, on both sides.
+        for side in ["dfagent", "baseline"] {
+            let at = r[format!("{side}_s")].as_f64().unwrap();
+            let exit = r[format!("{side}_exit_s")].as_f64().unwrap();
+            let pull = r[format!("{side}_pull_s")].as_f64().unwrap();
+            assert!(pull <= at && at <= exit, "{side}: {r}");
+        }
     }
 }

@@ -102,6 +102,57 @@ async fn prepare(
     .map(|r| r.into_inner().mounts)
 }
 
+async fn remove(c: &mut SnapshotsClient<Channel>, key: &str) -> Result<(), tonic::Status> {
+    let r = api::RemoveSnapshotRequest {
+        snapshotter: "dfagent".into(),
+        key: key.into(),
+    };
+    c.remove(r).await.map(|_| ())
+}
+
+async fn stat(c: &mut SnapshotsClient<Channel>, key: &str) -> Result<api::Info, tonic::Status> {
+    let r = api::StatSnapshotRequest {
+        snapshotter: "dfagent".into(),
+        key: key.into(),
+    };
+    c.stat(r)
+        .await
+        .map(|r| r.into_inner().info.unwrap_or_default())
+}
+
+async fn usage(c: &mut SnapshotsClient<Channel>, key: &str) -> api::UsageResponse {
+    let r = api::UsageRequest {
+        snapshotter: "dfagent".into(),
+        key: key.into(),
+    };
+    c.usage(r).await.unwrap().into_inner()
+}
+
+async fn mounts(
+    c: &mut SnapshotsClient<Channel>,
+    key: &str,
+) -> Result<Vec<containerd_client::types::Mount>, tonic::Status> {
+    let r = api::MountsRequest {
+        snapshotter: "dfagent".into(),
+        key: key.into(),
+    };
+    c.mounts(r).await.map(|r| r.into_inner().mounts)
+}
+
+async fn view(
+    c: &mut SnapshotsClient<Channel>,
+    key: &str,
+    parent: &str,
+) -> Vec<containerd_client::types::Mount> {
+    let r = api::ViewSnapshotRequest {
+        snapshotter: "dfagent".into(),
+        key: key.into(),
+        parent: parent.into(),
+        labels: HashMap::new(),
+    };
+    c.view(r).await.unwrap().into_inner().mounts
+}
+
 async fn commit(c: &mut SnapshotsClient<Channel>, name: &str, key: &str) {
     c.commit(api::CommitSnapshotRequest {
         snapshotter: "dfagent".into(),
@@ -151,24 +202,11 @@ async fn snapshots_behave_as_containerd_expects() {
     let l1_fs = PathBuf::from(&m[0].source);
     std::fs::write(l1_fs.join("a"), vec![7u8; 10_000]).unwrap();
     // Usage of an active snapshot: measured now.
-    let u = c
-        .usage(api::UsageRequest {
-            snapshotter: "dfagent".into(),
-            key: "l1-extract".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let u = usage(&mut c, "l1-extract").await;
     assert!(u.size >= 10_000 && u.inodes == 1, "{u:?}");
     commit(&mut c, "l1", "l1-extract").await;
     // The key is gone once committed; a second prepare of an existing key is refused.
-    let e = c
-        .stat(api::StatSnapshotRequest {
-            snapshotter: "dfagent".into(),
-            key: "l1-extract".into(),
-        })
-        .await
-        .unwrap_err();
+    let e = stat(&mut c, "l1-extract").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e}");
     prepare(&mut c, "l2-extract", "l1", &[]).await.unwrap();
     let e = prepare(&mut c, "l2-extract", "l1", &[]).await.unwrap_err();
@@ -185,54 +223,20 @@ async fn snapshots_behave_as_containerd_expects() {
     assert!(lower.split(':').nth(1).unwrap() == l1_fs.to_str().unwrap());
     assert!(opt(&m[0], "upperdir=").is_some() && opt(&m[0], "workdir=").is_some());
     // Mounts of the active snapshot: the same; of a committed one: refused.
-    let again = c
-        .mounts(api::MountsRequest {
-            snapshotter: "dfagent".into(),
-            key: "ctr1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .mounts;
+    let again = mounts(&mut c, "ctr1").await.unwrap();
     assert_eq!(again, m);
-    let e = c
-        .mounts(api::MountsRequest {
-            snapshotter: "dfagent".into(),
-            key: "l1".into(),
-        })
-        .await
-        .unwrap_err();
+    let e = mounts(&mut c, "l1").await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     // A parent that is not committed is refused.
     let e = prepare(&mut c, "y", "ctr1", &[]).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
 
     // Views: one parent is a read-only bind of it, two an overlay without upper dir.
-    let v1 = c
-        .view(api::ViewSnapshotRequest {
-            snapshotter: "dfagent".into(),
-            key: "view1".into(),
-            parent: "l1".into(),
-            labels: HashMap::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .mounts;
+    let v1 = view(&mut c, "view1", "l1").await;
     assert_eq!(v1[0].r#type, "bind");
     assert_eq!(v1[0].source, l1_fs.to_str().unwrap());
     assert!(v1[0].options.contains(&"ro".to_string()));
-    let v2 = c
-        .view(api::ViewSnapshotRequest {
-            snapshotter: "dfagent".into(),
-            key: "view2".into(),
-            parent: "l2".into(),
-            labels: HashMap::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .mounts;
+    let v2 = view(&mut c, "view2", "l2").await;
     assert_eq!(v2[0].r#type, "overlay");
     assert!(opt(&v2[0], "upperdir=").is_none());
     // A view cannot be committed.
@@ -249,35 +253,14 @@ async fn snapshots_behave_as_containerd_expects() {
 
     // Remove of a snapshot with children: FailedPrecondition; of a missing one: NotFound.
     for key in ["l1", "l2"] {
-        let e = c
-            .remove(api::RemoveSnapshotRequest {
-                snapshotter: "dfagent".into(),
-                key: key.into(),
-            })
-            .await
-            .unwrap_err();
+        let e = remove(&mut c, key).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{key}: {e}");
     }
-    let e = c
-        .remove(api::RemoveSnapshotRequest {
-            snapshotter: "dfagent".into(),
-            key: "missing".into(),
-        })
-        .await
-        .unwrap_err();
+    let e = remove(&mut c, "missing").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 
     // Stat and Update: labels only, by field path.
-    let info = c
-        .stat(api::StatSnapshotRequest {
-            snapshotter: "dfagent".into(),
-            key: "l2".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .info
-        .unwrap();
+    let info = stat(&mut c, "l2").await.unwrap();
     assert_eq!(info.parent, "l1");
     assert_eq!(info.kind, api::Kind::Committed as i32);
     assert_eq!(info.labels.get("layer").map(String::as_str), Some("l2"));
@@ -345,14 +328,7 @@ async fn snapshots_behave_as_containerd_expects() {
     assert_eq!(e.code(), Code::InvalidArgument);
 
     // Usage of a committed snapshot: recorded at commit.
-    let u = c
-        .usage(api::UsageRequest {
-            snapshotter: "dfagent".into(),
-            key: "l1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let u = usage(&mut c, "l1").await;
     assert!(u.size >= 10_000 && u.inodes == 1, "{u:?}");
 
     // Cleanup removes orphaned directories (a crash between mkdir and the table) only.
@@ -368,12 +344,7 @@ async fn snapshots_behave_as_containerd_expects() {
 
     // Remove the leaves, then the layers: their directories go.
     for key in ["ctr1", "view1", "view2", "l2", "l1"] {
-        c.remove(api::RemoveSnapshotRequest {
-            snapshotter: "dfagent".into(),
-            key: key.into(),
-        })
-        .await
-        .unwrap();
+        remove(&mut c, key).await.unwrap();
     }
     assert!(!l1_fs.exists());
     assert!(list(&mut c, &[]).await.is_empty());
@@ -468,15 +439,7 @@ async fn nydus_layers_are_committed_remotely_and_survive_a_reopen() {
     let h = serve(&root, &socket, rec2.clone()).await;
     let mut c = h.client.clone();
     assert_eq!(list(&mut c, &[]).await, ["c1", "c2", "chain-1", "chain-2"]);
-    let m = c
-        .mounts(api::MountsRequest {
-            snapshotter: "dfagent".into(),
-            key: "c1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .mounts;
+    let m = mounts(&mut c, "c1").await.unwrap();
     assert_eq!(m, m1);
     assert!(Path::new(opt(&m[0], "upperdir=").unwrap())
         .join("w")
@@ -484,12 +447,7 @@ async fn nydus_layers_are_committed_remotely_and_survive_a_reopen() {
     assert_eq!(*rec2.0.lock().unwrap(), [format!("mount {image}")]);
     // The bootstrap layer goes last: then the image is unmounted.
     for key in ["c1", "c2", "chain-2"] {
-        c.remove(api::RemoveSnapshotRequest {
-            snapshotter: "dfagent".into(),
-            key: key.into(),
-        })
-        .await
-        .unwrap();
+        remove(&mut c, key).await.unwrap();
     }
     assert_eq!(
         rec2.0.lock().unwrap().last().map(String::as_str),

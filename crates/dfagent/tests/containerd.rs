@@ -13,7 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use dfagent_test_support::containerd::{Containerd, ProxySnapshotter};
+use dfagent_test_support::containerd::{
+    prerequisites, Containerd, ProxySnapshotter, DEBIAN_ROOTFS,
+};
 use dfagent_test_support::daemon::DfagentDaemon;
 use dfagent_test_support::dfagent_cli;
 use dfagent_test_support::mountinfo;
@@ -21,36 +23,11 @@ use dfagent_test_support::oci::{gnu_tar, oci_layout};
 use dfagent_test_support::proxy::{Corrupt, Proxy};
 use dfagent_test_support::registry::Registry;
 
-const ROOTFS: &str = "/var/cache/dfagent/rootfs/bookworm-minbase-python3";
+const ROOTFS: &str = DEBIAN_ROOTFS;
 const NS: &str = "dfagent-test";
 
 fn require() -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_string());
-    }
-    for tool in ["containerd", "ctr", "runc", "skopeo"] {
-        let found = std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            missing.push(tool.to_string());
-        }
-    }
-    if !Path::new(ROOTFS).join("usr/bin/python3").exists() {
-        missing.push(format!("{ROOTFS} (scripts/setup.sh makes it)"));
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "containerd test cannot run: missing {missing:?}"
-    );
-    eprintln!("skipping: missing {missing:?}");
-    false
+    prerequisites("containerd test", &["skopeo"], true)
 }
 
 fn text(o: &std::process::Output) -> String {

@@ -85,25 +85,7 @@ pub fn open(daemon: &Arc<Daemon>, settings: &SnapshotterSettings) -> Result<Arc<
 
 /// Bind the snapshotter's socket (root only), replacing a stale one.
 pub fn bind(socket: &Path) -> Result<UnixListener> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| NodeError::io(format!("creating {}", dir.display()), e))?;
-    }
-    if socket.exists() {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return Err(NodeError::Unsupported(format!(
-                "another snapshotter answers on {}; stop it first",
-                socket.display()
-            )));
-        }
-        std::fs::remove_file(socket).map_err(|e| {
-            NodeError::io(format!("removing the stale socket {}", socket.display()), e)
-        })?;
-    }
-    let listener = UnixListener::bind(socket)
-        .map_err(|e| NodeError::io(format!("binding {}", socket.display()), e))?;
-    crate::control::access::secure_socket(socket, None)?;
-    Ok(listener)
+    crate::control::access::bind_socket(socket, None, "snapshotter")
 }
 
 /// Serve `snapshotter` on `listener` (bound at `socket`) until `stopped` completes. Images

@@ -48,6 +48,45 @@ const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 /// Longest socket path accepted (`sun_path` is 108 bytes; the ttrpc socket adds `.ttrpc`).
 const MAX_SOCKET_PATH: usize = 100;
 
+/// The cached Debian + python3 root file system (`scripts/setup.sh` makes it with debootstrap):
+/// what container tests run.
+pub const DEBIAN_ROOTFS: &str = "/var/cache/dfagent/rootfs/bookworm-minbase-python3";
+
+/// Whether a container test can run here: root, `tools` on `PATH` (besides containerd's own:
+/// `containerd`, `ctr`, `runc`, `containerd-shim-runc-v2`) and, with `rootfs`, the cached root
+/// file system. Says on stderr what is missing and returns false; under `CI=true` it panics
+/// instead (CI must run every test).
+pub fn prerequisites(test: &str, tools: &[&str], rootfs: bool) -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".to_owned());
+    }
+    let base = ["containerd", "ctr", "runc", "containerd-shim-runc-v2"];
+    for tool in base.iter().chain(tools) {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            missing.push((*tool).to_owned());
+        }
+    }
+    if rootfs && !Path::new(DEBIAN_ROOTFS).join("usr/bin/python3").exists() {
+        missing.push(format!("{DEBIAN_ROOTFS} (scripts/setup.sh makes it)"));
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: missing under CI: {}",
+        missing.join(", ")
+    );
+    eprintln!("{test} skipped: missing {}", missing.join(", "));
+    false
+}
+
 /// A snapshotter served by another process over gRPC, registered with containerd as a proxy
 /// plugin (`[proxy_plugins.<name>] type = "snapshot"`): `ctr run --snapshotter <name>`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,43 +11,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use dfagent_test_support::containerd::{shim_socket, shims_of, Containerd, ProxySnapshotter};
+use dfagent_test_support::containerd::{
+    prerequisites, shim_socket, shims_of, Containerd, ProxySnapshotter, DEBIAN_ROOTFS,
+};
 use dfagent_test_support::oci::import_archive;
 use dfagent_test_support::tmp_dir;
 
-const ROOTFS: &str = "/var/cache/dfagent/rootfs/bookworm-minbase-python3";
+const ROOTFS: &str = DEBIAN_ROOTFS;
 const IMAGE: &str = "dfagent.test/bookworm-python3:1";
 
 /// Whether the test can run here; says why not (and fails under CI).
 fn require(rootfs: bool) -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_owned());
-    }
-    for tool in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
-        let found = std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !found {
-            missing.push(tool.to_owned());
-        }
-    }
-    if rootfs && !Path::new(ROOTFS).join("usr/bin/python3").exists() {
-        missing.push(format!("{ROOTFS} (scripts/setup.sh makes it)"));
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "containerd test: missing under CI: {}",
-        missing.join(", ")
-    );
-    eprintln!("containerd test skipped: missing {}", missing.join(", "));
-    false
+    prerequisites("containerd test", &[], rootfs)
 }
 
 /// What a fixture leaves to check after it is dropped.

@@ -413,8 +413,8 @@ fn quick_workload(work: &Path) -> anyhow::Result<Workload> {
     })
 }
 
-/// The single layer of the layout's image, and its size.
-fn only_layer(layout: &Path) -> anyhow::Result<(PathBuf, u64)> {
+/// The layers of the (first) image in an OCI layout: each blob's path and size.
+pub(crate) fn layout_layers(layout: &Path) -> anyhow::Result<Vec<(PathBuf, u64)>> {
     let blob = |d: &str| -> anyhow::Result<PathBuf> {
         let hex = d
             .strip_prefix("sha256:")
@@ -430,16 +430,25 @@ fn only_layer(layout: &Path) -> anyhow::Result<(PathBuf, u64)> {
     let layers = manifest["layers"]
         .as_array()
         .context("manifest has no layers")?;
+    layers
+        .iter()
+        .map(|l| {
+            let d = l["digest"].as_str().context("layer has no digest")?;
+            let size = l["size"].as_u64().context("layer has no size")?;
+            Ok((blob(d)?, size))
+        })
+        .collect()
+}
+
+/// The single layer of the layout's image, and its size.
+fn only_layer(layout: &Path) -> anyhow::Result<(PathBuf, u64)> {
+    let mut layers = layout_layers(layout)?;
     ensure!(
         layers.len() == 1,
         "expected one layer, found {}",
         layers.len()
     );
-    let d = layers[0]["digest"]
-        .as_str()
-        .context("layer has no digest")?;
-    let size = layers[0]["size"].as_u64().context("layer has no size")?;
-    Ok((blob(d)?, size))
+    Ok(layers.remove(0))
 }
 
 fn gunzip_size(path: &Path) -> anyhow::Result<u64> {

@@ -11,6 +11,7 @@
 mod build_bench;
 mod cleanup;
 mod cold_start;
+mod containerd;
 mod daemon_bench;
 mod dragonfly;
 mod env;
@@ -34,7 +35,7 @@ use crate::outcome::Outcome;
 #[derive(clap::Args, Clone, Debug)]
 pub struct Opts {
     /// Rounds per scenario (each runs baseline and dfagent once, alternating which goes
-    /// first). Default 5, or 3 with --quick.
+    /// first). Default 5, or 3 with --quick (`containerd`: 3, or 1 with --quick).
     #[arg(long = "rounds", global = true, value_name = "N")]
     pub rounds_opt: Option<usize>,
     /// Rounds actually used (from --rounds or the mode's default).
@@ -116,6 +117,11 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
     },
+    /// `ctr run` of the workload's start on a cold node: through the dfagent snapshotter
+    /// (`dfagent containerd pull` of the Nydus image, lazy mount by a fresh `dfagent daemon`) vs
+    /// containerd's overlayfs after `ctr image pull` of the OCI image; time to the output and
+    /// registry bytes. Not part of `all` (it needs containerd and runc).
+    Containerd,
 }
 
 const ORDER: [Scenario; 10] = [
@@ -145,6 +151,7 @@ fn run_one(env: &mut Env, s: Scenario, results: &Path) -> anyhow::Result<Outcome
         Scenario::DaemonMemory => daemon_bench::memory(env),
         Scenario::Swarm { nodes } => swarm::run(env, nodes, results),
         Scenario::Dragonfly { nodes } => dragonfly::run(env, nodes, results),
+        Scenario::Containerd => containerd::run(env),
         Scenario::All => anyhow::bail!("`all` is not a single scenario"),
     }
 }
@@ -152,10 +159,13 @@ fn run_one(env: &mut Env, s: Scenario, results: &Path) -> anyhow::Result<Outcome
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut opts = cli.opts;
-    opts.rounds = opts
-        .rounds_opt
-        .unwrap_or(if opts.quick { 3 } else { 5 })
-        .max(1);
+    let default_rounds = match (cli.command, opts.quick) {
+        (Scenario::Containerd, true) => 1,
+        (Scenario::Containerd, false) => 3,
+        (_, true) => 3,
+        (_, false) => 5,
+    };
+    opts.rounds = opts.rounds_opt.unwrap_or(default_rounds).max(1);
     if let Err(e) = cleanup::install_signal_handler() {
         eprintln!("dfagent-bench: {e:#}");
         return ExitCode::FAILURE;

@@ -68,6 +68,34 @@ pub fn secure_socket(path: &Path, group: Option<u32>) -> Result<()> {
         .map_err(|e| NodeError::io(format!("chmod {}", path.display()), e))
 }
 
+/// Bind a unix socket at `path` for root (and `group`): its directory made, a stale socket (no
+/// one answers) replaced, a live one refused — another `what` runs there.
+pub fn bind_socket(
+    path: &Path,
+    group: Option<u32>,
+    what: &str,
+) -> Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| NodeError::io(format!("creating {}", dir.display()), e))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(NodeError::Unsupported(format!(
+                "another {what} answers on {}; stop it first",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path).map_err(|e| {
+            NodeError::io(format!("removing the stale socket {}", path.display()), e)
+        })?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| NodeError::io(format!("binding {}", path.display()), e))?;
+    secure_socket(path, group)?;
+    Ok(listener)
+}
+
 /// Supplementary groups of process `pid`, from /proc.
 fn groups_of(pid: i32) -> Vec<u32> {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {

@@ -9,12 +9,11 @@ use std::time::UNIX_EPOCH;
 
 use dfagent_resolver::prefetch::PrefetchPolicy;
 use futures::Stream;
-use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
-use super::access::{admitted, secure_socket, Caller};
+use super::access::{admitted, Caller};
 use super::proto;
 use super::proto::control_server::{Control, ControlServer};
 use super::replies;
@@ -469,24 +468,7 @@ pub async fn serve(
     ready: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| NodeError::io(format!("creating {}", dir.display()), e))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(NodeError::Unsupported(format!(
-                "another daemon answers on {}; stop it first",
-                path.display()
-            )));
-        }
-        std::fs::remove_file(path).map_err(|e| {
-            NodeError::io(format!("removing the stale socket {}", path.display()), e)
-        })?;
-    }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| NodeError::io(format!("binding {}", path.display()), e))?;
-    secure_socket(path, group)?;
+    let listener = super::access::bind_socket(path, group, "daemon")?;
     tracing::info!(socket = %path.display(), group = ?group, "control API listening");
     ready();
     let server = ControlServer::new(service)
