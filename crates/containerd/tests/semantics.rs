@@ -214,6 +214,23 @@ async fn snapshots_behave_as_containerd_expects() {
     commit(&mut c, "l2", "l2-extract").await;
     let e = prepare(&mut c, "x", "nope", &[]).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    // Outside input is bounded: keys, label count and size.
+    let long = "k".repeat(dfagent_containerd::MAX_KEY_LEN + 1);
+    for (key, l) in [
+        ("", vec![]),
+        (long.as_str(), vec![]),
+        ("ok", vec![("big".to_string(), "v".repeat(5000))]),
+    ] {
+        let pairs: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let e = prepare(&mut c, key, "", &pairs).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    }
+    let many: Vec<(String, String)> = (0..=dfagent_containerd::MAX_LABELS)
+        .map(|i| (format!("l{i}"), String::new()))
+        .collect();
+    let pairs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let e = prepare(&mut c, "ok", "", &pairs).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
 
     // An active snapshot on two layers: an overlay, nearest parent first.
     let m = prepare(&mut c, "ctr1", "l2", &[]).await.unwrap();
