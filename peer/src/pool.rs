@@ -13,10 +13,14 @@ use crate::counters::PeerCounters;
 /// One unit of serving work: read a request's chunks and verify them.
 pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
 
+#[cfg(test)]
+use dfagent_core::priority::{
+    ioprio_value, IOPRIO_CLASS_BE, IOPRIO_CLASS_IDLE, IO_BEST_EFFORT_LOWEST as IO_BEST_EFFORT_LEVEL,
+};
+use dfagent_core::priority::{lower_this_thread, BackgroundIo, BACKGROUND_NICE_DELTA};
+
 /// How much the serve threads' nice value is raised.
-pub(crate) const NICE_DELTA: i32 = 10;
-/// The best-effort I/O level the serve threads take (7: the lowest).
-const IO_BEST_EFFORT_LEVEL: u32 = 7;
+pub(crate) const NICE_DELTA: i32 = BACKGROUND_NICE_DELTA;
 
 /// Why a job was not queued.
 #[derive(Debug, PartialEq, Eq)]
@@ -112,80 +116,39 @@ fn worker(rx: Arc<Mutex<Receiver<Job>>>, counters: Arc<PeerCounters>, io_idle: b
     }
 }
 
-/// Lower the calling thread's CPU and I/O priority (Linux: both are per thread). Failures are
+/// Lower the calling thread's CPU and I/O priority (`dfagent_core::priority`). Failures are
 /// logged once per process and otherwise ignored: serving still works, just not below reads.
-#[cfg(target_os = "linux")]
 fn lower_priority(io_idle: bool) {
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
-    // The raw getpriority system call answers 20 - nice (1..=40), so a negative answer is
-    // always an error (the libc wrapper's -1 is ambiguous).
-    // SAFETY: getpriority on this thread's id; no memory is passed.
-    let raw = unsafe { libc::syscall(libc::SYS_getpriority, libc::PRIO_PROCESS, tid) };
-    let nice = if raw < 0 {
-        Err(std::io::Error::last_os_error())
+    let io = if io_idle {
+        BackgroundIo::Idle
     } else {
-        let target = (20 - raw as i32 + NICE_DELTA).min(19);
-        // SAFETY: setpriority on this thread's id; no memory is passed.
-        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, target) };
-        if rc == 0 {
-            Ok(target)
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
+        BackgroundIo::BestEffortLowest
     };
-    match nice {
-        Ok(n) => tracing::debug!(tid, nice = n, "serve thread CPU priority lowered"),
+    let lowered = lower_this_thread(NICE_DELTA, io);
+    match lowered.nice {
+        Ok(n) => tracing::debug!(nice = n, "serve thread CPU priority lowered"),
         Err(e) => {
             if !NICE_FAILED.swap(true, Ordering::Relaxed) {
                 tracing::warn!(error = %e, "could not lower the serve threads' CPU priority: peers are served at the node's own priority");
             }
         }
     }
-    let value = if io_idle {
-        ioprio_value(IOPRIO_CLASS_IDLE, 0)
-    } else {
-        ioprio_value(IOPRIO_CLASS_BE, IO_BEST_EFFORT_LEVEL)
-    };
-    // SAFETY: ioprio_set on this thread's id with an integer priority; no memory is passed.
-    let rc = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, value) };
-    if rc == 0 {
-        tracing::debug!(tid, io_idle, "serve thread I/O priority lowered");
-    } else {
-        let e = std::io::Error::last_os_error();
-        if !IOPRIO_FAILED.swap(true, Ordering::Relaxed) {
-            tracing::warn!(error = %e, "could not lower the serve threads' I/O priority: peers are served at the node's own I/O priority");
+    match lowered.io {
+        Ok(()) => tracing::debug!(io_idle, "serve thread I/O priority lowered"),
+        Err(e) => {
+            if !IOPRIO_FAILED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(error = %e, "could not lower the serve threads' I/O priority: peers are served at the node's own I/O priority");
+            }
         }
     }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_priority(_io_idle: bool) {
-    if !NICE_FAILED.swap(true, Ordering::Relaxed) {
-        tracing::warn!(
-            "serve threads run at the node's own priority: lowering it per thread is Linux only"
-        );
-    }
-}
-
-/// `ioprio_set`'s "which": one thread (a task id).
-#[cfg(target_os = "linux")]
-const IOPRIO_WHO_PROCESS: libc::c_int = 1;
-/// The best-effort I/O class.
-pub(crate) const IOPRIO_CLASS_BE: u32 = 2;
-/// The idle I/O class.
-pub(crate) const IOPRIO_CLASS_IDLE: u32 = 3;
-/// Where the class sits in an I/O priority value.
-const IOPRIO_CLASS_SHIFT: u32 = 13;
-
-/// An I/O priority value as `ioprio_set` takes it.
-pub(crate) fn ioprio_value(class: u32, level: u32) -> libc::c_int {
-    ((class << IOPRIO_CLASS_SHIFT) | level) as libc::c_int
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ioprio_get`'s "which": one thread.
+    const IOPRIO_WHO_PROCESS: libc::c_int = 1;
     use std::sync::mpsc::channel;
     use std::time::Duration;
 

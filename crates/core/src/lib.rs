@@ -7,6 +7,7 @@ mod blob;
 mod chunk;
 mod digest;
 mod origin;
+pub mod priority;
 pub mod ranges;
 mod reader;
 mod sha256;

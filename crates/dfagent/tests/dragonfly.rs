@@ -507,4 +507,46 @@ mod with_dfdaemon {
             "the corrupting proxy flipped bytes"
         );
     }
+
+    /// An HTTPS registry with a CA of its own, which the node trusts (`registry.ca_file`) and
+    /// the seed does not need to (dfdaemon's back-to-source client does not verify): the node
+    /// reads every chunk through the seed, which fetches from the registry over TLS (the
+    /// registry-mirror form, `X-Dragonfly-Registry: https://...`); nothing from the registry tier.
+    #[test]
+    fn an_https_registry_is_read_through_the_seed() {
+        let c = Cluster::new(1, &["dragonfly/plain"]);
+        let tls = Registry::builder().addr(c.bridge.free_addr()).tls().start();
+        let ca = tls.ca_file().display().to_string();
+        let trust = format!("[registry]\nca_file = \"{ca}\"\n");
+        let push_config = write(c.work.path(), "push-tls.toml", &trust);
+        let reference = format!("{}/dragonfly/secure:v1", tls.host());
+        dfagent_cli!().ok(&[
+            "--config",
+            &push_config.display().to_string(),
+            "build",
+            &format!("oci:{}:v1", c.work.path().join("layout").display()),
+            "--push",
+            &reference,
+            "-q",
+        ]);
+        let net = c.bridge.add_node("tls");
+        let text = format!(
+            "[dragonfly]\nenable = true\nschedulers = [\"{}\"]\nrefresh_interval = \"2s\"\n\
+             health_interval = \"2s\"\n{trust}",
+            c.scheduler.addr(),
+        );
+        let dir = c.work.path().join("node-tls");
+        let mut node = Node::start(&dfagent_cli!(), net, dir, &text, true);
+        wait_for_seeds(&node, 1);
+        c.read_image(&mut node, &reference);
+        let (through_seed, from_registry) = (
+            tier_bytes(&node, "dragonfly"),
+            tier_bytes(&node, "registry"),
+        );
+        assert!(
+            through_seed > 0 && from_registry == 0,
+            "dragonfly {through_seed} bytes, registry {from_registry} bytes:\n{}",
+            node.daemon().log()
+        );
+    }
 }

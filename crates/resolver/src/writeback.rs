@@ -2,7 +2,8 @@
 //! one thread of its own. A read never waits for the store: when the queue is full its chunk is
 //! not written (counted; the chunk is fetched again if it is ever needed after leaving the
 //! decoded-chunk cache). Background work (prefetch, pull) waits for room instead, so a pull
-//! does store every chunk.
+//! does store every chunk. The thread runs at a lowered CPU and I/O priority
+//! (`dfagent_core::priority`): writing a chunk no reader waits for yields to the readers.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -40,6 +41,13 @@ impl WriteBack {
         let thread = std::thread::Builder::new()
             .name("dfagent-store-writer".into())
             .spawn(move || {
+                let lowered = dfagent_core::priority::lower_this_thread(
+                    dfagent_core::priority::BACKGROUND_NICE_DELTA,
+                    dfagent_core::priority::BackgroundIo::BestEffortLowest,
+                );
+                if let (Err(e), _) | (_, Err(e)) = (&lowered.nice, &lowered.io) {
+                    tracing::debug!(error = %e, "the store writer runs at the node's own priority");
+                }
                 while let Some(job) = rx.blocking_recv() {
                     match job {
                         Job::Put(chunk, stored) => {

@@ -217,6 +217,20 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
+        // Flushes and compactions are work no reader waits for: RocksDB's background threads
+        // run at the lowest CPU priority (and compactions at a lowered I/O priority), so a get
+        // does not share a core with them on an equal footing (store-get-under-put).
+        match rocksdb::Env::new() {
+            Ok(mut env) => {
+                env.lower_thread_pool_cpu_priority();
+                env.lower_high_priority_thread_pool_cpu_priority();
+                env.lower_thread_pool_io_priority();
+                opts.set_env(&env);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "RocksDB's background threads keep the node's priority")
+            }
+        }
         // Memory: RocksDB's defaults let each column family hold two 64 MiB memtables, so a
         // node that writes chunks would keep up to 128 MiB of them in RAM beyond the
         // configured caches. Chunks reach the store only after they were served, and are

@@ -1,7 +1,8 @@
 //! A real registry: Debian's `docker-registry` (distribution 2.8) serving from a temporary
 //! directory, on a free 127.0.0.1 port or on a given address (a bridge address in a network
-//! namespace the test made). Start-up is bounded; the process is killed and its directory
-//! removed on drop.
+//! namespace the test made), over plain HTTP or over TLS with a certificate of a test CA made
+//! for its address ([`RegistryBuilder::tls`]). Start-up is bounded; the process is killed and its
+//! directory removed on drop.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -48,6 +49,7 @@ pub struct RegistryBuilder {
     addr: Option<SocketAddr>,
     extra: String,
     htpasswd: Option<String>,
+    tls: bool,
 }
 
 impl RegistryBuilder {
@@ -73,6 +75,13 @@ impl RegistryBuilder {
         self
     }
 
+    /// Serve HTTPS with a certificate for its address signed by a CA made for this registry
+    /// ([`Registry::ca_file`] is the CA's PEM, what a client must trust).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Start it and wait (bounded) until it answers; fails with its log if it does not.
     pub fn start(mut self) -> Registry {
         let dir = tempfile::Builder::new()
@@ -87,6 +96,18 @@ impl RegistryBuilder {
                 "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
                 file.display()
             ));
+        }
+        if self.tls {
+            let (cert, key) = write_tls_files(dir.path(), addr);
+            // Continues the `http:` mapping that `config_yaml` ends with.
+            self.extra.insert_str(
+                0,
+                &format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                ),
+            );
         }
         let config = dir.path().join("config.yml");
         std::fs::write(
@@ -167,6 +188,12 @@ impl Registry {
         self.addr.to_string()
     }
 
+    /// The PEM of the CA that signed its certificate (a registry started with
+    /// [`RegistryBuilder::tls`]; the file does not exist otherwise).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     /// Its temporary directory (configuration, data, log).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -181,6 +208,30 @@ impl Registry {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
+}
+
+/// A test CA (`dir/ca.pem`) and a server certificate for `addr`'s IP signed by it
+/// (`dir/server.pem`, `dir/server-key.pem`); the certificate and key paths.
+fn write_tls_files(dir: &Path, addr: SocketAddr) -> (PathBuf, PathBuf) {
+    let mut ca_params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA certificate parameters");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "dfagent test registry CA");
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("self-signing the CA");
+    let params = rcgen::CertificateParams::new(vec![addr.ip().to_string()])
+        .expect("server certificate parameters");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let cert = params
+        .signed_by(&key, &ca)
+        .expect("signing the server certificate");
+    let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server-key.pem"));
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("writing ca.pem");
+    std::fs::write(&cert_path, cert.pem()).expect("writing server.pem");
+    std::fs::write(&key_path, key.serialize_pem()).expect("writing server-key.pem");
+    (cert_path, key_path)
 }
 
 impl Drop for Registry {

@@ -217,6 +217,12 @@ fn busy_side(
         std::thread::Builder::new()
             .name("bench-putter".into())
             .spawn(move || -> anyhow::Result<u64> {
+                // The node's puts come from its store writer thread, which runs lowered
+                // (`dfagent_core::priority`, crates/resolver/src/writeback.rs): so does this one.
+                let _ = dfagent_core::priority::lower_this_thread(
+                    dfagent_core::priority::BACKGROUND_NICE_DELTA,
+                    dfagent_core::priority::BackgroundIo::BestEffortLowest,
+                );
                 let deadline = Instant::now() + Duration::from_secs(600);
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) && n < 10_000_000 && Instant::now() < deadline {
