@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dfagent_test_support::containerd::{
-    prerequisites, Containerd, ProxySnapshotter, DEBIAN_ROOTFS,
+    prerequisites, unmount_under, Containerd, ProxySnapshotter, DEBIAN_ROOTFS,
 };
 use dfagent_test_support::daemon::DfagentDaemon;
 use dfagent_test_support::dfagent_cli;
@@ -48,6 +48,17 @@ fn image_mounts(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Detaches whatever is still mounted under a directory when dropped (image mounts a killed
+/// daemon left, on a failing test's way out): dropped after the daemons and containerd, before
+/// the directory itself.
+struct UnmountAll(PathBuf);
+
+impl Drop for UnmountAll {
+    fn drop(&mut self) {
+        unmount_under(&self.0);
+    }
+}
+
 /// Polls `f` every 100 ms until it holds or `limit` passes.
 fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -73,6 +84,7 @@ fn nydus_and_oci_images_run_in_containers_on_the_dfagent_snapshotter() {
         .unwrap();
     let dir = work.path();
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let _unmount = UnmountAll(dir.to_path_buf());
 
     // The images: a gzip OCI layout of the root file system, as Nydus (dfagent build --push)
     // and as itself (skopeo), in one registry read through a counting proxy.
