@@ -415,33 +415,16 @@ mod with_dfdaemon {
 /// summary lines, the results files, and what the JSON says of the round — both containers
 /// printed 42, dfagent's ran on an image mount of its daemon, the baseline fetched at least
 /// the OCI image's layers and dfagent something. No timing is asserted. Needs root,
-/// containerd, ctr, runc, skopeo and umoci; without them it says why and passes, except under
-/// `CI=true`, where it fails. Run alone with `cargo test -p dfagent-bench --test quick
+/// containerd, ctr, runc, skopeo and umoci (`scripts/setup.sh`); without them it fails. Run alone
+/// with `cargo test -p dfagent-bench --test quick
 /// containerd`.
 #[test]
 fn containerd_quick_reports_start_and_egress() {
-    let mut missing: Vec<String> = ["containerd", "ctr", "runc", "skopeo", "umoci"]
-        .iter()
-        .filter(|t| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .map(|t| t.to_string())
-        .collect();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".into());
-    }
-    if !missing.is_empty() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the containerd scenario cannot run: missing {missing:?}"
-        );
-        eprintln!("skipping: missing {missing:?}");
-        return;
-    }
+    dfagent_test_support::containerd::prerequisites(
+        "the containerd scenario",
+        &["skopeo", "umoci"],
+        false,
+    );
     let (results, stdout, stderr) = run_quick(&["containerd", "--quick"]);
     let lines: Vec<_> = stdout.lines().filter_map(parse_summary_line).collect();
     assert_eq!(lines.len(), 2, "stdout:\n{stdout}\nstderr:\n{stderr}");

@@ -69,6 +69,20 @@ async fn serve(root: &Path, socket: &Path, rec: Arc<Recorder>) -> Harness {
     }
 }
 
+/// A snapshotter under a new temporary directory (`root/`, socket `s.sock`), its image mounts
+/// recorded.
+async fn start() -> (tempfile::TempDir, Arc<Recorder>, Harness) {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Arc::new(Recorder::default());
+    let h = serve(
+        &dir.path().join("root"),
+        &dir.path().join("s.sock"),
+        rec.clone(),
+    )
+    .await;
+    (dir, rec, h)
+}
+
 impl Harness {
     async fn close(mut self) {
         if let Some(tx) = self.stop.take() {
@@ -187,11 +201,8 @@ fn opt<'a>(m: &'a containerd_client::types::Mount, prefix: &str) -> Option<&'a s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_behave_as_containerd_expects() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _rec, h) = start().await;
     let root = dir.path().join("root");
-    let socket = dir.path().join("s.sock");
-    let rec = Arc::new(Recorder::default());
-    let h = serve(&root, &socket, rec.clone()).await;
     let mut c = h.client.clone();
 
     // Prepare with no parent: a writable bind mount of an empty directory.
@@ -370,11 +381,8 @@ async fn snapshots_behave_as_containerd_expects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nydus_layers_are_committed_remotely_and_survive_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    let socket = dir.path().join("s.sock");
-    let rec = Arc::new(Recorder::default());
-    let h = serve(&root, &socket, rec.clone()).await;
+    let (dir, rec, h) = start().await;
+    let (root, socket) = (dir.path().join("root"), dir.path().join("s.sock"));
     let mut c = h.client.clone();
     let digest = format!("sha256:{}", "c".repeat(64));
     let image_ref = "registry.test:5000/app:v1";
