@@ -26,6 +26,9 @@ use crate::ops::{Errno, FsConfig, NydusOps, Opened, XattrReply};
 pub struct NydusFs {
     ops: NydusOps,
     rt: tokio::runtime::Handle,
+    /// The kernel agreed to skip open and opendir (and their releases) once they answer
+    /// `ENOSYS`: handles carry no state here, so each open would only cost a round trip.
+    no_open: bool,
 }
 
 impl NydusFs {
@@ -39,6 +42,7 @@ impl NydusFs {
         Self {
             ops: NydusOps::new(image, reader, config),
             rt,
+            no_open: false,
         }
     }
 
@@ -115,12 +119,20 @@ impl Filesystem for NydusFs {
         let max_read = self.ops.config().max_read;
         let _ = config.set_max_readahead(max_read);
         let _ = config.set_max_write(max_read);
+        // Every listing carries attributes (not READDIRPLUS_AUTO, which the kernel uses only
+        // for a directory's first buffer, so a `ls -l` of a big directory then looks up the
+        // rest one by one): attributes cost nothing extra here, they sit beside the names.
         let _ = config.add_capabilities(
             InitFlags::FUSE_DO_READDIRPLUS
-                | InitFlags::FUSE_READDIRPLUS_AUTO
                 | InitFlags::FUSE_CACHE_SYMLINKS
                 | InitFlags::FUSE_PARALLEL_DIROPS,
         );
+        // Without open/opendir the kernel keeps file pages and directory listings cached, as
+        // the FOPEN_KEEP_CACHE / FOPEN_CACHE_DIR our opens answer ask for. A file opened for
+        // writing is refused by the read-only mount before it gets here.
+        self.no_open = config
+            .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT | InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
         Ok(())
     }
 
@@ -146,6 +158,10 @@ impl Filesystem for NydusFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_open {
+            // The kernel takes this as "opens need no round trip" from now on.
+            return reply.error(fuser::Errno::ENOSYS);
+        }
         match self.ops.open(ino.0, flags.0) {
             Ok(o) => reply.opened(FileHandle(0), fopen_flags(o)),
             Err(e) => reply.error(e.into()),
@@ -256,6 +272,9 @@ impl Filesystem for NydusFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_open {
+            return reply.error(fuser::Errno::ENOSYS);
+        }
         match self.ops.opendir(ino.0) {
             Ok(o) => reply.opened(FileHandle(0), fopen_flags(o)),
             Err(e) => reply.error(e.into()),

@@ -430,7 +430,7 @@ impl NydusOps {
         if let Some(ahead) = ahead {
             ahead.await;
         }
-        data
+        data.map(|b| b.to_vec())
     }
 
     /// A write: always refused, the image is read-only.
@@ -625,8 +625,12 @@ impl PendingRead {
 
     /// The read-ahead as a future of its own, to run beside the read (waiting for the read
     /// first halved cold sequential throughput: it kept one batch in flight instead of two).
-    /// Its failures are not reported here: they surface, logged, when a reader asks for those
-    /// chunks. `None` when there is nothing to fetch ahead.
+    /// The chunks go out in groups of about [`READAHEAD_GROUP`] stored bytes, fetched
+    /// concurrently: a tier answers a batch when all of it is read, so one big batch would
+    /// hold the reader's next chunk until the window's last one arrived, while groups let the
+    /// first ones be decoded while later ones are still read. Its failures are not reported
+    /// here: they surface, logged, when a reader asks for those chunks. `None` when there is
+    /// nothing to fetch ahead.
     pub fn take_readahead(&mut self) -> Option<impl Future<Output = ()> + Send + 'static> {
         if self.ahead.is_empty() {
             return None;
@@ -634,14 +638,29 @@ impl PendingRead {
         let ahead = std::mem::take(&mut self.ahead);
         let reader = self.reader.clone();
         Some(async move {
-            let _ = reader.read_chunks(&ahead).await;
+            let mut groups = readahead_groups(ahead).into_iter();
+            let first = groups.next();
+            let rest: Vec<_> = groups
+                .map(|g| {
+                    let reader = reader.clone();
+                    tokio::spawn(async move {
+                        let _ = reader.read_ahead(&g).await;
+                    })
+                })
+                .collect();
+            if let Some(g) = first {
+                let _ = reader.read_ahead(&g).await;
+            }
+            for task in rest {
+                let _ = task.await;
+            }
         })
     }
 
     /// Fetch the read's chunks (all at once, so tiers can merge them) and assemble the bytes
     /// asked for. A chunk that cannot be read verified fails the read with `EIO`, logged with
     /// the file, chunk, blob and offset. Counts the read and its latency in the metrics.
-    pub async fn finish(self) -> Result<Vec<u8>, Errno> {
+    pub async fn finish(self) -> Result<Bytes, Errno> {
         let PendingRead {
             chunks,
             offset,
@@ -705,16 +724,35 @@ impl PendingRead {
     }
 }
 
+/// Stored bytes per read-ahead group (see [`PendingRead::take_readahead`]).
+const READAHEAD_GROUP: u64 = 2 << 20;
+
+/// `chunks` cut, in order, into groups of at least one chunk and at most about
+/// [`READAHEAD_GROUP`] stored bytes.
+fn readahead_groups(chunks: Vec<ChunkRef>) -> Vec<Vec<ChunkRef>> {
+    let mut groups: Vec<Vec<ChunkRef>> = Vec::new();
+    let mut bytes = 0u64;
+    for c in chunks {
+        let size = u64::from(c.compressed_size);
+        match groups.last_mut() {
+            Some(g) if bytes.saturating_add(size) <= READAHEAD_GROUP => {
+                bytes = bytes.saturating_add(size);
+                g.push(c);
+            }
+            _ => {
+                bytes = size;
+                groups.push(vec![c]);
+            }
+        }
+    }
+    groups
+}
+
 /// The bytes `[offset, end)` of a file from its chunks there (`chunks`, in file order) and
 /// their data (`data`, one per chunk). Nothing is taken on trust: every chunk must hold exactly
 /// its uncompressed size and the chunks must cover the range without a gap, or the read fails
 /// (saying why) rather than return bytes from the wrong place or short.
-fn assemble(
-    offset: u64,
-    end: u64,
-    chunks: &[FileChunk],
-    data: &[Bytes],
-) -> Result<Vec<u8>, String> {
+fn assemble(offset: u64, end: u64, chunks: &[FileChunk], data: &[Bytes]) -> Result<Bytes, String> {
     if chunks.len() != data.len() {
         return Err(format!(
             "{} answers for {} chunks",
@@ -722,7 +760,8 @@ fn assemble(
             chunks.len()
         ));
     }
-    let mut buf = Vec::with_capacity(end.saturating_sub(offset).min(1 << 30) as usize);
+    // Each piece of the range: (chunk data, from, to) within that chunk.
+    let mut pieces: Vec<(&Bytes, usize, usize)> = Vec::with_capacity(chunks.len());
     // The file offset of the next byte wanted.
     let mut pos = offset;
     for (fc, d) in chunks.iter().zip(data) {
@@ -746,13 +785,22 @@ fn assemble(
         }
         let from = (pos - fc.file_offset) as usize;
         let to = (end.min(chunk_end) - fc.file_offset) as usize;
-        buf.extend_from_slice(&d[from..to]);
+        pieces.push((d, from, to));
         pos = fc.file_offset + to as u64;
     }
     if pos < end {
         return Err(format!("the chunks end at file byte {pos}, before {end}"));
     }
-    Ok(buf)
+    // A range inside one chunk (most reads: the kernel asks at most a chunk's worth, aligned)
+    // is a view of the chunk's own bytes, not a copy.
+    if let [(d, from, to)] = pieces[..] {
+        return Ok(d.slice(from..to));
+    }
+    let mut buf = Vec::with_capacity(end.saturating_sub(offset).min(1 << 30) as usize);
+    for (d, from, to) in pieces {
+        buf.extend_from_slice(&d[from..to]);
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// Path of `nid` from the names of nodes looked up or listed, for log lines.
@@ -779,6 +827,41 @@ fn path_of(names: &Mutex<HashMap<u64, (u64, Vec<u8>)>>, root: u64, nid: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readahead_goes_out_in_groups_of_stored_bytes() {
+        let chunk = |n: u8, size: u32| ChunkRef {
+            digest: dfagent_core::DigestAlgo::Blake3.digest(&[n]),
+            blob: dfagent_core::BlobId::from_bytes([1; 32]),
+            compressed_offset: 0,
+            compressed_size: size,
+            uncompressed_size: 1 << 20,
+            compression: dfagent_core::Compression::Zstd,
+        };
+        let half = 1 << 19;
+        // 0.5 MiB stored each: four per 2 MiB group, order kept.
+        let all: Vec<ChunkRef> = (0..9).map(|n| chunk(n, half)).collect();
+        let groups = readahead_groups(all.clone());
+        assert_eq!(
+            groups.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![4, 4, 1]
+        );
+        assert_eq!(groups.concat(), all);
+        // A chunk bigger than a group is a group of its own; nothing is dropped.
+        let big = vec![
+            chunk(1, 100),
+            chunk(2, 3 << 20),
+            chunk(3, 100),
+            chunk(4, u32::MAX),
+        ];
+        let groups = readahead_groups(big.clone());
+        assert_eq!(
+            groups.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1, 1, 1, 1]
+        );
+        assert_eq!(groups.concat(), big);
+        assert!(readahead_groups(Vec::new()).is_empty());
+    }
 
     #[test]
     fn xattr_replies_follow_the_size_protocol() {
@@ -836,12 +919,15 @@ mod tests {
             Bytes::from_static(b"efgh"),
             Bytes::from_static(b"ij"),
         ];
-        assert_eq!(assemble(0, 10, &chunks, &data).unwrap(), b"abcdefghij");
-        assert_eq!(assemble(3, 6, &chunks, &data).unwrap(), b"def");
-        assert_eq!(assemble(9, 10, &chunks[2..], &data[2..]).unwrap(), b"j");
+        assert_eq!(assemble(0, 10, &chunks, &data).unwrap(), &b"abcdefghij"[..]);
+        assert_eq!(assemble(3, 6, &chunks, &data).unwrap(), &b"def"[..]);
+        assert_eq!(
+            assemble(9, 10, &chunks[2..], &data[2..]).unwrap(),
+            &b"j"[..]
+        );
         // At or past the end of the file: nothing, from no chunks.
-        assert_eq!(assemble(10, 10, &[], &[]).unwrap(), b"");
-        assert_eq!(assemble(12, 10, &[], &[]).unwrap(), b"");
+        assert_eq!(assemble(10, 10, &[], &[]).unwrap(), &b""[..]);
+        assert_eq!(assemble(12, 10, &[], &[]).unwrap(), &b""[..]);
 
         // A chunk shorter or longer than its size: the read fails instead of shifting bytes.
         let short = [data[0].clone(), Bytes::from_static(b"efg"), data[2].clone()];
@@ -877,7 +963,7 @@ mod tests {
         top.file_offset = u64::MAX - 1;
         assert_eq!(
             assemble(u64::MAX - 1, u64::MAX, &[top], &data[..1]).unwrap(),
-            b"a"
+            &b"a"[..]
         );
     }
 

@@ -180,6 +180,41 @@ pub enum DecodeError {
 /// Decompress `stored` (a chunk's bytes as stored in its blob) and verify the result against the
 /// chunk's digest. The only way stored bytes become file data: nothing unverified gets out.
 pub fn decode_chunk(chunk: &ChunkRef, stored: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    check_sizes(chunk, stored)?;
+    let data = decompress(chunk.compression, stored, chunk.uncompressed_size as usize)
+        .map_err(|detail| decompress_error(chunk, detail))?;
+    verify(chunk, &data)?;
+    Ok(data)
+}
+
+/// [`decode_chunk`] into `out`, which must be exactly the chunk's uncompressed size: for a
+/// caller that owns the memory the chunk will live in (a mapping of its own), so the decoded
+/// bytes are written once instead of decoded into a buffer and copied. On an error `out` holds
+/// unverified bytes and must not be read.
+pub fn decode_chunk_into(
+    chunk: &ChunkRef,
+    stored: &[u8],
+    out: &mut [u8],
+) -> Result<(), DecodeError> {
+    check_sizes(chunk, stored)?;
+    if out.len() != chunk.uncompressed_size as usize {
+        return Err(decompress_error(
+            chunk,
+            format!(
+                "output buffer is {} bytes, the chunk {}",
+                out.len(),
+                chunk.uncompressed_size
+            ),
+        ));
+    }
+    decompress_into(chunk.compression, stored, out)
+        .map_err(|detail| decompress_error(chunk, detail))?;
+    verify(chunk, out)
+}
+
+/// The size checks before any decode: the stored length is the reference's, and the
+/// uncompressed size is within [`MAX_CHUNK_SIZE`].
+fn check_sizes(chunk: &ChunkRef, stored: &[u8]) -> Result<(), DecodeError> {
     let digest = chunk.digest;
     if stored.len() != chunk.compressed_size as usize {
         return Err(DecodeError::StoredSize {
@@ -194,21 +229,27 @@ pub fn decode_chunk(chunk: &ChunkRef, stored: &[u8]) -> Result<Vec<u8>, DecodeEr
             size: chunk.uncompressed_size,
         });
     }
-    let data = decompress(chunk.compression, stored, chunk.uncompressed_size as usize).map_err(
-        |detail| DecodeError::Decompress {
-            digest,
-            compression: chunk.compression,
-            detail,
-        },
-    )?;
-    let actual = digest.algo().digest(&data);
-    if actual != digest {
+    Ok(())
+}
+
+fn decompress_error(chunk: &ChunkRef, detail: String) -> DecodeError {
+    DecodeError::Decompress {
+        digest: chunk.digest,
+        compression: chunk.compression,
+        detail,
+    }
+}
+
+/// The decoded bytes hash to the chunk's digest.
+fn verify(chunk: &ChunkRef, data: &[u8]) -> Result<(), DecodeError> {
+    let actual = chunk.digest.algo().digest(data);
+    if actual != chunk.digest {
         return Err(DecodeError::DigestMismatch {
-            expected: digest,
+            expected: chunk.digest,
             actual,
         });
     }
-    Ok(data)
+    Ok(())
 }
 
 /// Compression of a chunk failed (the compressor could not even start).
@@ -292,6 +333,31 @@ pub fn encode_chunk(
 /// `size` before calling.
 pub fn decompress(compression: Compression, stored: &[u8], size: usize) -> Result<Vec<u8>, String> {
     match compression {
+        Compression::None | Compression::Lz4Block => {
+            let mut out = vec![0u8; size];
+            decompress_into(compression, stored, &mut out)?;
+            Ok(out)
+        }
+        Compression::Zstd => {
+            // Into the Vec's spare capacity: no zeroing of memory zstd overwrites anyway.
+            let mut out = Vec::with_capacity(size);
+            let n = with_zstd(|d| d.decompress_to_buffer(stored, &mut out))?;
+            if n != size {
+                return Err(format!("produced {n} bytes, expected {size}"));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Decompress `stored` into `out`, which must come out exactly full.
+pub fn decompress_into(
+    compression: Compression,
+    stored: &[u8],
+    out: &mut [u8],
+) -> Result<(), String> {
+    let size = out.len();
+    let n = match compression {
         Compression::None => {
             if stored.len() != size {
                 return Err(format!(
@@ -299,29 +365,38 @@ pub fn decompress(compression: Compression, stored: &[u8], size: usize) -> Resul
                     stored.len()
                 ));
             }
-            Ok(stored.to_vec())
+            out.copy_from_slice(stored);
+            size
         }
         Compression::Lz4Block => {
-            let mut out = vec![0u8; size];
-            let n =
-                lz4_flex::block::decompress_into(stored, &mut out).map_err(|e| e.to_string())?;
-            if n != size {
-                return Err(format!("produced {n} bytes, expected {size}"));
-            }
-            Ok(out)
+            lz4_flex::block::decompress_into(stored, out).map_err(|e| e.to_string())?
         }
-        Compression::Zstd => {
-            let mut out = Vec::with_capacity(size);
-            let mut d = zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?;
-            let n = d
-                .decompress_to_buffer(stored, &mut out)
-                .map_err(|e| e.to_string())?;
-            if n != size {
-                return Err(format!("produced {n} bytes, expected {size}"));
-            }
-            Ok(out)
-        }
+        Compression::Zstd => with_zstd(|d| d.decompress_to_buffer(stored, out))?,
+    };
+    if n != size {
+        return Err(format!("produced {n} bytes, expected {size}"));
     }
+    Ok(())
+}
+
+thread_local! {
+    /// This thread's zstd decompression context: made once, not per chunk (a context is an
+    /// allocation of its own, and decoder threads decode thousands of chunks).
+    static ZSTD_DCTX: std::cell::Cell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` with this thread's zstd decompressor, taken out for the call and put back after.
+fn with_zstd(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<usize>,
+) -> Result<usize, String> {
+    let mut d = match ZSTD_DCTX.try_with(|c| c.take()) {
+        Ok(Some(d)) => d,
+        _ => zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?,
+    };
+    let r = f(&mut d).map_err(|e| e.to_string());
+    let _ = ZSTD_DCTX.try_with(|c| c.set(Some(d)));
+    r
 }
 
 #[cfg(test)]
@@ -359,6 +434,18 @@ mod tests {
                 decode_chunk(&r, &bad).is_err(),
                 "{c} accepted a flipped byte"
             );
+            // Into a buffer of the caller's: the same bytes, the same refusals.
+            let mut out = vec![0u8; data.len()];
+            decode_chunk_into(&r, &stored, &mut out).unwrap();
+            assert_eq!(out, data);
+            assert!(decode_chunk_into(&r, &bad, &mut out).is_err());
+            let mut short = vec![0u8; data.len() - 1];
+            assert!(matches!(
+                decode_chunk_into(&r, &stored, &mut short),
+                Err(DecodeError::Decompress { .. })
+            ));
+            // The thread's reused zstd context still decodes after a failure.
+            assert_eq!(decode_chunk(&r, &stored).unwrap(), data);
         }
     }
 

@@ -15,8 +15,9 @@ mod tier;
 
 pub use blob::{BlobId, BlobIdError};
 pub use chunk::{
-    decode_chunk, decompress, encode_chunk, ChunkEncoder, ChunkRef, Compression,
-    CompressionIdError, CompressionParseError, DecodeError, EncodeError, MAX_CHUNK_SIZE,
+    decode_chunk, decode_chunk_into, decompress, decompress_into, encode_chunk, ChunkEncoder,
+    ChunkRef, Compression, CompressionIdError, CompressionParseError, DecodeError, EncodeError,
+    MAX_CHUNK_SIZE,
 };
 pub use digest::{ChunkDigest, DigestAlgo, DigestParseError};
 pub use origin::{BlobOrigin, OriginRequest};

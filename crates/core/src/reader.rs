@@ -66,4 +66,13 @@ pub trait ChunkReader: Send + Sync {
             out
         })
     }
+
+    /// [`read_chunks`](Self::read_chunks) for chunks fetched ahead of a sequential reader: a
+    /// reader that can tell them apart serves the chunks someone waits for now first.
+    fn read_ahead<'a>(
+        &'a self,
+        chunks: &'a [ChunkRef],
+    ) -> BoxFuture<'a, Vec<Result<Bytes, ReadError>>> {
+        self.read_chunks(chunks)
+    }
 }

@@ -233,6 +233,13 @@ fn print_stats(stats: &dfagent_node::MountStats) {
         "dfagent: requests {}, reads {}, bytes served {}, read errors {}, read-ahead chunks {}, read latency buckets (<=50us,200us,1ms,5ms,20ms,100ms,1s,>1s) {:?}",
         f.requests, f.reads, f.bytes_served, f.read_errors, f.readahead_chunks, f.read_latency
     );
+    let ops: Vec<String> = f
+        .ops
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(op, n)| format!("{op} {n}"))
+        .collect();
+    eprintln!("dfagent: requests by operation: {}", ops.join(", "));
     eprintln!(
         "dfagent: chunk fetches {}, cache hits {}, coalesced {}, bytes fetched {}, verification failures {}, unavailable {}, store writes dropped {}",
         r.fetches, r.cache_hits, r.coalesced, r.bytes_fetched, r.verify_failures, r.unavailable, r.writes_dropped

@@ -574,9 +574,13 @@ fn tampered_chunk_data_in_the_store_is_refetched() {
     let held = stored(&s.store, &chunks);
     assert_eq!(held.len(), chunks.len());
 
-    // Chunk values live in RocksDB's blob files: flip bytes in them.
+    // Small chunks live in RocksDB's blob files, big ones in chunk files of their own: flip
+    // bytes in both.
     let injected = flip_bytes(&s.store.join("db"), ".blob", 8);
     assert!(injected > 0, "no blob files in {}", s.store.display());
+    let in_files = flip_bytes(&s.store.join("chunks"), "", 8);
+    assert!(in_files > 0, "no chunk files in {}", s.store.display());
+    let injected = injected + in_files;
     let (proxy, reference) = s.proxied(Corrupt::Never, |_| Action::Forward);
     let m = s.cli.mount(&reference, &s.mp, "none");
     let t = read_files(&s.mp, &files, PASS);

@@ -6,15 +6,16 @@
 //! arena of its own (up to 8 per core), and freed chunk memory stayed spread over all of them:
 //! the daemon's RSS grew 10–20 MiB beyond the bytes actually held (readers row of
 //! docs/reliability.md, finding 3). A fixed set of threads keeps the decoded chunks in as many
-//! arenas as there are threads. Reads go before background work (prefetch, pull).
+//! arenas as there are threads. A reader's chunks go first, then read-ahead, then background
+//! work (prefetch, pull): a sequential reader's next chunk must not queue behind the window of
+//! read-ahead its own first read started.
 //!
-//! A decoded chunk of [`MAPPED_MIN`] bytes or more is handed out in memory mapped for it alone
-//! (anonymous, read-only once filled) rather than in the Vec the decoder made: the decoded-chunk
+//! A decoded chunk of [`MAPPED_MIN`] bytes or more is decoded into memory mapped for it alone
+//! (anonymous, read-only once filled) rather than into a Vec: the decoded-chunk
 //! cache keeps chunks long and frees them in whatever order it evicts them, and glibc kept the
 //! freed buffers as holes in its arenas (freed memory it does not return to the system), so the
 //! daemon's RSS grew about 1 MiB/s past the cache under 64 readers. A mapping is returned to the
-//! system when its last `Bytes` is dropped. The Vec itself is freed at once and reused by the
-//! next decode of the same thread.
+//! system when its last `Bytes` is dropped.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use dfagent_core::{decode_chunk, ChunkRef};
+use dfagent_core::{decode_chunk, decode_chunk_into, ChunkRef, DecodeError, MAX_CHUNK_SIZE};
 use tokio::sync::oneshot;
 
 /// Most decoder threads, whatever the core count.
@@ -42,49 +43,100 @@ static MAPPED: AtomicUsize = AtomicUsize::new(0);
 /// What a decode yields: the verified bytes, or why not.
 pub(crate) type Decoded = Result<Bytes, String>;
 
+/// Most idle chunk mappings kept for reuse (see [`Mapped`]'s drop).
+const IDLE_MAX: usize = 4;
+
+/// Mappings of dropped chunks, writable again, for the next decodes of the same size: a fresh
+/// mapping costs the kernel zeroing and charging its pages, and unmapping it a TLB flush, for
+/// every chunk a sequential reader streams through. Each still holds its [`MAPPED`] slot.
+static IDLE: Mutex<Vec<memmap2::MmapMut>> = Mutex::new(Vec::new());
+
 /// A decoded chunk in a mapping of its own; counted in [`MAPPED`] while it lives.
-struct Mapped(memmap2::Mmap);
+struct Mapped(Option<memmap2::Mmap>);
 
 impl AsRef<[u8]> for Mapped {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        self.0.as_deref().unwrap_or_default()
     }
 }
 
 impl Drop for Mapped {
     fn drop(&mut self) {
+        // Back to the idle list while it has room (made writable again first); else unmapped.
+        if let Some(m) = self.0.take() {
+            let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < IDLE_MAX {
+                if let Ok(w) = m.make_mut() {
+                    idle.push(w);
+                    return;
+                }
+            }
+        }
         MAPPED.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// `data` as [`Bytes`]: copied into a mapping of its own when it is large enough and the
-/// mappings are not at their bound, else the Vec itself.
-fn into_bytes(data: Vec<u8>) -> Bytes {
-    if data.len() < MAPPED_MIN {
-        return Bytes::from(data);
-    }
+/// An idle mapping of exactly `len` bytes, if one is kept (its slot comes with it).
+fn reuse_mapping(len: usize) -> Option<memmap2::MmapMut> {
+    let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
+    let i = idle.iter().position(|m| m.len() == len)?;
+    Some(idle.swap_remove(i))
+}
+
+/// Take one of the [`MAX_MAPPED`] mapping slots; false when they are all in use.
+fn reserve_mapping() -> bool {
     if MAPPED.fetch_add(1, Ordering::Relaxed) >= MAX_MAPPED {
         MAPPED.fetch_sub(1, Ordering::Relaxed);
-        return Bytes::from(data);
+        return false;
     }
-    let mapped = memmap2::MmapMut::map_anon(data.len()).and_then(|mut m| {
-        m.copy_from_slice(&data);
-        m.make_read_only()
-    });
-    match mapped {
-        Ok(m) => Bytes::from_owner(Mapped(m)),
-        Err(e) => {
-            MAPPED.fetch_sub(1, Ordering::Relaxed);
-            tracing::debug!(bytes = data.len(), error = %e, "no mapping for a decoded chunk");
-            Bytes::from(data)
-        }
-    }
+    true
 }
 
-/// Decode and verify `data`, the stored bytes of `chunk`.
+/// Decode and verify `data`, the stored bytes of `chunk`. A chunk of [`MAPPED_MIN`] bytes or
+/// more is decoded straight into a mapping of its own, faulted in by the kernel in one call
+/// (`MAP_POPULATE`) and made read-only once verified: no intermediate buffer, no copy, no
+/// page fault per 4 KiB.
 fn decode(chunk: &ChunkRef, data: &[u8]) -> Decoded {
+    let size = chunk.uncompressed_size;
+    let reused = (size as usize >= MAPPED_MIN)
+        .then(|| reuse_mapping(size as usize))
+        .flatten();
+    let have_slot = reused.is_some()
+        || (size as usize >= MAPPED_MIN && size <= MAX_CHUNK_SIZE && reserve_mapping());
+    if have_slot {
+        let mapping = match reused {
+            Some(m) => Ok(m),
+            None => memmap2::MmapOptions::new()
+                .len(size as usize)
+                .populate()
+                .map_anon(),
+        };
+        match mapping {
+            Ok(mut m) => {
+                // Counted from here: dropped on every path below, releasing its slot.
+                let decoded = decode_chunk_into(chunk, data, &mut m).and_then(|()| {
+                    m.make_read_only().map_err(|e| DecodeError::Decompress {
+                        digest: chunk.digest,
+                        compression: chunk.compression,
+                        detail: format!("sealing the decoded chunk: {e}"),
+                    })
+                });
+                return match decoded {
+                    Ok(sealed) => Ok(Bytes::from_owner(Mapped(Some(sealed)))),
+                    Err(e) => {
+                        MAPPED.fetch_sub(1, Ordering::Relaxed);
+                        Err(e.to_string())
+                    }
+                };
+            }
+            Err(e) => {
+                MAPPED.fetch_sub(1, Ordering::Relaxed);
+                tracing::debug!(bytes = size, error = %e, "no mapping for a decoded chunk");
+            }
+        }
+    }
     decode_chunk(chunk, data)
-        .map(into_bytes)
+        .map(Bytes::from)
         .map_err(|e| e.to_string())
 }
 
@@ -94,9 +146,21 @@ struct Job {
     done: oneshot::Sender<Decoded>,
 }
 
+/// Who waits for a decode, in the order the decoder threads serve them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// A reader waits for this chunk now.
+    Read,
+    /// Fetched ahead of a sequential reader.
+    Ahead,
+    /// Prefetch, pull: nobody waits.
+    Background,
+}
+
 #[derive(Default)]
 struct Queue {
     foreground: VecDeque<Job>,
+    ahead: VecDeque<Job>,
     background: VecDeque<Job>,
     closed: bool,
 }
@@ -157,14 +221,14 @@ impl DecodePool {
         self.threads
     }
 
-    /// Decode `data` (the stored bytes of `chunk`) and verify it; reads (`background` false)
-    /// are decoded before queued background work. The job is queued at once (not when the
+    /// Decode `data` (the stored bytes of `chunk`) and verify it; reads are decoded before
+    /// queued read-ahead, and read-ahead before background work. The job is queued at once (not when the
     /// future is first polled), so several decodes queued in a row run in parallel.
     pub(crate) fn decode(
         &self,
         chunk: ChunkRef,
         data: Bytes,
-        background: bool,
+        class: Class,
     ) -> impl Future<Output = Decoded> + Send + 'static {
         let queued = if self.threads == 0 {
             Err(tokio::task::spawn_blocking(move || decode(&chunk, &data)))
@@ -173,10 +237,10 @@ impl DecodePool {
             {
                 let mut q = self.shared.lock();
                 let job = Job { chunk, data, done };
-                if background {
-                    q.background.push_back(job);
-                } else {
-                    q.foreground.push_back(job);
+                match class {
+                    Class::Read => q.foreground.push_back(job),
+                    Class::Ahead => q.ahead.push_back(job),
+                    Class::Background => q.background.push_back(job),
                 }
             }
             self.shared.ready.notify_one();
@@ -212,6 +276,7 @@ fn work(shared: &Shared) {
                 if let Some(j) = q
                     .foreground
                     .pop_front()
+                    .or_else(|| q.ahead.pop_front())
                     .or_else(|| q.background.pop_front())
                 {
                     break j;
@@ -261,12 +326,12 @@ mod tests {
             let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
             let (chunk, stored) = chunk_of(&data);
             let rt = rt();
-            let got = rt.block_on(async { pool.decode(chunk, stored.clone(), false).await });
+            let got = rt.block_on(async { pool.decode(chunk, stored.clone(), Class::Read).await });
             assert_eq!(got.as_deref(), Ok(&data[..]), "{threads} threads");
             // Bytes that do not hash to the digest are refused.
             let mut wrong = chunk;
             wrong.digest = DigestAlgo::Blake3.digest(b"something else");
-            let got = rt.block_on(async { pool.decode(wrong, stored, true).await });
+            let got = rt.block_on(async { pool.decode(wrong, stored, Class::Background).await });
             assert!(
                 got.is_err_and(|e| e.contains("digest")),
                 "{threads} threads"
@@ -295,7 +360,10 @@ mod tests {
                 .enumerate()
                 .map(|(i, (_, c, s))| {
                     let (pool, c, s) = (pool.clone(), *c, s.clone());
-                    tokio::spawn(async move { pool.decode(c, s, i % 2 == 0).await })
+                    tokio::spawn(async move {
+                        pool.decode(c, s, [Class::Read, Class::Ahead, Class::Background][i % 3])
+                            .await
+                    })
                 })
                 .collect();
             let mut out = Vec::new();
@@ -315,25 +383,39 @@ mod tests {
     }
 
     #[test]
-    fn large_chunks_get_a_mapping_of_their_own_small_ones_stay() {
+    fn large_chunks_are_decoded_into_a_mapping_of_their_own_small_ones_into_a_vec() {
         let small: Vec<u8> = (0..(MAPPED_MIN - 1)).map(|i| i as u8).collect();
-        let copy = small.clone();
-        let ptr = copy.as_ptr();
-        let b = into_bytes(copy);
-        assert_eq!(b.as_ptr(), ptr, "a small chunk keeps the decoder's buffer");
+        let (chunk, stored) = chunk_of(&small);
+        let b = decode(&chunk, &stored).expect("small chunk");
         assert_eq!(b, small);
         let large: Vec<u8> = (0..(MAPPED_MIN + 12_345))
             .map(|i| (i % 253) as u8)
             .collect();
-        let b = into_bytes(large.clone());
-        // A mapping starts on a page; the Vec was copied into it, byte for byte.
+        let (chunk, stored) = chunk_of(&large);
+        let b = decode(&chunk, &stored).expect("large chunk");
+        // A mapping starts on a page and holds the decoded bytes, byte for byte.
         assert_eq!(b.as_ptr() as usize % 4096, 0);
-        assert_ne!(b.as_ptr(), large.as_ptr());
         assert_eq!(b, large);
+        // A chunk that fails verification is refused (its mapping dropped).
+        let mut wrong = chunk;
+        wrong.digest = DigestAlgo::Blake3.digest(b"something else");
+        assert!(decode(&wrong, &stored).is_err_and(|e| e.contains("digest")));
+        // A size beyond the format's bound is refused before anything is mapped.
+        let mut huge = chunk;
+        huge.uncompressed_size = MAX_CHUNK_SIZE + 1;
+        assert!(decode(&huge, &stored).is_err());
         // Slices and clones share the mapping; it lives until the last of them is dropped.
         let tail = b.slice(MAPPED_MIN..);
         drop(b);
         assert_eq!(tail, large[MAPPED_MIN..]);
+        drop(tail);
+        // A dropped chunk's mapping may serve the next decode of its size: other bytes now,
+        // every one of them the new chunk's.
+        let other: Vec<u8> = (0..(MAPPED_MIN + 12_345))
+            .map(|i| (i % 241) as u8 ^ 0x5a)
+            .collect();
+        let (chunk, stored) = chunk_of(&other);
+        assert_eq!(decode(&chunk, &stored).expect("reused mapping"), other);
     }
 
     #[test]

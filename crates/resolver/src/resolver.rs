@@ -13,6 +13,7 @@ use dfagent_core::{
 };
 use tokio::sync::{watch, Semaphore};
 
+use crate::decode::Class;
 use crate::metrics::{add, ResolverMetrics, TierMetrics};
 use crate::shared::{Inflight, Outcome, ResolverConfig, ResolverCore};
 
@@ -39,6 +40,9 @@ impl Tier {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Foreground,
+    /// A reader's read-ahead: foreground in every way but the decoder queue, where it goes
+    /// after reads (see [`Class`]).
+    Ahead,
     Background,
 }
 
@@ -52,8 +56,12 @@ impl Drop for Foreground<'_> {
 }
 
 /// What became of each chunk of a batch while the tiers were asked.
-struct BatchState {
+struct BatchState<'a> {
     done: Vec<Option<Bytes>>,
+    /// Per chunk of the batch, whoever waits on it: told as soon as that chunk is verified,
+    /// not when the whole batch is (a reader waiting on the first chunk of a read-ahead batch
+    /// gets it while the rest are still decoding).
+    waiting: &'a [(dfagent_core::ChunkDigest, watch::Sender<Outcome>)],
     /// The last verification failure of each chunk not yet done.
     corrupt: Vec<Option<String>>,
     /// What tiers that failed to get each chunk said.
@@ -157,6 +165,14 @@ impl Resolver {
         self.read_batch_inner(chunks, Mode::Foreground).await
     }
 
+    /// [`Resolver::read_batch`] for chunks fetched ahead of a sequential reader: decoded after
+    /// the chunks readers wait for now.
+    pub async fn read_batch_ahead(&self, chunks: &[ChunkRef]) -> Vec<Result<Bytes, ReadError>> {
+        self.core.foreground.send_modify(|n| *n += 1);
+        let _fg = Foreground(&self.core.foreground);
+        self.read_batch_inner(chunks, Mode::Ahead).await
+    }
+
     /// [`Resolver::read_batch`] for background work (prefetch, pull): it first lets reads that
     /// are fetching finish (waiting at most a second), so a read that misses jumps ahead, and
     /// it waits for room in the store's write-back queue rather than dropping a write.
@@ -213,7 +229,7 @@ impl Resolver {
             }
         }
         if !batch.is_empty() {
-            let fetched = self.resolve(&batch, mode).await;
+            let fetched = self.resolve(&batch, &lead.senders, mode).await;
             for ((_, tx), r) in lead.senders.iter().zip(&fetched) {
                 tx.send_replace(Some(r.clone()));
             }
@@ -246,9 +262,15 @@ impl Resolver {
     /// Fetch `batch` through the store and then the tiers in order; each is asked for what is
     /// still missing, and a tier is asked again (up to `verify_retries` times) for chunks it
     /// sent bad bytes for when it says so.
-    async fn resolve(&self, batch: &[ChunkRef], mode: Mode) -> Vec<Result<Bytes, ReadError>> {
+    async fn resolve(
+        &self,
+        batch: &[ChunkRef],
+        waiting: &[(dfagent_core::ChunkDigest, watch::Sender<Outcome>)],
+        mode: Mode,
+    ) -> Vec<Result<Bytes, ReadError>> {
         let mut st = BatchState {
             done: vec![None; batch.len()],
+            waiting,
             corrupt: vec![None; batch.len()],
             errors: vec![Vec::new(); batch.len()],
         };
@@ -281,6 +303,7 @@ impl Resolver {
             done,
             corrupt,
             errors,
+            ..
         } = st;
         done.into_iter()
             .zip(corrupt)
@@ -318,7 +341,7 @@ impl Resolver {
         is_store: bool,
         batch: &[ChunkRef],
         pending: &[usize],
-        st: &mut BatchState,
+        st: &mut BatchState<'_>,
         mode: Mode,
     ) -> Vec<usize> {
         let mut slots: Vec<Slot> = pending
@@ -359,7 +382,11 @@ impl Resolver {
                     let task = self.core.decoder.decode(
                         encoded,
                         stored.data.clone(),
-                        mode == Mode::Background,
+                        match mode {
+                            Mode::Foreground => Class::Read,
+                            Mode::Ahead => Class::Ahead,
+                            Mode::Background => Class::Background,
+                        },
                     );
                     decodes.push((i, stored, task));
                 }
@@ -380,6 +407,9 @@ impl Resolver {
                         add(&m.bytes, len);
                     });
                     self.core.cache.insert(chunk.digest, data.clone());
+                    if let Some((_, tx)) = st.waiting.get(i) {
+                        tx.send_replace(Some(Ok(data.clone())));
+                    }
                     if !is_store {
                         self.keep(chunk, stored, mode).await;
                     }
@@ -441,5 +471,12 @@ impl ChunkReader for Resolver {
         chunks: &'a [ChunkRef],
     ) -> BoxFuture<'a, Vec<Result<Bytes, ReadError>>> {
         Box::pin(self.read_batch(chunks))
+    }
+
+    fn read_ahead<'a>(
+        &'a self,
+        chunks: &'a [ChunkRef],
+    ) -> BoxFuture<'a, Vec<Result<Bytes, ReadError>>> {
+        Box::pin(self.read_batch_ahead(chunks))
     }
 }

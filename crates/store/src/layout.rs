@@ -1,6 +1,8 @@
 //! How records are laid out in RocksDB.
 //!
-//! Column families: `chunks` (digest → header + stored bytes), `access` (digest → [`Access`]:
+//! Column families: `chunks` (digest → header + stored bytes, or for a chunk kept in a file of
+//! its own, in the store's `chunks` directory under [`chunk_file_name`], header + the file's
+//! length), `access` (digest → [`Access`]:
 //! last use, size and the blob the chunk arrived from; small so recency updates never rewrite
 //! chunk data), `pins` (image + digest → nothing), `meta` ([`MetaKey`] → bytes: image records,
 //! bootstraps, pulled marks).
@@ -45,10 +47,32 @@ impl MetaKey<'_> {
     }
 }
 
-/// Version byte of chunk values.
+/// Version byte of chunk values that hold the stored bytes (after the header).
 const CHUNK_V1: u8 = 1;
+/// Version byte of chunk values whose stored bytes are in a file of their own (see
+/// [`chunk_file_name`]); the value is the header and the file's length.
+const CHUNK_V2_FILE: u8 = 2;
 /// Size of the header in front of a chunk's stored bytes.
 pub(crate) const CHUNK_HEADER: usize = 6;
+/// Size of a file-backed chunk value: the header, then the file's length (u32 LE).
+pub(crate) const CHUNK_FILE_VALUE: usize = CHUNK_HEADER + 4;
+
+/// Where a chunk's stored bytes are, as its record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChunkPlace {
+    /// In the record, after the header.
+    Inline,
+    /// In the chunk's own file, of this many bytes.
+    File(u32),
+}
+
+/// What a chunk record says: encoding, size after decoding, where the bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChunkHeader {
+    pub compression: Compression,
+    pub uncompressed_size: u32,
+    pub place: ChunkPlace,
+}
 
 /// 33-byte key of a digest: algorithm, then the digest bytes.
 pub(crate) fn digest_key(d: &ChunkDigest) -> [u8; 33] {
@@ -84,7 +108,25 @@ pub(crate) fn hex_key(k: &[u8]) -> String {
     k.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Encode a chunk value.
+/// Name of the file holding a file-backed chunk's stored bytes (in the store's `chunks`
+/// directory): the hex of its 33-byte key, so the algorithm is part of the name.
+pub(crate) fn chunk_file_name(d: &ChunkDigest) -> String {
+    hex_key(&digest_key(d))
+}
+
+/// The digest a chunk file's name stands for (`None` for a name that is not one).
+pub(crate) fn parse_chunk_file_name(name: &str) -> Option<ChunkDigest> {
+    if name.len() != 66 || !name.is_ascii() {
+        return None;
+    }
+    let mut k = [0u8; 33];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&name[2 * i..2 * i + 2], 16).ok()?;
+    }
+    parse_digest_key(&k).ok()
+}
+
+/// Encode an inline chunk value: the header, then the stored bytes.
 pub(crate) fn chunk_value(
     compression: Compression,
     uncompressed_size: u32,
@@ -99,8 +141,22 @@ pub(crate) fn chunk_value(
     v
 }
 
-/// Decode a chunk value into (compression, uncompressed size, stored bytes range start).
-pub(crate) fn parse_chunk_value(key: &[u8], v: &[u8]) -> Result<(Compression, u32), StoreError> {
+/// Encode the value of a chunk whose `len` stored bytes are in its own file.
+pub(crate) fn chunk_file_value(
+    compression: Compression,
+    uncompressed_size: u32,
+    len: u32,
+) -> [u8; CHUNK_FILE_VALUE] {
+    let mut v = [0u8; CHUNK_FILE_VALUE];
+    v[0] = CHUNK_V2_FILE;
+    v[1] = compression.rafs_id() as u8;
+    v[2..6].copy_from_slice(&uncompressed_size.to_le_bytes());
+    v[6..10].copy_from_slice(&len.to_le_bytes());
+    v
+}
+
+/// Decode a chunk value of either version.
+pub(crate) fn parse_chunk_value(key: &[u8], v: &[u8]) -> Result<ChunkHeader, StoreError> {
     let bad = |detail: &str| StoreError::BadRecord {
         key: hex_key(key),
         detail: detail.into(),
@@ -108,13 +164,22 @@ pub(crate) fn parse_chunk_value(key: &[u8], v: &[u8]) -> Result<(Compression, u3
     if v.len() < CHUNK_HEADER {
         return Err(bad("chunk value shorter than its header"));
     }
-    if v[0] != CHUNK_V1 {
-        return Err(bad("unknown chunk value version"));
-    }
+    let place = match v[0] {
+        CHUNK_V1 => ChunkPlace::Inline,
+        CHUNK_V2_FILE if v.len() == CHUNK_FILE_VALUE => {
+            ChunkPlace::File(u32::from_le_bytes([v[6], v[7], v[8], v[9]]))
+        }
+        CHUNK_V2_FILE => return Err(bad("file-backed chunk value is not 10 bytes")),
+        _ => return Err(bad("unknown chunk value version")),
+    };
     let compression =
         Compression::from_rafs_id(u32::from(v[1])).map_err(|_| bad("unknown compression"))?;
-    let size = u32::from_le_bytes([v[2], v[3], v[4], v[5]]);
-    Ok((compression, size))
+    let uncompressed_size = u32::from_le_bytes([v[2], v[3], v[4], v[5]]);
+    Ok(ChunkHeader {
+        compression,
+        uncompressed_size,
+        place,
+    })
 }
 
 /// Version byte in front of an access record that names the chunk's blob (version 2).
@@ -201,6 +266,38 @@ pub(crate) fn pin_prefix(image: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_values_of_both_places_read_and_file_names_round_trip() {
+        let key = [0u8; 33];
+        let inline = chunk_value(Compression::Zstd, 1000, b"abc");
+        let h = parse_chunk_value(&key, &inline).unwrap();
+        assert_eq!(
+            h,
+            ChunkHeader {
+                compression: Compression::Zstd,
+                uncompressed_size: 1000,
+                place: ChunkPlace::Inline
+            }
+        );
+        assert_eq!(&inline[CHUNK_HEADER..], b"abc");
+        let file = chunk_file_value(Compression::None, 70_000, 70_000);
+        assert_eq!(
+            parse_chunk_value(&key, &file).unwrap().place,
+            ChunkPlace::File(70_000)
+        );
+        assert!(parse_chunk_value(&key, &file[..8]).is_err());
+        let mut unknown = file;
+        unknown[0] = 9;
+        assert!(parse_chunk_value(&key, &unknown).is_err());
+
+        let d = DigestAlgo::Sha256.digest(b"x");
+        let name = chunk_file_name(&d);
+        assert_eq!(name.len(), 66);
+        assert_eq!(parse_chunk_file_name(&name), Some(d));
+        assert_eq!(parse_chunk_file_name("not-a-chunk"), None);
+        assert_eq!(parse_chunk_file_name(&format!("ff{}", &name[2..])), None);
+    }
 
     #[test]
     fn access_records_of_both_versions_read() {

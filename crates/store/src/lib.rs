@@ -1,5 +1,8 @@
-//! The node's chunk store: chunks kept in RocksDB under their digest, as they arrived (still
-//! compressed), with what is needed to decode and verify them; per-image pins so a mounted
+//! The node's chunk store: chunks kept under their digest, as they arrived (still compressed),
+//! with what is needed to decode and verify them — small chunks in RocksDB, chunks of at least
+//! [`StoreConfig::file_min_size`] bytes in files of their own beside it (RocksDB keeps their
+//! header; the file is written before its record, so a record never names a partial file);
+//! per-image pins so a mounted
 //! image's chunks are evicted last; a capacity with least-recently-used eviction; small metadata
 //! records (image records, bootstraps, pulled marks) for offline mounts. One process owns a
 //! store at a time.
@@ -26,6 +29,6 @@ pub use error::StoreError;
 pub use store::PutHook;
 pub use store::{
     BlobEvent, BlobListener, GcReport, Store, StoreConfig, StoreStats, StoredValue, VerifyReport,
-    BLOCK_CACHE_BUDGET, MEMORY_BUDGET, MEMTABLE_BUDGET,
+    BLOCK_CACHE_BUDGET, FILE_MIN_SIZE, MEMORY_BUDGET, MEMTABLE_BUDGET,
 };
 pub use tier::StoreTier;

@@ -3,8 +3,10 @@
 //! Locking: `get` takes no lock that a write holds across I/O. It reads RocksDB (which never
 //! waits for writers) and appends the digest to a short log of uses (`touches`, a mutex held for a
 //! push). Changes of chunk records (`put`, `remove`, `gc`, `clear`) are serialised by `writer`,
-//! held across their database write; the eviction index (`lru`) is locked only for in-memory
-//! steps before and after that write, never across it. The log of uses is applied to the index
+//! held across their database write (and a big chunk's file write before it, the unlinks of
+//! removed chunks' files after it); the eviction index (`lru`) is locked only for in-memory
+//! steps before and after that write, never across it. A get of a file-backed chunk reads the
+//! file after its record, with no lock held. The log of uses is applied to the index
 //! by the next put (before it picks victims) or, when it grows long, by the get that fills it;
 //! the access records of chunks used since they were written go out with a later put's batch
 //! (and when the store closes), so a read costs no write. (A get that finds an unreadable
@@ -40,7 +42,14 @@ pub struct StoreConfig {
     /// Whether chunks pinned by an image may be evicted (last) when nothing else is left.
     pub evict_pinned: bool,
     /// Keep chunk values in RocksDB blob files (values of 1 MiB do not belong in the LSM tree).
+    /// Applies to chunks kept in the database, those under [`StoreConfig::file_min_size`].
     pub blob_files: bool,
+    /// Chunks of at least this many stored bytes are kept in a file of their own in the store's
+    /// `chunks` directory (the database keeps their header): written once and read once, where
+    /// RocksDB wrote a big value three times (write-ahead log, memtable, blob file) with a
+    /// CRC32c each, and copied it twice more on a read. `u64::MAX` keeps every chunk in the
+    /// database. Chunks already stored stay where they are when this changes.
+    pub file_min_size: u64,
 }
 
 impl Default for StoreConfig {
@@ -49,9 +58,20 @@ impl Default for StoreConfig {
             capacity: 10 << 30,
             evict_pinned: true,
             blob_files: true,
+            file_min_size: FILE_MIN_SIZE,
         }
     }
 }
+
+/// Default [`StoreConfig::file_min_size`]: 64 KiB. Smaller chunks (small files' chunks, often a
+/// few KiB) stay in RocksDB, where they cost no inode and no open; at 64 KiB and more a file's
+/// open and close are small beside the bytes.
+pub const FILE_MIN_SIZE: u64 = 64 << 10;
+
+/// Name of the directory of chunk files inside the store directory.
+const CHUNK_FILES_DIR: &str = "chunks";
+/// Extension of a chunk file being written (see `Store::write_chunk_file`).
+const PARTIAL: &str = "partial";
 
 /// A chunk as the store holds it.
 #[derive(Clone, Debug)]
@@ -135,6 +155,8 @@ pub type PutHook = Arc<dyn Fn(&ChunkDigest) + Send + Sync>;
 pub struct Store {
     db: DB,
     path: PathBuf,
+    /// Directory of the file-backed chunks (`chunks` in the store directory).
+    files: PathBuf,
     config: StoreConfig,
     lru: Mutex<Lru>,
     /// Digests read since the log was last applied to `lru`.
@@ -185,6 +207,26 @@ impl Drop for Store {
                     tracing::warn!(family = name, error = %e, "could not flush the store at close");
                 }
             }
+        }
+    }
+}
+
+/// What reading a chunk's file found.
+enum ChunkFile {
+    /// The bytes, of the recorded length.
+    Read(Bytes),
+    /// No file.
+    Missing,
+    /// A file of this many bytes.
+    WrongLength(usize),
+}
+
+impl std::fmt::Display for ChunkFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChunkFile::Read(b) => write!(f, "{} bytes read", b.len()),
+            ChunkFile::Missing => f.write_str("no file"),
+            ChunkFile::WrongLength(n) => write!(f, "{n} bytes"),
         }
     }
 }
@@ -259,9 +301,15 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_META, family()),
         ];
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
+        let files = dir.join(CHUNK_FILES_DIR);
+        std::fs::create_dir_all(&files).map_err(|source| StoreError::Io {
+            path: files.clone(),
+            source,
+        })?;
         let store = Store {
             db,
             path: dir.to_path_buf(),
+            files,
             config,
             lru: Mutex::new(Lru::default()),
             touches: Mutex::new(Vec::new()),
@@ -277,6 +325,7 @@ impl Store {
             _lock: lock,
         };
         store.load_index()?;
+        store.sweep_chunk_files()?;
         Ok(store)
     }
 
@@ -400,6 +449,106 @@ impl Store {
         &self.path
     }
 
+    fn chunk_file(&self, digest: &ChunkDigest) -> PathBuf {
+        self.files.join(chunk_file_name(digest))
+    }
+
+    /// Delete the files of chunks whose records were just deleted (a chunk kept in the
+    /// database has none: not found is fine). Called with `writer` held, so a put of the same
+    /// chunk cannot write its file in between. A file left behind (an error here, a crash
+    /// before this) is an orphan that the next open deletes.
+    fn unlink_chunk_files<'a>(&self, digests: impl IntoIterator<Item = &'a ChunkDigest>) {
+        for d in digests {
+            let p = self.chunk_file(d);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(chunk = %d, path = %p.display(), error = %e, "could not delete a chunk file; the next open deletes it")
+                }
+            }
+        }
+    }
+
+    /// Delete chunk files no record names: written by a put that a crash stopped before its
+    /// database write, or left by a removal that a crash stopped after it. Run at open, after
+    /// the index is loaded (every chunk record has its access record: one batch writes both).
+    fn sweep_chunk_files(&self) -> Result<(), StoreError> {
+        let io = |source| StoreError::Io {
+            path: self.files.clone(),
+            source,
+        };
+        let mut orphans = Vec::new();
+        {
+            let lru = self.lru();
+            for entry in std::fs::read_dir(&self.files).map_err(io)? {
+                let entry = entry.map_err(io)?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                // A put a crash stopped before its rename.
+                if let Some(stem) = name.strip_suffix(".partial") {
+                    if parse_chunk_file_name(stem).is_some() {
+                        let p = entry.path();
+                        if let Err(e) = std::fs::remove_file(&p) {
+                            tracing::warn!(path = %p.display(), error = %e, "could not delete a partial chunk file");
+                        }
+                    }
+                    continue;
+                }
+                // Files the store did not name are not its to delete.
+                let Some(d) = parse_chunk_file_name(name) else {
+                    continue;
+                };
+                if !lru.contains(&d) {
+                    orphans.push(d);
+                }
+            }
+        }
+        if !orphans.is_empty() {
+            tracing::info!(
+                files = orphans.len(),
+                "deleting chunk files that no record names (left by a crash)"
+            );
+            self.unlink_chunk_files(&orphans);
+        }
+        Ok(())
+    }
+
+    /// Write a file-backed chunk's bytes (no fsync: like the database's write-ahead log, the
+    /// bytes are safe from a crash of the process once written). Called with `writer` held.
+    /// The bytes go to a `.partial` file renamed over the chunk's name once complete, so a get
+    /// racing an eviction and a new put of the same chunk never opens a half-written file.
+    fn write_chunk_file(&self, digest: &ChunkDigest, data: &[u8]) -> Result<(), StoreError> {
+        let p = self.chunk_file(digest);
+        let partial = p.with_extension(PARTIAL);
+        std::fs::write(&partial, data)
+            .and_then(|()| std::fs::rename(&partial, &p))
+            .map_err(|source| {
+                let _ = std::fs::remove_file(&partial);
+                StoreError::Io { path: p, source }
+            })
+    }
+
+    /// Read a file-backed chunk's `len` bytes: `Ok(None)` when the file is missing or has
+    /// another length (the record is then dropped by the caller).
+    fn read_chunk_file(&self, digest: &ChunkDigest, len: u32) -> Result<ChunkFile, StoreError> {
+        use std::io::Read;
+        let p = self.chunk_file(digest);
+        let mut f = match std::fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ChunkFile::Missing),
+            Err(source) => return Err(StoreError::Io { path: p, source }),
+        };
+        let mut v = Vec::with_capacity(len as usize);
+        // `File`'s own `read_to_end` asks the file's size first and reads it in one call (through
+        // a `Take` it would read 8 KiB, then 16 KiB, ... doubling: 8 calls for 1 MiB).
+        match f.read_to_end(&mut v) {
+            Ok(n) if n == len as usize => Ok(ChunkFile::Read(Bytes::from(v))),
+            Ok(n) => Ok(ChunkFile::WrongLength(n)),
+            Err(source) => Err(StoreError::Io { path: p, source }),
+        }
+    }
+
     /// Whether the store holds `digest`.
     pub fn contains(&self, digest: &ChunkDigest) -> bool {
         self.lru().contains(digest)
@@ -413,7 +562,7 @@ impl Store {
             self.misses.fetch_add(1, Relaxed);
             return Ok(None);
         };
-        let (compression, uncompressed_size) = match parse_chunk_value(&key, &v) {
+        let header = match parse_chunk_value(&key, &v) {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(chunk = %digest, error = %e, "dropping unreadable chunk record");
@@ -422,14 +571,30 @@ impl Store {
                 return Ok(None);
             }
         };
+        let data = match header.place {
+            ChunkPlace::Inline => Bytes::from(v).slice(CHUNK_HEADER..),
+            ChunkPlace::File(len) => match self.read_chunk_file(digest, len)? {
+                ChunkFile::Read(b) => b,
+                ChunkFile::Missing if !self.contains(digest) => {
+                    // Evicted or removed between the record's read and the file's open.
+                    self.misses.fetch_add(1, Relaxed);
+                    return Ok(None);
+                }
+                bad => {
+                    tracing::warn!(chunk = %digest, expected = len, found = %bad, "dropping a chunk whose file is missing or of another length");
+                    self.remove(digest)?;
+                    self.misses.fetch_add(1, Relaxed);
+                    return Ok(None);
+                }
+            },
+        };
         self.hits.fetch_add(1, Relaxed);
         // Recency is a hint (losing it in a crash only changes eviction order): logged in
         // memory here, written later in batches.
         self.note_use(digest);
-        let data = Bytes::from(v).slice(CHUNK_HEADER..);
         Ok(Some(StoredValue {
-            compression,
-            uncompressed_size,
+            compression: header.compression,
+            uncompressed_size: header.uncompressed_size,
             data,
         }))
     }
@@ -491,6 +656,24 @@ impl Store {
             let recency = lru.take_dirty(RECENCY_PER_PUT, &victims);
             (victims, tick, recency)
         };
+        // Nothing of the batch was applied when this runs: the victims stay, the records stay
+        // dirty.
+        let undo = || {
+            let mut lru = self.lru();
+            for (d, _) in &recency {
+                lru.mark_dirty(d);
+            }
+        };
+        // A big chunk's bytes go to its own file before the record that names it, so a record
+        // never names a file that is not complete (a crash in between leaves an orphan file,
+        // deleted at the next open).
+        let in_file = size >= self.config.file_min_size && size <= u64::from(u32::MAX);
+        if in_file {
+            if let Err(e) = self.write_chunk_file(digest, data) {
+                undo();
+                return Err(e);
+            }
+        }
         let mut b = WriteBatch::default();
         for (d, a) in &recency {
             b.put_cf(self.cf(CF_ACCESS), digest_key(d), access_value(a));
@@ -500,11 +683,19 @@ impl Store {
             b.delete_cf(self.cf(CF_CHUNKS), k);
             b.delete_cf(self.cf(CF_ACCESS), k);
         }
-        b.put_cf(
-            self.cf(CF_CHUNKS),
-            key,
-            chunk_value(compression, uncompressed_size, data),
-        );
+        if in_file {
+            b.put_cf(
+                self.cf(CF_CHUNKS),
+                key,
+                chunk_file_value(compression, uncompressed_size, size as u32),
+            );
+        } else {
+            b.put_cf(
+                self.cf(CF_CHUNKS),
+                key,
+                chunk_value(compression, uncompressed_size, data),
+            );
+        }
         let access = Access {
             tick,
             size,
@@ -513,10 +704,9 @@ impl Store {
         b.put_cf(self.cf(CF_ACCESS), key, access_value(&access));
         self.run_put_hook(digest);
         if let Err(e) = self.db.write(b) {
-            // Nothing of the batch was applied: the victims stay, the records stay dirty.
-            let mut lru = self.lru();
-            for (d, _) in &recency {
-                lru.mark_dirty(d);
+            undo();
+            if in_file {
+                self.unlink_chunk_files([digest]);
             }
             return Err(e.into());
         }
@@ -528,6 +718,9 @@ impl Store {
             }
             lru.insert(*digest, size, tick, Some(*blob));
         }
+        // After the index forgot them, so a get that finds a victim's file gone sees it
+        // evicted, not damaged.
+        self.unlink_chunk_files(&victims);
         self.evictions.fetch_add(victims.len() as u64, Relaxed);
         if !victims.is_empty() {
             tracing::info!(
@@ -562,6 +755,7 @@ impl Store {
         b.delete_cf(self.cf(CF_ACCESS), key);
         self.db.write(b)?;
         self.lru().remove(digest);
+        self.unlink_chunk_files([digest]);
         Ok(())
     }
 
@@ -745,8 +939,24 @@ impl Store {
             };
             let outcome = parse_chunk_value(&k, &v)
                 .map_err(|e| e.to_string())
-                .and_then(|(compression, uncompressed_size)| {
-                    let data = &v[CHUNK_HEADER..];
+                .and_then(|h| {
+                    let file;
+                    let data: &[u8] = match h.place {
+                        ChunkPlace::Inline => &v[CHUNK_HEADER..],
+                        ChunkPlace::File(len) => {
+                            match self
+                                .read_chunk_file(&digest, len)
+                                .map_err(|e| e.to_string())?
+                            {
+                                ChunkFile::Read(b) => {
+                                    file = b;
+                                    &file
+                                }
+                                bad => return Err(format!("chunk file: {bad}")),
+                            }
+                        }
+                    };
+                    let (compression, uncompressed_size) = (h.compression, h.uncompressed_size);
                     let r = ChunkRef {
                         digest,
                         blob: BlobId::from_bytes([0; 32]),
@@ -788,6 +998,7 @@ impl Store {
             b.delete_cf(self.cf(CF_CHUNKS), key);
             b.delete_cf(self.cf(CF_ACCESS), key);
             self.db.write(b)?;
+            self.unlink_chunk_files([&d]);
             report.chunks += 1;
             report.bytes += size;
         }
@@ -814,7 +1025,8 @@ impl Store {
         }
         lock(&self.touches).clear();
         self.lru().clear();
-        Ok(())
+        // With no record left, every chunk file is an orphan.
+        self.sweep_chunk_files()
     }
 
     /// Blobs of which the store holds at least one chunk (a chunk counts under the blob it first

@@ -14,12 +14,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
+use anyhow::{ensure, Context};
 use dfagent_bench::report::{fmt_value, Series, Table};
 
 use crate::env::{drop_caches, umoci_unpack, Env, NYDUS_REPO, OCI_REPO, TAG};
 use crate::mount::{Mount, MountSpec};
-use crate::outcome::{alternate, hash_files, mb, Outcome};
+use crate::nydusd::{self, fetch_bootstrap, rotate, NydusdMount, SideFn};
+use crate::outcome::{hash_files, mb, Outcome};
 use crate::procs;
 
 const START_TIMEOUT: Duration = Duration::from_secs(600);
@@ -36,14 +37,14 @@ fn start(env: &Env, root: &Path) -> anyhow::Result<String> {
     }
 }
 
-struct Side {
-    secs: f64,
-    output: String,
-    check: String,
-    bytes: u64,
-    connections: u64,
+pub(crate) struct Side {
+    pub(crate) secs: f64,
+    pub(crate) output: String,
+    pub(crate) check: String,
+    pub(crate) bytes: u64,
+    pub(crate) connections: u64,
     /// dfagent: seconds until the mount appeared.
-    mount_secs: f64,
+    pub(crate) mount_secs: f64,
 }
 
 fn baseline_cold(env: &Env) -> anyhow::Result<Side> {
@@ -110,56 +111,133 @@ fn dfagent_start(env: &Env, store: &Path, reference: &str) -> anyhow::Result<Sid
     })
 }
 
-fn same(what: &str, d: &Side, b: &Side) -> anyhow::Result<()> {
+/// nydusd's start: cold (`bootstrap` None: empty cache, the bootstrap fetched from the image
+/// manifest's bootstrap layer inside the timed part) or warm (the bootstrap on the node, the
+/// blob cache `cache` full).
+pub(crate) fn nydusd_start(
+    env: &Env,
+    cache: &Path,
+    warm_bootstrap: Option<&Path>,
+) -> anyhow::Result<Side> {
+    let fetched = env.scratch("nydusd.boot");
+    drop_caches()?;
+    let before = env.counters();
+    let t0 = Instant::now();
+    let bootstrap = match warm_bootstrap {
+        Some(b) => b,
+        None => {
+            fetch_bootstrap(env.proxy.addr(), NYDUS_REPO, &fetched)?;
+            fetched.as_path()
+        }
+    };
+    let m = NydusdMount::start(env, bootstrap, cache)?;
+    let mount_secs = t0.elapsed().as_secs_f64();
+    let output = start(env, m.path())?;
+    let secs = t0.elapsed().as_secs_f64();
+    let d = env.counters().since(&before);
+    let check = hash_files(m.path(), &env.workload.check_files)?;
+    m.unmount()?;
+    let _ = std::fs::remove_file(&fetched);
+    Ok(Side {
+        secs,
+        output,
+        check,
+        bytes: d.to_client,
+        connections: d.connections,
+        mount_secs,
+    })
+}
+
+fn same(what: &str, side: &str, d: &Side, b: &Side) -> anyhow::Result<()> {
     ensure!(
         d.output == b.output,
-        "{what}: dfagent's start printed {:?}, the baseline's {:?}",
+        "{what}: {side}'s start printed {:?}, the baseline's {:?}",
         d.output,
         b.output
     );
     ensure!(
         d.check == b.check,
-        "{what}: file checksums differ: dfagent {}, baseline {}",
+        "{what}: file checksums differ: {side} {}, baseline {}",
         d.check,
         b.check
     );
     Ok(())
 }
 
+/// What the notes say about nydusd, when it runs.
+fn nydusd_notes(env: &Env, cold: bool) -> String {
+    match &env.nydusd {
+        Some(n) => format!(
+            "\n- **nydusd** (third side; lines `*-vs-nydusd` have nydusd as their baseline): {}. {}",
+            n.describe(),
+            if cold {
+                "Timed from fetching the image manifest and its bootstrap layer (annotated \
+                 `containerd.io/snapshot/nydus-bootstrap`, through the proxy, as nydus-snapshotter \
+                 gets it) with an empty blob cache, through nydusd's start and mount, to the \
+                 start's exit. The three sides rotate which goes first."
+            } else {
+                "The bootstrap is already on the node and the blob cache full (filled once \
+                 before the rounds by a mount that read every file); timed: a fresh nydusd's \
+                 start and mount + the start. The three sides rotate which goes first."
+            }
+        ),
+        None => String::new(),
+    }
+}
 /// The cold-start scenario.
 pub fn cold(env: &mut Env) -> anyhow::Result<Outcome> {
     let how = env.nydus()?;
     let layer_bytes = env.oci()?.layer_bytes;
     let reference = env.via_proxy(NYDUS_REPO);
+    let with_n = env.nydusd.is_some();
     let mut time = Series::new("cold-start", "s", false);
-    let mut table = Table::new(&[
+    let mut time_n = Series::new("cold-start-vs-nydusd", "s", false);
+    let mut header = vec![
         "round",
         "dfagent: mount ready, s",
         "dfagent MB fetched (until output)",
         "baseline MB fetched",
         "dfagent connections",
         "baseline connections",
-        "output",
-    ]);
+    ];
+    if with_n {
+        header.extend([
+            "nydusd: mount ready (incl. bootstrap fetch), s",
+            "nydusd MB fetched (until output)",
+            "nydusd connections",
+        ]);
+    }
+    header.push("output");
+    let mut table = Table::new(&header);
     let mut rounds = Vec::new();
     for r in 0..env.opts.rounds {
         let store = env.scratch("empty-store");
-        let (d, b) = alternate(
-            r,
-            || dfagent_start(env, &store, &reference),
-            || baseline_cold(env),
-        )?;
+        let ncache = env.scratch("nydusd-empty-cache");
+        let e: &Env = env;
+        let mut sides: Vec<SideFn<'_, Side>> = vec![
+            Box::new(|| baseline_cold(e)),
+            Box::new(|| dfagent_start(e, &store, &reference)),
+        ];
+        if with_n {
+            sides.push(Box::new(|| nydusd_start(e, &ncache, None)));
+        }
+        let mut out = rotate(r, sides)?.into_iter();
+        let (b, d) = (
+            out.next().context("baseline")?,
+            out.next().context("dfagent")?,
+        );
+        let n = out.next();
         std::fs::remove_dir_all(&store).ok();
-        same("cold-start", &d, &b)?;
+        std::fs::remove_dir_all(&ncache).ok();
+        same("cold-start", "dfagent", &d, &b)?;
         ensure!(
             b.bytes >= layer_bytes,
             "the baseline fetched {} bytes through the proxy, less than the {layer_bytes}-byte layer",
             b.bytes
         );
         ensure!(d.bytes > 0, "dfagent fetched nothing through the proxy");
-        eprintln!(
-            "dfagent-bench: cold-start round {}: dfagent {:.2} s (mount ready {:.2} s, {:.1} MB), baseline {:.2} s ({:.1} MB)",
-            r + 1,
+        let mut line = format!(
+            "dfagent {:.2} s (mount ready {:.2} s, {:.1} MB), baseline {:.2} s ({:.1} MB)",
             d.secs,
             d.mount_secs,
             mb(d.bytes),
@@ -167,20 +245,51 @@ pub fn cold(env: &mut Env) -> anyhow::Result<Outcome> {
             mb(b.bytes)
         );
         time.push(d.secs, b.secs);
-        table.row(vec![
+        let mut row = vec![
             (r + 1).to_string(),
             fmt_value(d.mount_secs),
             fmt_value(mb(d.bytes)),
             fmt_value(mb(b.bytes)),
             d.connections.to_string(),
             b.connections.to_string(),
-            format!("`{}`", d.output.chars().take(40).collect::<String>()),
-        ]);
-        rounds.push(serde_json::json!({
+        ];
+        let mut json = serde_json::json!({
             "dfagent_s": d.secs, "dfagent_mount_s": d.mount_secs, "baseline_s": b.secs,
             "dfagent_bytes": d.bytes, "baseline_bytes": b.bytes,
             "output_match": d.output == b.output, "checksums_match": d.check == b.check,
-        }));
+        });
+        if let Some(n) = n {
+            same("cold-start", "nydusd", &n, &b)?;
+            ensure!(n.bytes > 0, "nydusd fetched nothing through the proxy");
+            time_n.push(d.secs, n.secs);
+            row.extend([
+                fmt_value(n.mount_secs),
+                fmt_value(mb(n.bytes)),
+                n.connections.to_string(),
+            ]);
+            line.push_str(&format!(
+                ", nydusd {:.2} s (mount ready {:.2} s, {:.1} MB)",
+                n.secs,
+                n.mount_secs,
+                mb(n.bytes)
+            ));
+            if let Some(o) = json.as_object_mut() {
+                o.insert("nydusd_s".into(), n.secs.into());
+                o.insert("nydusd_mount_s".into(), n.mount_secs.into());
+                o.insert("nydusd_bytes".into(), n.bytes.into());
+            }
+        }
+        row.push(format!(
+            "`{}`",
+            d.output.chars().take(40).collect::<String>()
+        ));
+        table.row(row);
+        rounds.push(json);
+        eprintln!("dfagent-bench: cold-start round {}: {line}", r + 1);
+    }
+    let mut series = vec![time];
+    if with_n {
+        series.push(time_n);
     }
     let start_desc = start_desc(env);
     Ok(Outcome {
@@ -192,15 +301,16 @@ pub fn cold(env: &mut Env) -> anyhow::Result<Outcome> {
              - **baseline**: `skopeo copy docker://PROXY/{OCI_REPO}:{TAG} oci:FRESH:{TAG}` (one gzip layer, {layer_bytes} bytes), \
              `umoci unpack`, then the start in the unpacked root.\n\
              - **dfagent**: `dfagent mount --store EMPTY --prefetch {} PROXY/{NYDUS_REPO}:{TAG} MP` (Nydus image: {how}), \
-             then the start in the mount. Timed from launching the mount to the start's exit.\n\n\
+             then the start in the mount. Timed from launching the mount to the start's exit.{}\n\n\
              Bytes are what the proxy wrote to the client between start and output. After each round \
-             the check files ({}) are hashed on both sides and must match.",
+             the check files ({}) are hashed on every side and must match.",
             env.workload.label,
             link_desc(env),
             env.opts.prefetch,
+            nydusd_notes(env, true),
             env.workload.check_files.join(", ")
         ),
-        series: vec![time],
+        series,
         extra: vec![("Bytes and connections".into(), table)],
         json: serde_json::json!({ "layer_bytes": layer_bytes, "rounds": rounds }),
     })
@@ -213,13 +323,19 @@ pub fn warm(env: &mut Env) -> anyhow::Result<Outcome> {
     let layout = env.oci()?.layout.clone();
     let unpacked = env.unpacked()?;
     let reference = env.via_proxy(NYDUS_REPO);
+    let nwarm = nydusd::warm(env)?;
     let mut time = Series::new("cold-start-warm", "s", false);
-    let mut table = Table::new(&[
+    let mut time_n = Series::new("cold-start-warm-vs-nydusd", "s", false);
+    let mut header = vec![
         "round",
         "dfagent: mount ready, s",
         "start alone on an unpacked dir, s",
         "dfagent MB fetched",
-    ]);
+    ];
+    if nwarm.is_some() {
+        header.extend(["nydusd: mount ready, s", "nydusd MB fetched"]);
+    }
+    let mut table = Table::new(&header);
     let mut rounds = Vec::new();
     for r in 0..env.opts.rounds {
         let baseline = |env: &Env| -> anyhow::Result<Side> {
@@ -241,35 +357,64 @@ pub fn warm(env: &mut Env) -> anyhow::Result<Outcome> {
                 mount_secs: 0.0,
             })
         };
-        let (d, b) = alternate(
-            r,
-            || dfagent_start(env, &store, &reference),
-            || baseline(env),
-        )?;
-        same("cold-start-warm", &d, &b)?;
+        let e: &Env = env;
+        let mut sides: Vec<SideFn<'_, Side>> = vec![
+            Box::new(|| baseline(e)),
+            Box::new(|| dfagent_start(e, &store, &reference)),
+        ];
+        if let Some(w) = &nwarm {
+            sides.push(Box::new(|| nydusd_start(e, &w.cache, Some(&w.bootstrap))));
+        }
+        let mut out = rotate(r, sides)?.into_iter();
+        let (b, d) = (
+            out.next().context("baseline")?,
+            out.next().context("dfagent")?,
+        );
+        let n = out.next();
+        same("cold-start-warm", "dfagent", &d, &b)?;
         drop_caches()?;
         let t0 = Instant::now();
         let out = start(env, &unpacked)?;
         let alone = t0.elapsed().as_secs_f64();
         ensure!(out == b.output, "start on the unpacked dir printed {out:?}");
-        eprintln!(
-            "dfagent-bench: cold-start-warm round {}: dfagent {:.3} s (mount ready {:.3} s), baseline {:.3} s (start alone {alone:.3} s)",
-            r + 1,
-            d.secs,
-            d.mount_secs,
-            b.secs
+        let mut line = format!(
+            "dfagent {:.3} s (mount ready {:.3} s), baseline {:.3} s (start alone {alone:.3} s)",
+            d.secs, d.mount_secs, b.secs
         );
         time.push(d.secs, b.secs);
-        table.row(vec![
+        let mut row = vec![
             (r + 1).to_string(),
             fmt_value(d.mount_secs),
             fmt_value(alone),
             fmt_value(mb(d.bytes)),
-        ]);
-        rounds.push(serde_json::json!({
+        ];
+        let mut json = serde_json::json!({
             "dfagent_s": d.secs, "dfagent_mount_s": d.mount_secs, "baseline_s": b.secs, "start_alone_s": alone,
             "dfagent_bytes": d.bytes, "checksums_match": d.check == b.check,
-        }));
+        });
+        if let Some(n) = n {
+            same("cold-start-warm", "nydusd", &n, &b)?;
+            time_n.push(d.secs, n.secs);
+            row.extend([fmt_value(n.mount_secs), fmt_value(mb(n.bytes))]);
+            line.push_str(&format!(
+                ", nydusd {:.3} s (mount ready {:.3} s, {:.1} MB)",
+                n.secs,
+                n.mount_secs,
+                mb(n.bytes)
+            ));
+            if let Some(o) = json.as_object_mut() {
+                o.insert("nydusd_s".into(), n.secs.into());
+                o.insert("nydusd_mount_s".into(), n.mount_secs.into());
+                o.insert("nydusd_bytes".into(), n.bytes.into());
+            }
+        }
+        table.row(row);
+        rounds.push(json);
+        eprintln!("dfagent-bench: cold-start-warm round {}: {line}", r + 1);
+    }
+    let mut series = vec![time];
+    if nwarm.is_some() {
+        series.push(time_n);
     }
     Ok(Outcome {
         file: "cold-start-warm",
@@ -282,13 +427,14 @@ pub fn warm(env: &mut Env) -> anyhow::Result<Outcome> {
              directory unpacked beforehand (a runtime that kept its snapshot), which is the floor \
              neither side can beat.\n\
              - **dfagent**: the store was filled once by `dfagent pull` (Nydus image: {how}); timed: \
-             `dfagent mount --prefetch {}` (it still resolves the tag through the proxy) + the start.",
+             `dfagent mount --prefetch {}` (it still resolves the tag through the proxy) + the start.{}",
             env.workload.label,
             start_desc(env),
             link_desc(env),
-            env.opts.prefetch
+            env.opts.prefetch,
+            nydusd_notes(env, false)
         ),
-        series: vec![time],
+        series,
         extra: vec![("Start alone and bytes".into(), table)],
         json: serde_json::json!({ "rounds": rounds }),
     })

@@ -10,6 +10,7 @@ use anyhow::{bail, ensure, Context};
 use dfagent_bench::proxy::{CounterSnapshot, Proxy, ShapeConfig};
 
 use crate::cleanup::{self, Action};
+use crate::nydusd::{Nydusd, Settings};
 use crate::procs::{self, Service};
 use crate::Opts;
 
@@ -57,6 +58,8 @@ pub struct Env {
     pub work: PathBuf,
     /// The dfagent binary.
     pub dfagent: PathBuf,
+    /// Upstream nydusd, the third side (`--nydusd`).
+    pub nydusd: Option<Nydusd>,
     /// Runs the proxy.
     pub rt: tokio::runtime::Runtime,
     /// The registry process (stopped before the scratch directory is removed).
@@ -119,13 +122,25 @@ impl Env {
         );
         let dfagent = match &opts.dfagent {
             Some(p) => p.clone(),
-            None => default_dfagent()?,
+            None => default_dfagent(opts.quick)?,
         };
         ensure!(
             dfagent.is_file(),
             "no dfagent binary at {}",
             dfagent.display()
         );
+        let nydusd = match &opts.nydusd {
+            Some(bin) => Some(Nydusd::new(
+                bin.clone(),
+                Settings {
+                    fuse_threads: opts.nydusd_fuse_threads.max(1),
+                    cache_type: opts.nydusd_cache.clone(),
+                    prefetch_threads: opts.nydusd_prefetch_threads,
+                    amplify_io: opts.nydusd_amplify_io,
+                },
+            )?),
+            None => None,
+        };
         std::fs::create_dir_all(&opts.work_dir)?;
         let work = tempfile::Builder::new()
             .prefix("dfagent-bench-")
@@ -195,6 +210,7 @@ impl Env {
             opts,
             work,
             dfagent,
+            nydusd,
             rt,
             registry_process: Some(reg),
             registry,
@@ -360,9 +376,33 @@ pub fn umoci_unpack(layout: &Path, bundle: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn default_dfagent() -> anyhow::Result<PathBuf> {
-    // Beside this binary in the target dir (`cargo build --workspace` builds both).
+/// The release `dfagent` of the target dir this binary lives in (`T/debug/dfagent-bench` or
+/// `T/release/...`), of `$CARGO_TARGET_DIR`, or of the workspace's usual target dir.
+fn release_dfagent(me: &Path) -> Option<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(profile_dir) = me.parent() {
+        if let Some(target) = profile_dir.parent() {
+            dirs.push(target.to_path_buf());
+        }
+    }
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        dirs.push(PathBuf::from(t));
+    }
+    dirs.push(PathBuf::from("/var/cache/dfagent/target"));
+    dirs.into_iter()
+        .map(|d| d.join("release/dfagent"))
+        .find(|p| p.is_file())
+}
+
+fn default_dfagent(quick: bool) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
+    // Full runs measure release builds when there is one (`DFAGENT_RELEASE=1 scripts/setup.sh`).
+    if !quick {
+        if let Some(p) = release_dfagent(&me) {
+            return Ok(p);
+        }
+    }
+    // Beside this binary in the target dir (`cargo build --workspace` builds both).
     if let Some(dir) = me.parent() {
         let p = dir.join("dfagent");
         if p.is_file() {

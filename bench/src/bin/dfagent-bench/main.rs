@@ -16,6 +16,7 @@ mod daemon_bench;
 mod dragonfly;
 mod env;
 mod mount;
+mod nydusd;
 mod outcome;
 mod procs;
 mod reads;
@@ -63,9 +64,26 @@ pub struct Opts {
     /// Parent of the scratch directory (registry data, layouts, stores, mount points).
     #[arg(long, global = true, default_value = "/var/tmp")]
     pub work_dir: PathBuf,
-    /// The dfagent binary (default: the one beside this binary in the target dir).
+    /// The dfagent binary (default: the release build in the target dir when it exists, in
+    /// full mode; otherwise, and with --quick, the one beside this binary).
     #[arg(long, global = true)]
     pub dfagent: Option<PathBuf>,
+    /// Upstream nydusd: run it as a third side of cold-start, cold-start-warm, seq-read,
+    /// rand-read and metadata (lines `NAME-vs-nydusd`, whose baseline is nydusd).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub nydusd: Option<PathBuf>,
+    /// nydusd's FUSE worker threads (`--fuse-threads`).
+    #[arg(long, global = true, default_value_t = 4, value_name = "N")]
+    pub nydusd_fuse_threads: usize,
+    /// nydusd's cache type (`blobcache`, or `filecache`: the same cache).
+    #[arg(long, global = true, default_value = "blobcache", value_name = "TYPE")]
+    pub nydusd_cache: String,
+    /// nydusd's fs prefetch of all data: its thread count, 0 = off.
+    #[arg(long, global = true, default_value_t = 0, value_name = "N")]
+    pub nydusd_prefetch_threads: usize,
+    /// nydusd's `amplify_io` (bytes a user read is widened to), 0 = off.
+    #[arg(long, global = true, default_value_t = 1 << 20, value_name = "BYTES")]
+    pub nydusd_amplify_io: u64,
 }
 
 #[derive(Parser)]
@@ -122,6 +140,10 @@ enum Scenario {
     /// containerd's overlayfs after `ctr image pull` of the OCI image; time to the output and
     /// registry bytes. Not part of `all` (it needs containerd and runc).
     Containerd,
+    /// nydusd alone under several settings (needs --nydusd; one knob changed at a time from
+    /// the `--nydusd-*` options): seq-read and cold-start medians, to choose its best settings
+    /// here. Not part of `all`.
+    NydusdTune,
 }
 
 const ORDER: [Scenario; 10] = [
@@ -152,7 +174,9 @@ fn run_one(env: &mut Env, s: Scenario, results: &Path) -> anyhow::Result<Outcome
         Scenario::Swarm { nodes } => swarm::run(env, nodes, results),
         Scenario::Dragonfly { nodes } => dragonfly::run(env, nodes, results),
         Scenario::Containerd => containerd::run(env),
-        Scenario::All => anyhow::bail!("`all` is not a single scenario"),
+        Scenario::All | Scenario::NydusdTune => {
+            anyhow::bail!("{s:?} is not a scenario with an outcome")
+        }
     }
 }
 
@@ -195,14 +219,29 @@ fn run(command: Scenario, opts: Opts) -> anyhow::Result<bool> {
     });
     let mut env = Env::new(opts)?;
     let context = format!(
-        "Machine: {}. dfagent: `{}` ({}). Link: {}. Made by `dfagent-bench {}` with {} rounds.",
+        "Machine: {}. dfagent: `{}` ({}).{} Link: {}. Made by `dfagent-bench {}` with {} rounds.",
         outcome::machine(),
         env.dfagent.display(),
         outcome::profile_of(&env.dfagent),
+        env.nydusd
+            .as_ref()
+            .map(|n| format!(" Upstream: {}.", n.describe()))
+            .unwrap_or_default(),
         cold_start::link_desc(&env),
         std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         env.opts.rounds
     );
+    eprintln!("dfagent-bench: {context}");
+    if command == Scenario::NydusdTune {
+        let table = nydusd::tune(&mut env)?;
+        println!("{table}");
+        std::fs::create_dir_all(&results)?;
+        std::fs::write(
+            results.join("nydusd-tune.md"),
+            format!("# nydusd settings tried\n\n{context}\n\n{table}"),
+        )?;
+        return Ok(true);
+    }
     let list: Vec<Scenario> = if command == Scenario::All {
         ORDER.to_vec()
     } else {

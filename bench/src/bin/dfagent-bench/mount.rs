@@ -68,8 +68,11 @@ impl Mount {
         if verbose() {
             cmd.arg("-v");
         }
+        // In this process even if a daemon answers on the default socket: the bench measures
+        // the mount process it started (its CPU time, its cache).
         let mut service = Service::start(
-            cmd.arg("mount")
+            cmd.arg("--no-daemon")
+                .arg("mount")
                 .arg("--store")
                 .arg(spec.store)
                 .arg("--prefetch")
@@ -117,6 +120,11 @@ impl Mount {
     /// The mount point.
     pub fn path(&self) -> &Path {
         &self.mp
+    }
+
+    /// The `dfagent mount` process id (for its CPU time); 0 once stopped.
+    pub fn pid(&self) -> u32 {
+        self.service.as_ref().map_or(0, Service::pid)
     }
 
     /// Stop the process (it unmounts on SIGTERM); fails if it had to be killed or the mount

@@ -114,6 +114,11 @@ impl Service {
         })
     }
 
+    /// Its process id (for its CPU time in `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether it has exited (and how).
     pub fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
         self.child
@@ -154,7 +159,45 @@ impl Drop for Service {
     }
 }
 
+/// CPU time (user + system, all threads) process `pid` has used so far, in seconds, from
+/// `/proc/PID/stat`.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let ticks = stat_cpu_ticks(&stat).with_context(|| format!("parsing /proc/{pid}/stat"))?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    anyhow::ensure!(hz > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok(ticks as f64 / hz as f64)
+}
+
+/// utime + stime (clock ticks) of a `/proc/PID/stat` line. The command name (field 2) may hold
+/// spaces and parentheses, so fields are counted after its last `)`.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    // After the name: state (field 3) ... utime is field 14, stime field 15.
+    let utime: u64 = f.nth(11)?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// A warning on stderr (the harness prints its own progress there).
 pub fn warn(msg: &str) {
     eprintln!("dfagent-bench: warning: {msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_fields_14_and_15() {
+        let line =
+            "4242 (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 37 5 0 0 20 0 3 0 1234 0 0";
+        assert_eq!(stat_cpu_ticks(line), Some(42));
+        assert_eq!(stat_cpu_ticks("1 (x) S 1 2"), None);
+        let me = cpu_seconds(std::process::id()).unwrap();
+        assert!(me >= 0.0);
+    }
 }

@@ -41,12 +41,27 @@ fn chunks(case: &Case, seed: u64) -> Vec<(ChunkDigest, Vec<u8>)> {
         .collect()
 }
 
-/// (put MB/s, get MB/s) for the store.
-fn store_side(
-    dir: &Path,
-    case: &Case,
-    data: &[(ChunkDigest, Vec<u8>)],
-) -> anyhow::Result<(f64, f64)> {
+/// CPU time (s) of the whole process (every thread: RocksDB's background threads too).
+fn process_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage struct.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// What one side of a `store` round measured.
+struct Side {
+    put_mbps: f64,
+    get_mbps: f64,
+    /// Process CPU seconds per GB (10^9 bytes) put, and got.
+    put_cpu: f64,
+    get_cpu: f64,
+}
+
+/// Put and get throughput, and process CPU per GB, for the store.
+fn store_side(dir: &Path, case: &Case, data: &[(ChunkDigest, Vec<u8>)]) -> anyhow::Result<Side> {
     let store = Store::open(
         dir,
         StoreConfig {
@@ -56,11 +71,13 @@ fn store_side(
         },
     )?;
     let bytes = (case.chunk * case.count) as u64;
+    let c0 = process_cpu();
     let t0 = Instant::now();
     for (d, v) in data {
         store.put(d, &bench_blob(), Compression::None, v.len() as u32, v)?;
     }
     let put = mb(bytes) / t0.elapsed().as_secs_f64();
+    let c1 = process_cpu();
     let t0 = Instant::now();
     let mut got = 0u64;
     for (d, v) in data {
@@ -74,22 +91,26 @@ fn store_side(
         got += s.data.len() as u64;
     }
     let get = mb(got) / t0.elapsed().as_secs_f64();
-    Ok((put, get))
+    let c2 = process_cpu();
+    Ok(Side {
+        put_mbps: put,
+        get_mbps: get,
+        put_cpu: (c1 - c0) / (bytes as f64 / 1e9),
+        get_cpu: (c2 - c1) / (got.max(1) as f64 / 1e9),
+    })
 }
 
-/// (put MB/s, get MB/s) for one file per chunk.
-fn file_side(
-    dir: &Path,
-    case: &Case,
-    data: &[(ChunkDigest, Vec<u8>)],
-) -> anyhow::Result<(f64, f64)> {
+/// Put and get throughput, and process CPU per GB, for one file per chunk.
+fn file_side(dir: &Path, case: &Case, data: &[(ChunkDigest, Vec<u8>)]) -> anyhow::Result<Side> {
     std::fs::create_dir_all(dir)?;
     let bytes = (case.chunk * case.count) as u64;
+    let c0 = process_cpu();
     let t0 = Instant::now();
     for (d, v) in data {
         std::fs::write(dir.join(d.hex()), v)?;
     }
     let put = mb(bytes) / t0.elapsed().as_secs_f64();
+    let c1 = process_cpu();
     let t0 = Instant::now();
     let mut got = 0u64;
     for (d, v) in data {
@@ -98,7 +119,13 @@ fn file_side(
         got += b.len() as u64;
     }
     let get = mb(got) / t0.elapsed().as_secs_f64();
-    Ok((put, get))
+    let c2 = process_cpu();
+    Ok(Side {
+        put_mbps: put,
+        get_mbps: get,
+        put_cpu: (c1 - c0) / (bytes as f64 / 1e9),
+        get_cpu: (c2 - c1) / (got.max(1) as f64 / 1e9),
+    })
 }
 
 /// One case of `store-get-under-put`.
@@ -419,9 +446,15 @@ pub fn run(env: &mut Env) -> anyhow::Result<Outcome> {
         "get: store MB/s",
         "get: files MB/s",
         "get ratio",
+        "put CPU s/GB: store",
+        "put CPU s/GB: files",
+        "get CPU s/GB: store",
+        "get CPU s/GB: files",
     ]);
     for (ci, case) in cases.iter().enumerate() {
         let mut medians = (Series::new("p", "", true), Series::new("g", "", true));
+        // Process CPU per GB, (store, files): put, then get.
+        let mut cpu = (Series::new("pc", "", false), Series::new("gc", "", false));
         for r in 0..env.opts.rounds {
             let data = chunks(case, (ci * 1000 + r) as u64);
             let sdir = env.scratch("store");
@@ -433,11 +466,13 @@ pub fn run(env: &mut Env) -> anyhow::Result<Outcome> {
             )?;
             std::fs::remove_dir_all(&sdir).ok();
             std::fs::remove_dir_all(&fdir).ok();
-            medians.0.push(s.0, f.0);
-            medians.1.push(s.1, f.1);
+            medians.0.push(s.put_mbps, f.put_mbps);
+            medians.1.push(s.get_mbps, f.get_mbps);
+            cpu.0.push(s.put_cpu, f.put_cpu);
+            cpu.1.push(s.get_cpu, f.get_cpu);
             if ci == 0 {
-                put.push(s.0, f.0);
-                get.push(s.1, f.1);
+                put.push(s.put_mbps, f.put_mbps);
+                get.push(s.get_mbps, f.get_mbps);
             }
         }
         table.row(vec![
@@ -450,6 +485,10 @@ pub fn run(env: &mut Env) -> anyhow::Result<Outcome> {
             fmt_value(medians.1.dfagent_median()),
             fmt_value(medians.1.baseline_median()),
             fmt_ratio(medians.1.ratio()),
+            fmt_value(cpu.0.dfagent_median()),
+            fmt_value(cpu.0.baseline_median()),
+            fmt_value(cpu.1.dfagent_median()),
+            fmt_value(cpu.1.baseline_median()),
         ]);
         eprintln!(
             "dfagent-bench: store {} KiB x {} (blob files {}): put {:.0} vs {:.0} MB/s, get {:.0} vs {:.0} MB/s",
@@ -471,7 +510,10 @@ pub fn run(env: &mut Env) -> anyhow::Result<Outcome> {
              with `Store::put` (compression `none`, digest blake3) into a new store, then reads each back with \
              `Store::get` and compares the bytes; the baseline writes the same bytes to one file per chunk named by \
              the digest (`std::fs::write`), then reads each back (`std::fs::read`) and compares. Durability is equal: \
-             the store writes a WAL batch without fsync, the files are not fsynced. Reads follow the writes with the \
+             the store writes its records as a WAL batch without fsync (and a chunk of at least \
+             `StoreConfig::file_min_size`, 64 KiB, to a file of its own before it, not fsynced either), the files \
+             are not fsynced. The CPU columns are the process's CPU time (every thread, RocksDB's background \
+             threads too; `getrusage(RUSAGE_SELF)`) during the puts and during the gets, per GB. Reads follow the writes with the \
              page cache warm on both sides (this measures software overhead, not the disk). The summary lines are \
              the first row (1 MiB chunks, blob files on: the store's default); `RocksDB blob files` is \
              `StoreConfig::blob_files`. MB/s = 10^6 bytes/s; medians of {} rounds.\n\n\
