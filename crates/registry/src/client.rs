@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::io::Read;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -73,11 +73,12 @@ pub struct RawManifest {
 pub(crate) struct HostClient {
     /// host[:port].
     registry: String,
-    /// Client that is given the credentials (it probes `/v2/` and fetches tokens itself).
-    client: oci_client::Client,
-    /// Client that never holds credentials: used for a registry that asks for none, so each
+    /// The OCI clients, made at the first push (reads never use them, and each loads the
+    /// system's TLS roots when made: a mount would pay that twice for nothing). First, the
+    /// client that is given the credentials (it probes `/v2/` and fetches tokens itself); then
+    /// one that never holds credentials, used for a registry that asks for none, so each
     /// request is not preceded by an authentication probe.
-    bare: oci_client::Client,
+    oci: OnceLock<(oci_client::Client, oci_client::Client)>,
     /// Credentials from the configuration or the docker config, or anonymous.
     auth: RegistryAuth,
     /// `(repository, operation)` pairs authenticated so far; `bool` = the registry wants no
@@ -293,8 +294,7 @@ impl Registry {
             "new registry host"
         );
         let h = Arc::new(HostClient {
-            client: self.oci_client(&registry)?,
-            bare: self.oci_client(&registry)?,
+            oci: OnceLock::new(),
             http: HostHttp::new(&self.config, &registry, &self.http_roots, creds)?,
             registry: registry.clone(),
             auth,
@@ -389,13 +389,24 @@ impl Registry {
         op: Op,
     ) -> Result<(Arc<HostClient>, oci_client::Client), Failure> {
         let host = self.host(reference)?;
+        if host.oci.get().is_none() {
+            let made = (
+                self.oci_client(&host.registry)?,
+                self.oci_client(&host.registry)?,
+            );
+            // Another push may have made them meanwhile: either pair will do.
+            let _ = host.oci.set(made);
+        }
+        let (authed_client, bare) = host
+            .oci
+            .get()
+            .ok_or_else(|| RegistryError::Config("registry client state lost".into()))?;
         let key = (reference.repository().to_string(), op);
         let known = host.authed.lock().ok().and_then(|m| m.get(&key).copied());
         let open = match known {
             Some(open) => open,
             None => {
-                let token = host
-                    .client
+                let token = authed_client
                     .auth(reference, &host.auth, op.oci())
                     .await
                     .map_err(|e| classify(e, &host.registry, "authenticate"))?;
@@ -409,9 +420,9 @@ impl Registry {
             }
         };
         let client = if open {
-            host.bare.clone()
+            bare.clone()
         } else {
-            host.client.clone()
+            authed_client.clone()
         };
         Ok((host, client))
     }

@@ -13,6 +13,8 @@ use oci_client::errors::OciDistributionError;
 use oci_client::Reference;
 use tracing::debug;
 
+use std::sync::OnceLock;
+
 use reqwest::Method;
 
 use crate::auth::{read_limited, scrub, Auth, Sent};
@@ -35,8 +37,39 @@ pub(crate) struct HostHttp {
     /// host[:port].
     registry: String,
     scheme: &'static str,
+    /// The client of the host's own requests. For a plain-HTTP host it trusts only the
+    /// configured extra CAs: loading the system's roots costs a mount tens of milliseconds
+    /// (145 certificates read and parsed, from a cold page cache) that plain HTTP never needs.
     client: reqwest::Client,
+    /// For a plain-HTTP host, the client with the system's roots too, made when a request
+    /// first needs TLS (a redirect to https storage, an https token realm).
+    tls: OnceLock<reqwest::Client>,
+    /// What `tls` is made from.
+    timeouts: (std::time::Duration, std::time::Duration),
+    roots: Vec<reqwest::Certificate>,
     auth: Auth,
+}
+
+/// A client with `timeouts` (connect, read) that trusts `roots` and, if `system_roots`, the
+/// system's roots as well.
+fn build_client(
+    registry: &str,
+    timeouts: (std::time::Duration, std::time::Duration),
+    roots: &[reqwest::Certificate],
+    system_roots: bool,
+) -> reqwest::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .connect_timeout(timeouts.0)
+        .read_timeout(timeouts.1)
+        .user_agent(USER_AGENT)
+        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS));
+    let builder = if system_roots {
+        builder.tls_certs_merge(roots.iter().cloned())
+    } else {
+        builder.tls_certs_only(roots.iter().cloned())
+    };
+    debug!(registry, system_roots, "HTTP client made");
+    builder.build()
 }
 
 impl HostHttp {
@@ -49,22 +82,48 @@ impl HostHttp {
         credentials: Option<(String, Secret)>,
     ) -> crate::Result<Self> {
         let plain_http = config.is_plain_http(registry);
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
-            .user_agent(USER_AGENT)
-            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
-            .tls_certs_merge(roots.iter().cloned())
-            .build()
-            .map_err(|e| {
-                RegistryError::Config(format!("cannot build an HTTP client for {registry}: {e}"))
-            })?;
+        let timeouts = (config.connect_timeout, config.read_timeout);
+        let client = build_client(registry, timeouts, roots, !plain_http).map_err(|e| {
+            RegistryError::Config(format!("cannot build an HTTP client for {registry}: {e}"))
+        })?;
         Ok(Self {
             registry: registry.to_string(),
             scheme: if plain_http { "http" } else { "https" },
             client,
+            tls: OnceLock::new(),
+            timeouts,
+            roots: roots.to_vec(),
             auth: Auth::new(registry, credentials, plain_http)?,
         })
+    }
+
+    fn plain_http(&self) -> bool {
+        self.scheme == "http"
+    }
+
+    /// The client that trusts the system's roots (for a plain-HTTP host, made now if needed).
+    fn tls_client(&self, what: &str) -> Result<&reqwest::Client, Failure> {
+        if !self.plain_http() {
+            return Ok(&self.client);
+        }
+        if let Some(c) = self.tls.get() {
+            return Ok(c);
+        }
+        let made = build_client(&self.registry, self.timeouts, &self.roots, true)
+            .map_err(|e| self.request_failure(e, what))?;
+        // Another request may have made one meanwhile: either will do.
+        let _ = self.tls.set(made);
+        Ok(self.tls.get().unwrap_or(&self.client))
+    }
+
+    /// The client for authentication: tokens come from a realm that may be https even for a
+    /// plain-HTTP registry, and nothing is requested before a 401 told the scheme.
+    fn auth_client(&self, what: &str) -> Result<&reqwest::Client, Failure> {
+        if self.auth.knows_challenge() {
+            self.tls_client(what)
+        } else {
+            Ok(&self.client)
+        }
     }
 
     /// `<scheme>://<registry>/v2/<repository>/<tail>` for `r`.
@@ -116,7 +175,7 @@ impl HostHttp {
         what: &str,
     ) -> Result<(Option<HeaderValue>, Sent), Failure> {
         self.auth
-            .authorization(&self.client, repository, Op::Pull, what)
+            .authorization(self.auth_client(what)?, repository, Op::Pull, what)
             .await
     }
 
@@ -143,7 +202,7 @@ impl HostHttp {
         let repository = r.repository();
         let (authorization, sent) = self
             .auth
-            .authorization(&self.client, repository, Op::Pull, what)
+            .authorization(self.auth_client(what)?, repository, Op::Pull, what)
             .await?;
         let resp = self
             .send(method.clone(), &url, headers, authorization, what)
@@ -161,7 +220,7 @@ impl HostHttp {
             "401 Unauthorized: authenticating again, then retrying once");
         self.auth
             .refused(
-                &self.client,
+                self.tls_client(what)?,
                 repository,
                 Op::Pull,
                 sent,
@@ -171,7 +230,7 @@ impl HostHttp {
             .await?;
         let (authorization, _) = self
             .auth
-            .authorization(&self.client, repository, Op::Pull, what)
+            .authorization(self.auth_client(what)?, repository, Op::Pull, what)
             .await?;
         let resp = self
             .send(method, &url, headers, authorization, what)
@@ -191,14 +250,33 @@ impl HostHttp {
         authorization: Option<HeaderValue>,
         what: &str,
     ) -> Result<reqwest::Response, Failure> {
-        let mut req = self.client.request(method, url);
-        for (k, v) in headers {
-            req = req.header(k, v);
+        let build = |client: &reqwest::Client| {
+            let mut req = client.request(method.clone(), url);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            if let Some(a) = &authorization {
+                req = req.header(AUTHORIZATION, a.clone());
+            }
+            req
+        };
+        match build(&self.client).send().await {
+            Ok(r) => Ok(r),
+            // A plain-HTTP registry redirected to https (object storage): again with the
+            // system's roots.
+            Err(e)
+                if self.plain_http()
+                    && !e.is_timeout()
+                    && e.url().is_some_and(|u| u.scheme() == "https") =>
+            {
+                debug!(registry = %self.registry, what, "redirected to https: again with the system's TLS roots");
+                build(self.tls_client(what)?)
+                    .send()
+                    .await
+                    .map_err(|e| self.request_failure(e, what))
+            }
+            Err(e) => Err(self.request_failure(e, what)),
         }
-        if let Some(a) = authorization {
-            req = req.header(AUTHORIZATION, a);
-        }
-        req.send().await.map_err(|e| self.request_failure(e, what))
     }
 
     /// `resp` if it is a 2xx, else its failure (body read for the message, bounded).

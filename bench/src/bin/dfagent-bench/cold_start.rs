@@ -14,12 +14,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
+use anyhow::ensure;
 use dfagent_bench::report::{fmt_value, Series, Table};
 
 use crate::env::{drop_caches, umoci_unpack, Env, NYDUS_REPO, OCI_REPO, TAG};
 use crate::mount::{Mount, MountSpec};
-use crate::nydusd::{self, fetch_bootstrap, rotate, NydusdMount, SideFn};
+use crate::nydusd::{self, fetch_bootstrap, rotate_sides, NydusdMount, SideFn};
 use crate::outcome::{hash_files, mb, Outcome};
 use crate::procs;
 
@@ -148,6 +148,15 @@ pub(crate) fn nydusd_start(
     })
 }
 
+/// nydusd's side of a round in the round's JSON.
+fn add_nydusd(json: &mut serde_json::Value, n: &Side) {
+    if let Some(o) = json.as_object_mut() {
+        o.insert("nydusd_s".into(), n.secs.into());
+        o.insert("nydusd_mount_s".into(), n.mount_secs.into());
+        o.insert("nydusd_bytes".into(), n.bytes.into());
+    }
+}
+
 fn same(what: &str, side: &str, d: &Side, b: &Side) -> anyhow::Result<()> {
     ensure!(
         d.output == b.output,
@@ -221,12 +230,7 @@ pub fn cold(env: &mut Env) -> anyhow::Result<Outcome> {
         if with_n {
             sides.push(Box::new(|| nydusd_start(e, &ncache, None)));
         }
-        let mut out = rotate(r, sides)?.into_iter();
-        let (b, d) = (
-            out.next().context("baseline")?,
-            out.next().context("dfagent")?,
-        );
-        let n = out.next();
+        let (b, d, n) = rotate_sides(r, sides)?;
         std::fs::remove_dir_all(&store).ok();
         std::fs::remove_dir_all(&ncache).ok();
         same("cold-start", "dfagent", &d, &b)?;
@@ -273,11 +277,7 @@ pub fn cold(env: &mut Env) -> anyhow::Result<Outcome> {
                 n.mount_secs,
                 mb(n.bytes)
             ));
-            if let Some(o) = json.as_object_mut() {
-                o.insert("nydusd_s".into(), n.secs.into());
-                o.insert("nydusd_mount_s".into(), n.mount_secs.into());
-                o.insert("nydusd_bytes".into(), n.bytes.into());
-            }
+            add_nydusd(&mut json, &n);
         }
         row.push(format!(
             "`{}`",
@@ -365,12 +365,7 @@ pub fn warm(env: &mut Env) -> anyhow::Result<Outcome> {
         if let Some(w) = &nwarm {
             sides.push(Box::new(|| nydusd_start(e, &w.cache, Some(&w.bootstrap))));
         }
-        let mut out = rotate(r, sides)?.into_iter();
-        let (b, d) = (
-            out.next().context("baseline")?,
-            out.next().context("dfagent")?,
-        );
-        let n = out.next();
+        let (b, d, n) = rotate_sides(r, sides)?;
         same("cold-start-warm", "dfagent", &d, &b)?;
         drop_caches()?;
         let t0 = Instant::now();
@@ -402,11 +397,7 @@ pub fn warm(env: &mut Env) -> anyhow::Result<Outcome> {
                 n.mount_secs,
                 mb(n.bytes)
             ));
-            if let Some(o) = json.as_object_mut() {
-                o.insert("nydusd_s".into(), n.secs.into());
-                o.insert("nydusd_mount_s".into(), n.mount_secs.into());
-                o.insert("nydusd_bytes".into(), n.bytes.into());
-            }
+            add_nydusd(&mut json, &n);
         }
         table.row(row);
         rounds.push(json);

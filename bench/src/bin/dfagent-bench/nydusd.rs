@@ -589,6 +589,18 @@ pub fn rotate<T>(round: usize, sides: Vec<SideFn<'_, T>>) -> anyhow::Result<Vec<
         .collect()
 }
 
+/// [`rotate`] over the sides baseline, dfagent and (when given) nydusd, in that order: their
+/// results as (baseline, dfagent, nydusd).
+pub fn rotate_sides<T>(
+    round: usize,
+    sides: Vec<SideFn<'_, T>>,
+) -> anyhow::Result<(T, T, Option<T>)> {
+    let mut out = rotate(round, sides)?.into_iter();
+    let b = out.next().context("baseline")?;
+    let d = out.next().context("dfagent")?;
+    Ok((b, d, out.next()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

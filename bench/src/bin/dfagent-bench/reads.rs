@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::env::{drop_caches, Env, NYDUS_REPO};
 use crate::mount::{Mount, MountSpec};
-use crate::nydusd::{self, rotate, NydusdMount, SideFn, WarmCache};
+use crate::nydusd::{self, rotate_sides, NydusdMount, SideFn, WarmCache};
 use crate::outcome::{mb, Outcome};
 
 /// Smallest file the sequential and random reads use.
@@ -357,10 +357,7 @@ pub fn seq(env: &mut Env) -> anyhow::Result<Outcome> {
         if let Some(n) = &nm {
             sides.push(Box::new(|| run(n.path(), Some(n.pid()))));
         }
-        let mut out = rotate(r, sides)?.into_iter();
-        let (b, d) = (out.next(), out.next());
-        let ((b, bw), (d, dw)) = (b.context("baseline")?, d.context("dfagent")?);
-        let n = out.next();
+        let ((b, bw), (d, dw), n) = rotate_sides(r, sides)?;
         m.unmount()?;
         if let Some(nm) = nm {
             nm.unmount()?;
@@ -473,12 +470,7 @@ pub fn rand(env: &mut Env) -> anyhow::Result<Outcome> {
         if let Some(n) = &nm {
             sides.push(Box::new(|| run(n.path(), Some(n.pid()))));
         }
-        let mut out = rotate(r, sides)?.into_iter();
-        let (b, d) = (
-            out.next().context("baseline")?,
-            out.next().context("dfagent")?,
-        );
-        let nyd = out.next();
+        let (b, d, nyd) = rotate_sides(r, sides)?;
         m.unmount()?;
         if let Some(nm) = nm {
             nm.unmount()?;
@@ -596,12 +588,7 @@ pub fn metadata(env: &mut Env) -> anyhow::Result<Outcome> {
         if let Some(n) = &nm {
             sides.push(Box::new(|| run(n.path())));
         }
-        let mut out = rotate(r, sides)?.into_iter();
-        let (b, d) = (
-            out.next().context("baseline")?,
-            out.next().context("dfagent")?,
-        );
-        let nyd = out.next();
+        let (b, d, nyd) = rotate_sides(r, sides)?;
         m.unmount()?;
         if let Some(nm) = nm {
             nm.unmount()?;
