@@ -18,7 +18,6 @@
 //! is read with everything still mounted.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -690,17 +689,7 @@ fn read_everything(root: &Path, seed: u64) -> anyhow::Result<(u64, u64)> {
     let mut buf = vec![0u8; 1 << 20];
     let mut bytes = 0u64;
     for (p, len) in &files {
-        let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
-        let mut got = 0u64;
-        loop {
-            let n = f
-                .read(&mut buf)
-                .with_context(|| format!("reading {}", p.display()))?;
-            if n == 0 {
-                break;
-            }
-            got += n as u64;
-        }
+        let got = crate::outcome::read_through(p, &mut buf, |_| {})?;
         ensure!(
             got == *len,
             "{}: read {got} bytes, its size is {len}",

@@ -411,18 +411,7 @@ fn read_all(root: &Path) -> anyhow::Result<u64> {
             if ft.is_dir() {
                 stack.push(e.path());
             } else if ft.is_file() {
-                let p = e.path();
-                let mut f =
-                    std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?;
-                loop {
-                    let n = f
-                        .read(&mut buf)
-                        .with_context(|| format!("reading {}", p.display()))?;
-                    if n == 0 {
-                        break;
-                    }
-                    total += n as u64;
-                }
+                total += crate::outcome::read_through(&e.path(), &mut buf, |_| {})?;
             }
         }
     }

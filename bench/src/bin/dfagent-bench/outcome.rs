@@ -109,20 +109,26 @@ pub fn write(o: &Outcome, dir: &Path, context: &str) -> anyhow::Result<Vec<Strin
     Ok(lines)
 }
 
-/// sha256 of a file, hex.
-pub fn sha256_file(p: &Path) -> anyhow::Result<String> {
+/// Read the file at `p` start to end through `buf`, handing each piece to `each`; its bytes.
+pub fn read_through(p: &Path, buf: &mut [u8], mut each: impl FnMut(&[u8])) -> anyhow::Result<u64> {
     let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
     loop {
         let n = f
-            .read(&mut buf)
+            .read(buf)
             .with_context(|| format!("reading {}", p.display()))?;
         if n == 0 {
-            break;
+            return Ok(total);
         }
-        h.update(&buf[..n]);
+        each(&buf[..n]);
+        total += n as u64;
     }
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(p: &Path) -> anyhow::Result<String> {
+    let mut h = Sha256::new();
+    read_through(p, &mut vec![0u8; 1 << 20], |b| h.update(b))?;
     Ok(hex::encode(h.finalize()))
 }
 
