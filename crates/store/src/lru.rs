@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use dfagent_core::{BlobId, ChunkDigest};
 
-use crate::layout::Access;
+use crate::layout::{Access, FileHeader};
 use crate::store::BlobEvent;
 
 #[derive(Clone, Copy, Debug)]
@@ -17,6 +17,7 @@ struct Entry {
     tick: u64,
     size: u64,
     blob: Option<BlobId>,
+    file: Option<FileHeader>,
 }
 
 /// Recency, size and pin count of every stored chunk.
@@ -55,12 +56,26 @@ impl Lru {
         self.entries.contains_key(d)
     }
 
-    /// Add a chunk whose access record is being written with it (so it is not dirty), counting
-    /// it under `blob`.
-    pub fn insert(&mut self, d: ChunkDigest, size: u64, tick: u64, blob: Option<BlobId>) {
+    /// Add a chunk whose access record `a` is being written with it (so it is not dirty),
+    /// counting it under its blob.
+    pub fn insert(&mut self, d: ChunkDigest, a: Access) {
+        let Access {
+            tick,
+            size,
+            blob,
+            file,
+        } = a;
         self.remove(&d);
         let pinned = self.pinned(&d);
-        self.entries.insert(d, Entry { tick, size, blob });
+        self.entries.insert(
+            d,
+            Entry {
+                tick,
+                size,
+                blob,
+                file,
+            },
+        );
         if let Some(b) = blob {
             let n = self.blobs.entry(b).or_insert(0);
             *n += 1;
@@ -72,6 +87,24 @@ impl Lru {
         self.used += size;
         if pinned {
             self.pinned_bytes += size;
+        }
+    }
+
+    /// The header and length of a chunk held in a file of its own, when its access record
+    /// carried them (see [`Access::file`]).
+    pub fn file_of(&self, d: &ChunkDigest) -> Option<(FileHeader, u64)> {
+        let e = self.entries.get(d)?;
+        e.file.map(|f| (f, e.size))
+    }
+
+    /// Note the header of a file-backed chunk whose access record lacked it (written before
+    /// version 3); the record is rewritten with it at the next recency write.
+    pub fn set_file(&mut self, d: &ChunkDigest, file: FileHeader) {
+        if let Some(e) = self.entries.get_mut(d) {
+            if e.file.is_none() {
+                e.file = Some(file);
+                self.dirty.insert(*d);
+            }
         }
     }
 
@@ -114,6 +147,7 @@ impl Lru {
                             tick: e.tick,
                             size: e.size,
                             blob: e.blob,
+                            file: e.file,
                         },
                     )
                 })
@@ -275,12 +309,22 @@ mod tests {
         DigestAlgo::Blake3.digest(&[i])
     }
 
+    /// The access record of a 10-byte chunk last used at `tick`.
+    fn access(tick: u64, blob: Option<BlobId>) -> Access {
+        Access {
+            tick,
+            size: 10,
+            blob,
+            file: None,
+        }
+    }
+
     #[test]
     fn evicts_unpinned_least_recent_first() {
         let mut l = Lru::default();
         for i in 0..4 {
             let t = l.next_tick();
-            l.insert(d(i), 10, t, None);
+            l.insert(d(i), access(t, None));
         }
         l.pin(&d(0));
         l.touch(&d(1));
@@ -301,7 +345,7 @@ mod tests {
         let mut l = Lru::default();
         for i in 0..3 {
             let t = l.next_tick();
-            l.insert(d(i), 10, t, None);
+            l.insert(d(i), access(t, None));
         }
         assert_eq!(l.dirty_len(), 0, "a put writes its own access record");
         l.touch(&d(0));
@@ -328,7 +372,7 @@ mod tests {
         // Re-inserting a chunk clears it: its record is written with it.
         l.touch(&d(2));
         let t = l.next_tick();
-        l.insert(d(2), 10, t, None);
+        l.insert(d(2), access(t, None));
         assert_eq!(l.dirty_len(), 0);
     }
 
@@ -338,7 +382,7 @@ mod tests {
         let mut l = Lru::default();
         for (i, b) in [(0, Some(x)), (1, Some(x)), (2, Some(y)), (3, None)] {
             let t = l.next_tick();
-            l.insert(d(i), 10, t, b);
+            l.insert(d(i), access(t, b));
         }
         assert_eq!(l.blobs(), vec![x, y]);
         assert_eq!(l.blob_chunks(&x), 2);

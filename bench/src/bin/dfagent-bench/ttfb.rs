@@ -144,6 +144,9 @@ pub fn run(env: &mut Env) -> anyhow::Result<Outcome> {
             ))
         };
         let baseline = |env: &Env| -> anyhow::Result<(f64, f64, String, u64)> {
+            // As for dfagent: the registry reads the blob from a cold page cache, not from
+            // the pages the other side's round left behind.
+            drop_caches()?;
             let before = env.counters();
             let t0 = Instant::now();
             let mut conn = Conn::connect(env.proxy.addr(), HTTP_TIMEOUT)?;
@@ -223,7 +226,7 @@ pub fn run(env: &mut Env) -> anyhow::Result<Outcome> {
              timed from `open` to the first 4 KiB `read` returning (ttfb) and to the end of the file (cold-read). \
              Each read goes FUSE → resolver → registry range GET through the proxy → decode → verify.\n\
              - **baseline**: plain HTTP/1.1 range GETs of the same stored ranges, on a new connection through the same proxy, \
-             timed from connecting to the first body byte (ttfb) and to the last byte (cold-read). No decompression or \
+             page caches dropped as for dfagent (so the registry reads the blob from disk on both sides), timed from connecting to the first body byte (ttfb) and to the last byte (cold-read). No decompression or \
              verification is timed; afterwards the bytes are decoded and verified, and the file's sha256 must equal what the mount returned.",
             env.workload.label,
             target.path,
