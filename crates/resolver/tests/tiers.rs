@@ -1,7 +1,7 @@
 //! The resolver against in-memory tiers: the tier contract's rules (per-slot answers, errors
 //! that reach the reader as themselves, bad answers reported to the tier that gave them, a store
 //! role of its own with write-back off the reader's path), bounded retries, background reads
-//! that let foreground reads go first, and one fetch per chunk across the chains of a node.
+//! and read-ahead that let reads go first, and one fetch per chunk across the chains of a node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -281,5 +281,74 @@ async fn background_work_waits_for_reads_in_flight() {
     assert_eq!(
         tier.record.requests(),
         vec![vec![fg.digest], vec![bg.digest]]
+    );
+}
+
+/// Poll `cond` every 5 ms for at most 10 s.
+async fn within_10s(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{what}: not within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_ahead_lets_the_chains_reads_at_the_tiers_go_first_for_a_bounded_time() {
+    let (fg, fg_data) = raw_chunk(60, 4096);
+    let (ahead, ahead_data) = raw_chunk(61, 4096);
+    let (later, later_data) = raw_chunk(62, 4096);
+    let (stored, stored_data) = raw_chunk(63, 4096);
+    let inner: Arc<dyn ChunkTier> = Arc::new(MemTier::new(
+        "mem",
+        &[
+            (fg, fg_data.clone()),
+            (ahead, ahead_data.clone()),
+            (later, later_data.clone()),
+        ],
+    ));
+    let tier = Arc::new(GatedTier::new(inner, fg.digest));
+    let _open = OpenOnDrop(tier.clone());
+    let store = Arc::new(MemStore::new());
+    store.insert(
+        stored.digest,
+        stored_data.clone(),
+        dfagent_core::Compression::None,
+    );
+    let r = Arc::new(Resolver::new(core_with_store(store, 8), vec![tier.clone()]));
+
+    let r1 = r.clone();
+    let read = tokio::spawn(async move { r1.read_batch(&[fg]).await });
+    within_10s("the read at the tier", || tier.record.in_request() == 1).await;
+    // A chunk the store holds is read ahead at once: only the tiers are yielded.
+    let got = r.read_batch_ahead(&[stored]).await;
+    assert_eq!(got[0].as_ref().unwrap(), &stored_data);
+    // Read-ahead that must ask the tier waits while the read is there...
+    let r2 = r.clone();
+    let first = tokio::spawn(async move { r2.read_batch_ahead(&[ahead]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        tier.record.requests().len(),
+        1,
+        "read-ahead went ahead of a read"
+    );
+    // ...but not for ever: past its bound it goes while the read is still held.
+    within_10s("read-ahead past its bound", || {
+        tier.record.requests().len() == 2
+    })
+    .await;
+    assert_eq!(first.await.unwrap()[0].as_ref().unwrap(), &ahead_data);
+    tier.open();
+    assert_eq!(read.await.unwrap()[0].as_ref().unwrap(), &fg_data);
+    // With no read at the tiers, read-ahead goes straight there.
+    assert_eq!(
+        r.read_batch_ahead(&[later]).await[0].as_ref().unwrap(),
+        &later_data
+    );
+    assert_eq!(
+        tier.record.requests(),
+        vec![vec![fg.digest], vec![ahead.digest], vec![later.digest]]
     );
 }
