@@ -6,8 +6,10 @@
 //! chunks arrive.
 
 use std::ffi::OsStr;
+use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
+use std::task::Poll;
 
 use dfagent_core::ChunkReader;
 use dfagent_rafs::{FileType, Image};
@@ -187,14 +189,22 @@ impl Filesystem for NydusFs {
         };
         let ahead = pending.take_readahead();
         self.rt.spawn(async move {
-            match pending.finish().await {
+            let mut read = std::pin::pin!(pending.finish());
+            // Polled once before its read-ahead is spawned: the read is then known to the
+            // resolver (which lets a mount's reads reach the tiers before its read-ahead).
+            let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+            if let Some(ahead) = ahead {
+                tokio::spawn(ahead);
+            }
+            let result = match first {
+                Poll::Ready(r) => r,
+                Poll::Pending => read.await,
+            };
+            match result {
                 Ok(buf) => reply.data(&buf),
                 Err(e) => reply.error(e.into()),
             }
         });
-        if let Some(ahead) = ahead {
-            self.rt.spawn(ahead);
-        }
     }
 
     fn release(

@@ -103,8 +103,9 @@ pub struct Resolver {
     store: Option<Tier>,
     tiers: Vec<Tier>,
     metrics: Arc<ResolverMetrics>,
-    /// This chain's reads that a reader waits for (not read-ahead) asking its tiers right now:
-    /// the chain's read-ahead lets them go first (see [`AHEAD_YIELD`]).
+    /// This chain's reads that a reader waits for (not read-ahead) fetching right now (led
+    /// by them, not waiting on another's fetch): the chain's read-ahead that missed the store
+    /// lets them go first (see [`AHEAD_YIELD`]).
     demand: watch::Sender<usize>,
 }
 
@@ -285,24 +286,21 @@ impl Resolver {
             corrupt: vec![None; batch.len()],
             errors: vec![Vec::new(); batch.len()],
         };
+        // A read counts from here, before its first await, so read-ahead started with it sees
+        // it (a store hit ends it within a store lookup).
+        let _demand = (mode == Mode::Foreground).then(|| {
+            self.demand.send_modify(|n| *n += 1);
+            Foreground(&self.demand)
+        });
         if let Some(store) = &self.store {
             let pending: Vec<usize> = (0..batch.len()).collect();
             self.ask_tier(store, true, batch, &pending, &mut st, mode)
                 .await;
         }
-        let missed = st.done.iter().any(Option::is_none) && !self.tiers.is_empty();
-        let _demand = match mode {
-            Mode::Foreground if missed => {
-                self.demand.send_modify(|n| *n += 1);
-                Some(Foreground(&self.demand))
-            }
-            Mode::Ahead if missed => {
-                let mut rx = self.demand.subscribe();
-                let _ = tokio::time::timeout(AHEAD_YIELD, rx.wait_for(|n| *n == 0)).await;
-                None
-            }
-            _ => None,
-        };
+        if mode == Mode::Ahead && st.done.iter().any(Option::is_none) && !self.tiers.is_empty() {
+            let mut rx = self.demand.subscribe();
+            let _ = tokio::time::timeout(AHEAD_YIELD, rx.wait_for(|n| *n == 0)).await;
+        }
         for tier in &self.tiers {
             let mut pending: Vec<usize> =
                 (0..batch.len()).filter(|&i| st.done[i].is_none()).collect();
