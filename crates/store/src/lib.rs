@@ -17,6 +17,7 @@
 //! must not know the registry, the resolver or FUSE: it stores bytes under digests and opaque
 //! records under typed keys.
 
+mod bufs;
 mod error;
 mod layout;
 mod lock;

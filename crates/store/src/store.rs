@@ -29,6 +29,7 @@ use rocksdb::{
     Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
+use crate::bufs::ReadBufs;
 use crate::error::StoreError;
 use crate::layout::*;
 use crate::lock::OwnerLock;
@@ -159,6 +160,8 @@ pub struct Store {
     files: PathBuf,
     config: StoreConfig,
     lru: Mutex<Lru>,
+    /// Buffers of chunk-file reads, reused.
+    read_bufs: ReadBufs,
     /// Digests read since the log was last applied to `lru`.
     touches: Mutex<Vec<ChunkDigest>>,
     /// Serialises changes of chunk and access records (held across their database write).
@@ -317,6 +320,7 @@ impl Store {
             files,
             config,
             lru: Mutex::new(Lru::default()),
+            read_bufs: ReadBufs::default(),
             touches: Mutex::new(Vec::new()),
             writer: Mutex::new(()),
             hooked: AtomicBool::new(false),
@@ -544,12 +548,12 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ChunkFile::Missing),
             Err(source) => return Err(StoreError::Io { path: p, source }),
         };
-        let mut v = Vec::new();
+        let mut v = self.read_bufs.take();
         // `File`'s own `read_to_end` asks the file's size first, reserves that much (not what a
         // record says, which is not trusted with an allocation) and reads it in one call
         // (through a `Take` it would read 8 KiB, then 16 KiB, ... doubling: 8 calls for 1 MiB).
         match f.read_to_end(&mut v) {
-            Ok(n) if n == len as usize => Ok(ChunkFile::Read(Bytes::from(v))),
+            Ok(n) if n == len as usize => Ok(ChunkFile::Read(self.read_bufs.bytes(v))),
             Ok(n) => Ok(ChunkFile::WrongLength(n)),
             Err(source) => Err(StoreError::Io { path: p, source }),
         }
