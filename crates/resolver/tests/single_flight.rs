@@ -14,18 +14,12 @@ use bytes::Bytes;
 use dfagent_core::{ChunkRef, ChunkTier, ReadError};
 use dfagent_resolver::{Resolver, ResolverConfig, ResolverCore};
 use dfagent_test_support::tiers::{raw_chunk, GatedTier, MemTier, OpenOnDrop};
-use dfagent_test_support::wait::within;
+use dfagent_test_support::wait::{poll_until, within};
 use tokio::task::JoinHandle;
 
 /// Poll `cond` until it holds, failing the test (naming `what`) after 20 s.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..4000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("timed out waiting until {what}");
+async fn until(what: &str, cond: impl FnMut() -> bool) {
+    poll_until(what, Duration::from_secs(20), cond).await
 }
 
 fn spawn_read(r: &Arc<Resolver>, c: ChunkRef) -> JoinHandle<Result<Bytes, ReadError>> {

@@ -11,6 +11,7 @@ use dfagent_resolver::{Resolver, ResolverConfig, ResolverCore};
 use dfagent_test_support::tiers::{
     raw_chunk, CorruptingTier, FailingTier, GatedTier, MemStore, MemTier, OpenOnDrop,
 };
+use dfagent_test_support::wait::poll_until;
 
 fn config() -> ResolverConfig {
     ResolverConfig {
@@ -257,12 +258,7 @@ async fn background_work_waits_for_reads_in_flight() {
     let r1 = r.clone();
     let foreground = tokio::spawn(async move { r1.read_batch(&[fg]).await });
     // The foreground request is with the tier (and held there).
-    for _ in 0..200 {
-        if tier.record.in_request() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    within_10s("the read at the tier", || tier.record.in_request() == 1).await;
     assert_eq!(tier.record.requests().len(), 1);
     let r2 = r.clone();
     let background = tokio::spawn(async move { r2.read_batch_background(&[bg]).await });
@@ -284,15 +280,9 @@ async fn background_work_waits_for_reads_in_flight() {
     );
 }
 
-/// Poll `cond` every 5 ms for at most 10 s.
-async fn within_10s(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..2000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("{what}: not within 10 s");
+/// Poll `cond` until it holds, failing the test (naming `what`) after 10 s.
+async fn within_10s(what: &str, cond: impl FnMut() -> bool) {
+    poll_until(what, Duration::from_secs(10), cond).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

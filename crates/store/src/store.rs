@@ -1140,6 +1140,16 @@ mod tests {
         BlobId::from_bytes([9; 32])
     }
 
+    /// Open a store in `dir`, put `c` there as a zstd chunk of 1 MiB (a made-up header: the
+    /// store takes it on trust, callers verify, and it shows which header is read back), run
+    /// `then` on it, close it.
+    fn put_and_close(dir: &std::path::Path, c: &(ChunkDigest, Vec<u8>), then: impl FnOnce(&Store)) {
+        let s = Store::open(dir, StoreConfig::default()).unwrap();
+        s.put(&c.0, &blob(), Compression::Zstd, 1 << 20, &c.1)
+            .unwrap();
+        then(&s);
+    }
+
     /// The header a get returns, and whether its bytes are the chunk's.
     fn got(s: &Store, c: &(ChunkDigest, Vec<u8>)) -> Option<(Compression, u32, bool)> {
         s.get(&c.0)
@@ -1151,13 +1161,7 @@ mod tests {
     fn a_file_chunks_get_needs_only_its_access_record_and_file() {
         let dir = tempfile::tempdir().unwrap();
         let c = file_chunk();
-        {
-            let s = Store::open(dir.path(), StoreConfig::default()).unwrap();
-            // The store takes the header on trust (callers verify): a made-up one shows it is
-            // the one read back.
-            s.put(&c.0, &blob(), Compression::Zstd, 1 << 20, &c.1)
-                .unwrap();
-        }
+        put_and_close(dir.path(), &c, |_| {});
         let s = Store::open(dir.path(), StoreConfig::default()).unwrap();
         // The chunk record goes behind the store's back: the get never reads it.
         s.db.delete_cf(s.cf(CF_CHUNKS), digest_key(&c.0)).unwrap();
@@ -1169,10 +1173,7 @@ mod tests {
     fn a_file_chunk_without_a_header_in_its_access_record_reads_its_record() {
         let dir = tempfile::tempdir().unwrap();
         let c = file_chunk();
-        {
-            let s = Store::open(dir.path(), StoreConfig::default()).unwrap();
-            s.put(&c.0, &blob(), Compression::Zstd, 1 << 20, &c.1)
-                .unwrap();
+        put_and_close(dir.path(), &c, |s| {
             // As stores before version 3 of access records wrote it.
             let old = Access {
                 tick: 1,
@@ -1182,7 +1183,7 @@ mod tests {
             };
             s.db.put_cf(s.cf(CF_ACCESS), digest_key(&c.0), access_value(&old))
                 .unwrap();
-        }
+        });
         {
             let s = Store::open(dir.path(), StoreConfig::default()).unwrap();
             assert!(s.lru().file_of(&c.0).is_none());

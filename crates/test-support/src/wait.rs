@@ -22,6 +22,18 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Poll `cond` every 5 ms from async code until it holds; fail the test, naming `what`, once
+/// `timeout` has passed.
+pub async fn poll_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Run `f` on its own thread and wait at most `timeout` for it: a FUSE bug hangs a test's
 /// thread in the kernel, and this turns that into a failure instead of a stuck test run.
 pub fn bounded<T: Send + 'static>(
