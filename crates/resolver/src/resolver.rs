@@ -21,11 +21,11 @@ use crate::shared::{Inflight, Outcome, ResolverConfig, ResolverCore};
 /// that a steady stream of reads slows background fill down without starving it.
 const BACKGROUND_YIELD: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Longest a chain's read-ahead that missed the store waits for the chain's reads asking the
-/// tiers before it asks them too. A read and its read-ahead leave together, so without this a reader's first chunk
-/// shared the link (and the origin's disk) with the window fetched after it: through a
-/// 100 MB/s link the first byte of a cold file came 1.7 times later than a plain range GET's.
-/// Bounded, so a slow tier delays read-ahead without stopping it.
+/// Longest a chain's read-ahead that missed the store waits for the chain's reads in flight
+/// before it asks the tiers. A read and its read-ahead leave together, so without this a
+/// reader's first chunk shared the link (and the origin's disk) with the window fetched after
+/// it: through a 100 MB/s link the first byte of a cold file came 1.6–1.9 times later than a
+/// plain range GET's. Bounded, so a slow tier delays read-ahead without stopping it.
 const AHEAD_YIELD: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A tier of this chain: the tier, its permits, and its counters (this chain's and the node's).
@@ -53,7 +53,8 @@ enum Mode {
     Background,
 }
 
-/// Counts a fetch (foreground, or a read asking the tiers) for as long as it lives.
+/// Counts a fetch for as long as it lives: a foreground one (background work yields to them),
+/// or a read (the chain's read-ahead yields to them).
 struct Foreground<'a>(&'a watch::Sender<usize>);
 
 impl Drop for Foreground<'_> {
