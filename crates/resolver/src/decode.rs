@@ -48,48 +48,74 @@ const IDLE_MAX: usize = 4;
 
 /// Mappings of dropped chunks, writable again, for the next decodes of the same size: a fresh
 /// mapping costs the kernel zeroing and charging its pages, and unmapping it a TLB flush, for
-/// every chunk a sequential reader streams through. Each still holds its [`MAPPED`] slot.
-static IDLE: Mutex<Vec<memmap2::MmapMut>> = Mutex::new(Vec::new());
+/// every chunk a sequential reader streams through. Each keeps its [`MAPPED`] slot.
+static IDLE: Mutex<Vec<(memmap2::MmapMut, Slot)>> = Mutex::new(Vec::new());
 
-/// A decoded chunk in a mapping of its own; counted in [`MAPPED`] while it lives.
-struct Mapped(Option<memmap2::Mmap>);
+/// One of the [`MAX_MAPPED`] mapping slots, given back when dropped.
+struct Slot(());
+
+impl Slot {
+    /// A free slot, or `None` when they are all in use.
+    fn reserve() -> Option<Self> {
+        if MAPPED.fetch_add(1, Ordering::Relaxed) >= MAX_MAPPED {
+            MAPPED.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Slot(()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        MAPPED.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A decoded chunk in a mapping of its own, with its slot.
+struct Mapped(Option<(memmap2::Mmap, Slot)>);
 
 impl AsRef<[u8]> for Mapped {
     fn as_ref(&self) -> &[u8] {
-        self.0.as_deref().unwrap_or_default()
+        self.0.as_ref().map(|(m, _)| &m[..]).unwrap_or_default()
     }
 }
 
 impl Drop for Mapped {
     fn drop(&mut self) {
-        // Back to the idle list while it has room (made writable again first); else unmapped.
-        if let Some(m) = self.0.take() {
+        // Back to the idle list while it has room (made writable again first); else unmapped,
+        // its slot given back.
+        if let Some((m, slot)) = self.0.take() {
             let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < IDLE_MAX {
                 if let Ok(w) = m.make_mut() {
-                    idle.push(w);
-                    return;
+                    idle.push((w, slot));
                 }
             }
         }
-        MAPPED.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// An idle mapping of exactly `len` bytes, if one is kept (its slot comes with it).
-fn reuse_mapping(len: usize) -> Option<memmap2::MmapMut> {
+/// An idle mapping of exactly `len` bytes, if one is kept, with its slot.
+fn reuse_mapping(len: usize) -> Option<(memmap2::MmapMut, Slot)> {
     let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
-    let i = idle.iter().position(|m| m.len() == len)?;
+    let i = idle.iter().position(|(m, _)| m.len() == len)?;
     Some(idle.swap_remove(i))
 }
 
-/// Take one of the [`MAX_MAPPED`] mapping slots; false when they are all in use.
-fn reserve_mapping() -> bool {
-    if MAPPED.fetch_add(1, Ordering::Relaxed) >= MAX_MAPPED {
-        MAPPED.fetch_sub(1, Ordering::Relaxed);
-        return false;
+/// A mapping of `len` bytes with its slot: an idle one, or a new one faulted in at once
+/// (`None` when no slot is free or the kernel refuses the mapping).
+fn mapping(len: usize) -> Option<(memmap2::MmapMut, Slot)> {
+    if let Some(m) = reuse_mapping(len) {
+        return Some(m);
     }
-    true
+    let slot = Slot::reserve()?;
+    match memmap2::MmapOptions::new().len(len).populate().map_anon() {
+        Ok(m) => Some((m, slot)),
+        Err(e) => {
+            tracing::debug!(bytes = len, error = %e, "no mapping for a decoded chunk");
+            None
+        }
+    }
 }
 
 /// Decode and verify `data`, the stored bytes of `chunk`. A chunk of [`MAPPED_MIN`] bytes or
@@ -97,43 +123,22 @@ fn reserve_mapping() -> bool {
 /// (`MAP_POPULATE`) and made read-only once verified: no intermediate buffer, no copy, no
 /// page fault per 4 KiB.
 fn decode(chunk: &ChunkRef, data: &[u8]) -> Decoded {
-    let size = chunk.uncompressed_size;
-    let reused = (size as usize >= MAPPED_MIN)
-        .then(|| reuse_mapping(size as usize))
+    let size = chunk.uncompressed_size as usize;
+    let mapped = (size >= MAPPED_MIN && chunk.uncompressed_size <= MAX_CHUNK_SIZE)
+        .then(|| mapping(size))
         .flatten();
-    let have_slot = reused.is_some()
-        || (size as usize >= MAPPED_MIN && size <= MAX_CHUNK_SIZE && reserve_mapping());
-    if have_slot {
-        let mapping = match reused {
-            Some(m) => Ok(m),
-            None => memmap2::MmapOptions::new()
-                .len(size as usize)
-                .populate()
-                .map_anon(),
-        };
-        match mapping {
-            Ok(mut m) => {
-                // Counted from here: dropped on every path below, releasing its slot.
-                let decoded = decode_chunk_into(chunk, data, &mut m).and_then(|()| {
-                    m.make_read_only().map_err(|e| DecodeError::Decompress {
-                        digest: chunk.digest,
-                        compression: chunk.compression,
-                        detail: format!("sealing the decoded chunk: {e}"),
-                    })
-                });
-                return match decoded {
-                    Ok(sealed) => Ok(Bytes::from_owner(Mapped(Some(sealed)))),
-                    Err(e) => {
-                        MAPPED.fetch_sub(1, Ordering::Relaxed);
-                        Err(e.to_string())
-                    }
-                };
-            }
-            Err(e) => {
-                MAPPED.fetch_sub(1, Ordering::Relaxed);
-                tracing::debug!(bytes = size, error = %e, "no mapping for a decoded chunk");
-            }
-        }
+    if let Some((mut m, slot)) = mapped {
+        // On an error the mapping is unmapped and its slot given back, as they drop.
+        return decode_chunk_into(chunk, data, &mut m)
+            .and_then(|()| {
+                m.make_read_only().map_err(|e| DecodeError::Decompress {
+                    digest: chunk.digest,
+                    compression: chunk.compression,
+                    detail: format!("sealing the decoded chunk: {e}"),
+                })
+            })
+            .map(|sealed| Bytes::from_owner(Mapped(Some((sealed, slot)))))
+            .map_err(|e| e.to_string());
     }
     decode_chunk(chunk, data)
         .map(Bytes::from)

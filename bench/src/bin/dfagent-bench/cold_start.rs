@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
+use dfagent_bench::proxy::CounterSnapshot;
 use dfagent_bench::report::{fmt_value, Series, Table};
 
 use crate::env::{drop_caches, umoci_unpack, Env, NYDUS_REPO, OCI_REPO, TAG};
@@ -95,12 +96,20 @@ fn dfagent_start(env: &Env, store: &Path, reference: &str) -> anyhow::Result<Sid
         mp: &mp,
         log: &log,
     })?;
-    let mount_secs = t0.elapsed().as_secs_f64();
-    let output = start(env, m.path())?;
-    let secs = t0.elapsed().as_secs_f64();
-    let d = env.counters().since(&before);
-    let check = hash_files(m.path(), &env.workload.check_files)?;
+    let side = started(env, &before, t0, m.path())?;
     m.unmount()?;
+    Ok(side)
+}
+
+/// The rest of a lazy side's round once its mount at `mp` is up (`t0` and `before` taken
+/// before it was started): the start through it, timed from `t0`, the bytes through the
+/// proxy since `before`, and the check files' hashes (untimed).
+fn started(env: &Env, before: &CounterSnapshot, t0: Instant, mp: &Path) -> anyhow::Result<Side> {
+    let mount_secs = t0.elapsed().as_secs_f64();
+    let output = start(env, mp)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let d = env.counters().since(before);
+    let check = hash_files(mp, &env.workload.check_files)?;
     Ok(Side {
         secs,
         output,
@@ -131,21 +140,10 @@ pub(crate) fn nydusd_start(
         }
     };
     let m = NydusdMount::start(env, bootstrap, cache)?;
-    let mount_secs = t0.elapsed().as_secs_f64();
-    let output = start(env, m.path())?;
-    let secs = t0.elapsed().as_secs_f64();
-    let d = env.counters().since(&before);
-    let check = hash_files(m.path(), &env.workload.check_files)?;
+    let side = started(env, &before, t0, m.path())?;
     m.unmount()?;
     let _ = std::fs::remove_file(&fetched);
-    Ok(Side {
-        secs,
-        output,
-        check,
-        bytes: d.to_client,
-        connections: d.connections,
-        mount_secs,
-    })
+    Ok(side)
 }
 
 /// nydusd's side of a round in the round's JSON.

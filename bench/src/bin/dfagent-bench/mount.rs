@@ -89,16 +89,10 @@ impl Mount {
             }
             if let Some(s) = service.exited()? {
                 cleanup::deregister(unmount_reg);
-                let log = std::fs::read_to_string(spec.log).unwrap_or_default();
                 bail!(
                     "dfagent mount {} exited ({s}) before mounting: {}",
                     spec.reference,
-                    log.trim()
-                        .lines()
-                        .rev()
-                        .take(5)
-                        .collect::<Vec<_>>()
-                        .join(" | ")
+                    log_tail(spec.log)
                 );
             }
             if Instant::now() > deadline {
@@ -170,4 +164,16 @@ impl Drop for Mount {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// The last five lines of the log at `path`, newest first, joined by ` | ` (for an error that
+/// says why a mount process exited); empty when it cannot be read.
+pub(crate) fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.trim()
+        .lines()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .join(" | ")
 }

@@ -326,15 +326,9 @@ impl NydusdMount {
         while !is_fuse_mounted(&mp) {
             if let Some(st) = service.exited()? {
                 cleanup::deregister(unmount_reg);
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
                 bail!(
                     "nydusd exited ({st}) before mounting: {}",
-                    text.trim()
-                        .lines()
-                        .rev()
-                        .take(5)
-                        .collect::<Vec<_>>()
-                        .join(" | ")
+                    crate::mount::log_tail(&log)
                 );
             }
             if Instant::now() > deadline {

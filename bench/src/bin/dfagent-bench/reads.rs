@@ -98,6 +98,29 @@ pub fn p99(samples: &mut [f64]) -> f64 {
     samples[rank.clamp(1, samples.len()) - 1]
 }
 
+impl ReadRun {
+    /// A timed loop's outcome: `total` bytes hashed into `h` since `t0`, the single reads'
+    /// latencies `lat` (ms), and `pid`'s CPU time since `cpu0`.
+    fn done(
+        total: u64,
+        t0: Instant,
+        h: Sha256,
+        lat: &mut [f64],
+        cpu0: Option<f64>,
+        pid: Option<u32>,
+    ) -> anyhow::Result<Self> {
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu1 = cpu_now(pid)?;
+        Ok(ReadRun {
+            bytes: total,
+            secs,
+            sha: hex::encode(h.finalize()),
+            p99_ms: p99(lat),
+            cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
+        })
+    }
+}
+
 /// CPU seconds of `pid` now (`None` without a process).
 fn cpu_now(pid: Option<u32>) -> anyhow::Result<Option<f64>> {
     pid.map(crate::procs::cpu_seconds).transpose()
@@ -133,15 +156,7 @@ pub(crate) fn seq_read(
             total += n as u64;
         }
     }
-    let secs = t0.elapsed().as_secs_f64();
-    let cpu1 = cpu_now(pid)?;
-    Ok(ReadRun {
-        bytes: total,
-        secs,
-        sha: hex::encode(h.finalize()),
-        p99_ms: p99(&mut lat),
-        cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
-    })
+    ReadRun::done(total, t0, h, &mut lat, cpu0, pid)
 }
 
 /// The (file, offset) of each random read: the same sequence for both sides.
@@ -183,15 +198,7 @@ fn rand_read(
         h.update(&buf[..n]);
         total += n as u64;
     }
-    let secs = t0.elapsed().as_secs_f64();
-    let cpu1 = cpu_now(pid)?;
-    Ok(ReadRun {
-        bytes: total,
-        secs,
-        sha: hex::encode(h.finalize()),
-        p99_ms: p99(&mut lat),
-        cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
-    })
+    ReadRun::done(total, t0, h, &mut lat, cpu0, pid)
 }
 
 /// What a walk saw: per path, what both sides must agree on (type, size of non-directories,

@@ -60,6 +60,21 @@ struct Side {
     get_cpu: f64,
 }
 
+impl Side {
+    /// A side's figures once its gets are done: `put` MB/s for `bytes` put, `got` bytes read
+    /// back since `t0`, and the process CPU time taken before the puts and before the gets.
+    fn measured(put: f64, bytes: u64, got: u64, t0: Instant, [c0, c1]: [f64; 2]) -> Self {
+        let get = mb(got) / t0.elapsed().as_secs_f64();
+        let c2 = process_cpu();
+        Side {
+            put_mbps: put,
+            get_mbps: get,
+            put_cpu: (c1 - c0) / (bytes as f64 / 1e9),
+            get_cpu: (c2 - c1) / (got.max(1) as f64 / 1e9),
+        }
+    }
+}
+
 /// Put and get throughput, and process CPU per GB, for the store.
 fn store_side(dir: &Path, case: &Case, data: &[(ChunkDigest, Vec<u8>)]) -> anyhow::Result<Side> {
     let store = Store::open(
@@ -90,14 +105,7 @@ fn store_side(dir: &Path, case: &Case, data: &[(ChunkDigest, Vec<u8>)]) -> anyho
         );
         got += s.data.len() as u64;
     }
-    let get = mb(got) / t0.elapsed().as_secs_f64();
-    let c2 = process_cpu();
-    Ok(Side {
-        put_mbps: put,
-        get_mbps: get,
-        put_cpu: (c1 - c0) / (bytes as f64 / 1e9),
-        get_cpu: (c2 - c1) / (got.max(1) as f64 / 1e9),
-    })
+    Ok(Side::measured(put, bytes, got, t0, [c0, c1]))
 }
 
 /// Put and get throughput, and process CPU per GB, for one file per chunk.
@@ -118,14 +126,7 @@ fn file_side(dir: &Path, case: &Case, data: &[(ChunkDigest, Vec<u8>)]) -> anyhow
         ensure!(&b == v, "file {} came back different", d.hex());
         got += b.len() as u64;
     }
-    let get = mb(got) / t0.elapsed().as_secs_f64();
-    let c2 = process_cpu();
-    Ok(Side {
-        put_mbps: put,
-        get_mbps: get,
-        put_cpu: (c1 - c0) / (bytes as f64 / 1e9),
-        get_cpu: (c2 - c1) / (got.max(1) as f64 / 1e9),
-    })
+    Ok(Side::measured(put, bytes, got, t0, [c0, c1]))
 }
 
 /// One case of `store-get-under-put`.
